@@ -1,0 +1,341 @@
+"""Configuration: dataclass defaults, overridden by a TOML file, the environment, then CLI flags.
+
+A mistake in the file names the key and what was expected, and the daemon exits 78
+(EX_CONFIG) so systemd does not restart it in a loop. The API key is never read from the
+TOML file: it comes from `AZURE_OPENAI_API_KEY` or a systemd credential.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+from .core.audio import MAX_PREROLL_MS
+from .core.realtime import REASONING_EFFORTS
+
+DEFAULT_PATH = Path("/etc/voice-device/config.toml")
+EX_CONFIG = 78
+CREDENTIAL_NAME = "azure-openai-api-key"
+
+DEFAULT_INSTRUCTIONS = (
+    "You are a voice assistant in someone's home, heard through a small speaker. "
+    "Answer in one to three short spoken sentences; no lists, no markdown. "
+    "The user's audio starts with the wake word; ignore it. "
+    "If you need a moment to reason, say a few words first so the user knows you heard them."
+)
+
+
+class ConfigError(Exception):
+    """Something the user must fix in the configuration; the message says what."""
+
+
+class Secret:
+    """A string that never shows itself in repr, str or logs."""
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('***')" if self._value else "Secret('')"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class CloudConfig:
+    endpoint: str = ""
+    """https://<resource>.openai.azure.com, or http://127.0.0.1:8765 for the emulator."""
+    deployment: str = "gpt-realtime-2"
+    connect_timeout_s: float = 8.0
+    reply_timeout_s: float = 20.0
+
+
+@dataclass(frozen=True)
+class AssistantConfig:
+    instructions: str = DEFAULT_INSTRUCTIONS
+    voice: str = "marin"
+    reasoning_effort: str = "low"
+    speed: float = 1.0
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    input_device: str = ""
+    """Name (or part of it) or index of the microphone; empty for the system default."""
+    output_device: str = ""
+    preroll_ms: int = 300
+    jitter_ms: int = 60
+    """Reply audio buffered before playback starts, to ride out network jitter."""
+
+
+@dataclass(frozen=True)
+class WakeConfig:
+    model: str = "okay_nabu"
+    """okay_nabu, hey_jarvis, alexa, hey_mycroft, or a path to a microWakeWord .json."""
+    threshold: float | None = None
+    """Probability a detection must reach; None uses the model's own cutoff."""
+    refractory_ms: int = 2000
+
+
+@dataclass(frozen=True)
+class TurnConfig:
+    vad_aggressiveness: int = 2
+    silence_ms: int = 700
+    no_speech_timeout_ms: int = 5000
+    max_turn_ms: int = 30_000
+    follow_up_ms: int = 5000
+
+
+@dataclass(frozen=True)
+class LedConfig:
+    backend: str = "gpio"
+    """gpio, terminal or none."""
+    red_pin: int = 5
+    green_pin: int = 6
+    blue_pin: int = 13
+    active_high: bool = True
+
+
+@dataclass(frozen=True)
+class ButtonConfig:
+    enabled: bool = True
+    pin: int = 17
+    hold_ms: int = 1000
+    pull_up: bool = True
+
+
+@dataclass(frozen=True)
+class GpioConfig:
+    pin_factory: str = "auto"
+    """auto (real pins on a Pi, simulated elsewhere), mock, or a gpiozero factory name."""
+
+
+@dataclass(frozen=True)
+class Config:
+    cloud: CloudConfig = field(default_factory=CloudConfig)
+    assistant: AssistantConfig = field(default_factory=AssistantConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    wake: WakeConfig = field(default_factory=WakeConfig)
+    turn: TurnConfig = field(default_factory=TurnConfig)
+    leds: LedConfig = field(default_factory=LedConfig)
+    button: ButtonConfig = field(default_factory=ButtonConfig)
+    gpio: GpioConfig = field(default_factory=GpioConfig)
+    api_key: Secret = field(default_factory=lambda: Secret(""), repr=False)
+
+
+SECTIONS: dict[str, Any] = {
+    name: t for name, t in typing.get_type_hints(Config).items() if name != "api_key"
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def _type_name(t: Any) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+    args = [a for a in typing.get_args(t) if a is not type(None)]
+    if args:
+        return " or ".join(names.get(a, str(a)) for a in args)
+    return names.get(t, str(t))
+
+
+def _coerce(key: str, value: Any, t: Any) -> Any:
+    """Check a TOML value against a field's annotation; ints are fine where floats are wanted."""
+    if isinstance(t, types.UnionType):
+        t = next(a for a in typing.get_args(t) if a is not type(None))
+    ok = (
+        (t is bool and isinstance(value, bool))
+        or (t is int and isinstance(value, int) and not isinstance(value, bool))
+        or (t is float and isinstance(value, int | float) and not isinstance(value, bool))
+        or (t is str and isinstance(value, str))
+    )
+    if not ok:
+        raise ConfigError(f"{key} must be {_type_name(t)}, got {value!r} ({type(value).__name__})")
+    return float(value) if t is float else value
+
+
+def _suggest(name: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(name, choices, n=1)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _build_section(name: str, cls: Any, table: Mapping[str, Any], origin: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls)]
+    values = {}
+    for key, value in table.items():
+        if key not in known:
+            raise ConfigError(f"unknown key '{name}.{key}' in {origin}{_suggest(key, known)}")
+        values[key] = _coerce(f"{name}.{key}", value, hints[key])
+    return cls(**values)
+
+
+def parse_config(data: Mapping[str, Any], origin: str = "the configuration") -> Config:
+    sections: dict[str, Any] = {}
+    for name, table in data.items():
+        if name not in SECTIONS:
+            raise ConfigError(
+                f"unknown section '[{name}]' in {origin}{_suggest(name, list(SECTIONS))}"
+            )
+        if not isinstance(table, dict):
+            raise ConfigError(f"'{name}' in {origin} must be a table ([{name}])")
+        sections[name] = _build_section(name, SECTIONS[name], table, origin)
+    cfg = Config(**sections)
+    validate(cfg)
+    return cfg
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file {path} does not exist") from None
+    except PermissionError:
+        raise ConfigError(f"configuration file {path} is not readable by this user") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path} is not valid TOML: {e}") from None
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def validate(cfg: Config) -> None:
+    a, t, w = cfg.audio, cfg.turn, cfg.wake
+    _check(
+        0 <= a.preroll_ms <= MAX_PREROLL_MS,
+        f"audio.preroll_ms must be between 0 and {MAX_PREROLL_MS} (got {a.preroll_ms})",
+    )
+    _check(0 <= a.jitter_ms <= 1000, "audio.jitter_ms must be between 0 and 1000")
+    _check(
+        cfg.assistant.reasoning_effort in REASONING_EFFORTS,
+        f"assistant.reasoning_effort must be one of {', '.join(REASONING_EFFORTS)} "
+        f"(got {cfg.assistant.reasoning_effort!r})",
+    )
+    _check(0.25 <= cfg.assistant.speed <= 1.5, "assistant.speed must be between 0.25 and 1.5")
+    _check(t.vad_aggressiveness in (0, 1, 2, 3), "turn.vad_aggressiveness must be 0, 1, 2 or 3")
+    _check(200 <= t.silence_ms <= 5000, "turn.silence_ms must be between 200 and 5000")
+    _check(t.no_speech_timeout_ms >= 1000, "turn.no_speech_timeout_ms must be at least 1000")
+    _check(t.max_turn_ms >= 2000, "turn.max_turn_ms must be at least 2000")
+    _check(t.follow_up_ms >= 0, "turn.follow_up_ms must not be negative")
+    _check(
+        w.threshold is None or 0.0 < w.threshold < 1.0,
+        "wake.threshold must be between 0 and 1",
+    )
+    _check(w.refractory_ms >= 0, "wake.refractory_ms must not be negative")
+    _check(
+        cfg.leds.backend in ("gpio", "terminal", "none"),
+        f"leds.backend must be gpio, terminal or none (got {cfg.leds.backend!r})",
+    )
+    _check(cfg.button.hold_ms >= 200, "button.hold_ms must be at least 200")
+    _check(cfg.cloud.connect_timeout_s > 0, "cloud.connect_timeout_s must be positive")
+    _check(cfg.cloud.reply_timeout_s > 0, "cloud.reply_timeout_s must be positive")
+    if cfg.cloud.endpoint:
+        realtime_url(cfg.cloud.endpoint, cfg.cloud.deployment)  # raises ConfigError if bad
+
+
+def read_api_key(env: Mapping[str, str]) -> Secret:
+    """From the environment, else from the systemd credential the unit loads."""
+    key = env.get("AZURE_OPENAI_API_KEY", "").strip()
+    if key:
+        return Secret(key)
+    cred_dir = env.get("CREDENTIALS_DIRECTORY")
+    if cred_dir:
+        path = Path(cred_dir) / CREDENTIAL_NAME
+        try:
+            return Secret(path.read_text(encoding="utf-8").strip())
+        except OSError:
+            pass
+    return Secret("")
+
+
+ENV_OVERRIDES = {
+    "AZURE_OPENAI_ENDPOINT": ("cloud", "endpoint"),
+    "AZURE_OPENAI_DEPLOYMENT": ("cloud", "deployment"),
+}
+
+
+def load_config(
+    path: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """File (explicit path, else the default path if it exists) → environment → `overrides`.
+
+    `overrides` maps "section.key" to a value (from CLI flags); None values are skipped.
+    """
+    env = os.environ if env is None else env
+    data: dict[str, Any] = {}
+    origin = "the defaults"
+    if path is not None:
+        data = read_toml(path)
+        origin = str(path)
+    elif DEFAULT_PATH.exists():
+        data = read_toml(DEFAULT_PATH)
+        origin = str(DEFAULT_PATH)
+    merged: dict[str, Any] = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for var, (section, key) in ENV_OVERRIDES.items():
+        if env.get(var):
+            merged.setdefault(section, {})[key] = env[var]
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        section, key = dotted.split(".", 1)
+        merged.setdefault(section, {})[key] = value
+    cfg = parse_config(merged, origin)
+    return dataclasses.replace(cfg, api_key=read_api_key(env))
+
+
+def require_cloud(cfg: Config) -> None:
+    """What `run` needs beyond a valid file: somewhere to connect to and a key."""
+    if not cfg.cloud.endpoint:
+        raise ConfigError(
+            "cloud.endpoint is not set: put your Azure OpenAI resource URL "
+            "(https://<resource>.openai.azure.com) in the config file, set "
+            "AZURE_OPENAI_ENDPOINT, or pass --endpoint"
+        )
+    if not cfg.api_key:
+        raise ConfigError(
+            "no API key: set AZURE_OPENAI_API_KEY, or give the service a credential "
+            f"named '{CREDENTIAL_NAME}' (LoadCredential= in the unit)"
+        )
+
+
+def realtime_url(endpoint: str, deployment: str) -> str:
+    """The Azure GA realtime URL for a resource endpoint and deployment name.
+
+    http:// becomes ws:// and https:// becomes wss://; a bare resource URL gets the
+    `/openai/v1/realtime` path; `model=` names the deployment.
+    """
+    parts = urlsplit(endpoint.strip())
+    scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(parts.scheme)
+    if scheme is None or not parts.netloc:
+        raise ConfigError(
+            f"cloud.endpoint must be a URL like https://<resource>.openai.azure.com "
+            f"(got {endpoint!r})"
+        )
+    if not deployment:
+        raise ConfigError("cloud.deployment must name the model deployment")
+    path = parts.path.rstrip("/")
+    if not path.endswith("/realtime"):
+        path += "/openai/v1/realtime"
+    query = parts.query or urlencode({"model": deployment})
+    return urlunsplit((scheme, parts.netloc, path, query, ""))

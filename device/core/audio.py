@@ -1,0 +1,303 @@
+"""Audio plumbing that needs no device: pre-roll ring, resampling, uplink and playout buffers.
+
+Everything here works on little-endian signed 16-bit mono PCM (`bytes`) and counts audio in
+samples, which is exact, rather than in seconds of wall-clock time, which is not.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import soxr
+
+MIC_RATE = 16_000
+"""What the wake word model and the VAD want, and what the microphone is opened at."""
+CLOUD_RATE = 24_000
+"""What the realtime API speaks in both directions (`audio/pcm`)."""
+FRAME_MS = 20
+FRAME_SAMPLES = MIC_RATE * FRAME_MS // 1000
+SAMPLE_BYTES = 2
+MAX_PREROLL_MS = 500
+
+
+def samples_to_ms(samples: int, rate: int) -> int:
+    return samples * 1000 // rate
+
+
+def ms_to_samples(ms: int, rate: int) -> int:
+    return ms * rate // 1000
+
+
+def pcm_samples(pcm: bytes | bytearray) -> int:
+    return len(pcm) // SAMPLE_BYTES
+
+
+class PreRoll:
+    """The most recent microphone audio, kept in RAM so the first syllable after a wake is not lost.
+
+    Holds at most `capacity` samples (≤ 0.5 s); older audio is dropped as new frames arrive.
+    Positions are absolute sample indices in the microphone stream.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 0 or capacity > ms_to_samples(MAX_PREROLL_MS, MIC_RATE):
+            raise ValueError(f"pre-roll capacity must be 0..{MAX_PREROLL_MS} ms of audio")
+        self.capacity = capacity
+        self._buf = bytearray()
+        self.end = 0
+        """Absolute index of the sample after the newest one held."""
+
+    @property
+    def start(self) -> int:
+        return self.end - pcm_samples(self._buf)
+
+    def append(self, pcm: bytes) -> None:
+        self._buf += pcm
+        self.end += pcm_samples(pcm)
+        excess = len(self._buf) - self.capacity * SAMPLE_BYTES
+        if excess > 0:
+            del self._buf[:excess]
+
+    def since(self, sample: int) -> bytes:
+        """Audio from `sample` (clamped to what is held) up to the newest sample."""
+        first = max(sample, self.start)
+        if first >= self.end:
+            return b""
+        return bytes(self._buf[(first - self.start) * SAMPLE_BYTES :])
+
+    def clear(self) -> None:
+        self._buf.clear()
+
+
+def pcm_to_float(pcm: bytes | bytearray) -> np.ndarray:
+    return np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
+
+
+def float_to_pcm(x: np.ndarray) -> bytes:
+    return bytes(np.clip(np.rint(x * 32768.0), -32768, 32767).astype("<i2").tobytes())
+
+
+class Resampler:
+    """Streaming sample-rate conversion with soxr.
+
+    Works in float32 because soxr's int16 path dithers: the same audio cut into different
+    chunks would give slightly different output. In float the output depends only on the
+    input, so a turn can be checked sample by sample against a one-shot conversion.
+    """
+
+    def __init__(self, in_rate: int, out_rate: int) -> None:
+        self.in_rate = in_rate
+        self.out_rate = out_rate
+        self._stream = soxr.ResampleStream(in_rate, out_rate, 1, dtype="float32", quality="HQ")
+        self._finished = False
+
+    def push(self, pcm: bytes, last: bool = False) -> bytes:
+        if self._finished:
+            raise RuntimeError("resampler already finished")
+        self._finished = last
+        if self.in_rate == self.out_rate:
+            return bytes(pcm)
+        out = self._stream.resample_chunk(pcm_to_float(pcm), last=last)
+        return float_to_pcm(out)
+
+    def finish(self) -> bytes:
+        return self.push(b"", last=True)
+
+
+def resample(pcm: bytes, in_rate: int, out_rate: int) -> bytes:
+    """One-shot conversion, identical to a `Resampler` fed the same audio in any chunks."""
+    r = Resampler(in_rate, out_rate)
+    return r.push(pcm, last=True)
+
+
+class Uplink:
+    """One user turn on its way to the cloud.
+
+    Takes 16 kHz microphone audio from the turn's first sample, converts it to 24 kHz and
+    hands out chunks for `input_audio_buffer.append`. Audio waits here (RAM only) while the
+    session is still connecting, so nothing between the turn's start and its end is lost.
+    """
+
+    def __init__(
+        self,
+        start_sample: int,
+        in_rate: int = MIC_RATE,
+        out_rate: int = CLOUD_RATE,
+        min_chunk_ms: int = 40,
+        max_chunk_ms: int = 100,
+    ) -> None:
+        self.start_sample = start_sample
+        self.end_sample = start_sample
+        """Absolute index (mic stream) of the sample after the last one taken in."""
+        self._resampler = Resampler(in_rate, out_rate)
+        self._pending = bytearray()
+        self._min_chunk = ms_to_samples(min_chunk_ms, out_rate) * SAMPLE_BYTES
+        self._max_chunk = ms_to_samples(max_chunk_ms, out_rate) * SAMPLE_BYTES
+        self.out_rate = out_rate
+        self.finished = False
+        self.sent_bytes = 0
+
+    def push(self, pcm: bytes) -> None:
+        if self.finished:
+            raise RuntimeError("turn already ended")
+        self.end_sample += pcm_samples(pcm)
+        self._pending += self._resampler.push(pcm)
+
+    def finish(self) -> None:
+        """The turn ended: flush the resampler's tail so every input sample is accounted for."""
+        if not self.finished:
+            self._pending += self._resampler.finish()
+            self.finished = True
+
+    def take(self) -> list[bytes]:
+        """Chunks ready to send: at least `min_chunk_ms` each, or whatever is left once finished."""
+        chunks: list[bytes] = []
+        while len(self._pending) >= self._min_chunk or (self.finished and self._pending):
+            size = min(len(self._pending), self._max_chunk)
+            chunks.append(bytes(self._pending[:size]))
+            del self._pending[:size]
+        self.sent_bytes += sum(len(c) for c in chunks)
+        return chunks
+
+    @property
+    def sent_ms(self) -> int:
+        return samples_to_ms(self.sent_bytes // SAMPLE_BYTES, self.out_rate)
+
+
+# ---------------------------------------------------------------------------------------------
+# Playout: what the speaker plays, and what it has played, per item
+
+
+@dataclass(frozen=True)
+class ItemStarted:
+    """The first sample of an assistant item went to the speaker."""
+
+    response_id: str
+    item_id: str
+    phase: str
+
+
+@dataclass(frozen=True)
+class ResponsePlayed:
+    """Everything received for a response has gone to the speaker."""
+
+    response_id: str
+
+
+@dataclass(frozen=True)
+class PlayoutStopped:
+    """Playback was cut (barge-in). `played_ms` is how much of `item_id` the speaker was given."""
+
+    item_id: str | None
+    played_ms: int
+    unplayed_item_ids: tuple[str, ...]
+
+
+PlayoutEvent = ItemStarted | ResponsePlayed | PlayoutStopped
+
+
+@dataclass
+class _Segment:
+    response_id: str
+    item_id: str
+    phase: str
+    pcm: bytearray = field(default_factory=bytearray)
+
+
+class PlayoutBuffer:
+    """Queue of reply audio with per-item played-sample counts.
+
+    Owned by whoever renders audio (a PortAudio callback, or a WAV writer): it is told what
+    arrived and pulls fixed-size blocks; the events it returns say which item the listener
+    is hearing, which is what the LEDs follow.
+    """
+
+    def __init__(self, rate: int = CLOUD_RATE) -> None:
+        self.rate = rate
+        self._queue: deque[_Segment | str] = deque()  # segments, and response ids as end markers
+        self._played: dict[str, int] = {}
+        self._current: str | None = None
+        self.underruns = 0
+
+    def add(self, response_id: str, item_id: str, phase: str, pcm: bytes) -> None:
+        if not pcm:
+            return
+        last = self._queue[-1] if self._queue else None
+        if isinstance(last, _Segment) and last.item_id == item_id:
+            last.pcm += pcm
+        else:
+            self._queue.append(_Segment(response_id, item_id, phase, bytearray(pcm)))
+
+    def end(self, response_id: str) -> None:
+        self._queue.append(response_id)
+
+    @property
+    def buffered_samples(self) -> int:
+        return sum(pcm_samples(s.pcm) for s in self._queue if isinstance(s, _Segment))
+
+    @property
+    def has_end_marker(self) -> bool:
+        return any(isinstance(s, str) for s in self._queue)
+
+    @property
+    def idle(self) -> bool:
+        return not self._queue
+
+    def played_samples(self, item_id: str) -> int:
+        return self._played.get(item_id, 0)
+
+    def pull(self, samples: int, pad: bool = True) -> tuple[bytes, list[PlayoutEvent]]:
+        """Up to `samples` of audio; padded with silence (an underrun) when `pad` is set."""
+        out = bytearray()
+        events: list[PlayoutEvent] = []
+        want = samples * SAMPLE_BYTES
+        while self._queue:
+            head = self._queue[0]
+            if isinstance(head, str):
+                # An end marker right after the last audio is reported with that audio.
+                self._queue.popleft()
+                self._played.clear()
+                self._current = None
+                events.append(ResponsePlayed(head))
+                continue
+            if len(out) >= want:
+                break
+            if head.item_id not in self._played:
+                self._played[head.item_id] = 0
+                events.append(ItemStarted(head.response_id, head.item_id, head.phase))
+            self._current = head.item_id
+            n = min(want - len(out), len(head.pcm))
+            out += head.pcm[:n]
+            del head.pcm[:n]
+            self._played[head.item_id] += n // SAMPLE_BYTES
+            if not head.pcm:
+                self._queue.popleft()
+        if pad and len(out) < want:
+            if self._current is not None:
+                self.underruns += 1
+            out += bytes(want - len(out))
+        return bytes(out), events
+
+    def flush(self) -> PlayoutStopped:
+        """Drop everything queued; report what was being heard and what never was."""
+        unplayed: list[str] = []
+        for s in self._queue:
+            if isinstance(s, _Segment) and s.item_id not in (*self._played, *unplayed):
+                unplayed.append(s.item_id)
+        self._queue.clear()
+        current = self._current
+        played = self._played.get(current, 0) if current else 0
+        self._current = None
+        return PlayoutStopped(current, samples_to_ms(played, self.rate), tuple(unplayed))
+
+
+def rms_dbfs(pcm: bytes) -> float:
+    """Loudness of a block relative to full scale; -inf for digital silence."""
+    if not pcm:
+        return -math.inf
+    x = pcm_to_float(pcm)
+    rms = float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
+    return 20 * math.log10(rms) if rms > 0 else -math.inf

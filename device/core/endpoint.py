@@ -1,0 +1,111 @@
+"""Deciding, from per-frame VAD verdicts, when the user started and stopped speaking.
+
+Counts audio in samples of the microphone stream, never in wall-clock time, so the same
+audio always ends a turn at the same sample, whether it is played live or read from a file
+as fast as possible.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SpeechStarted:
+    onset_sample: int
+    """Start of the first voiced frame in the window that confirmed speech."""
+
+
+@dataclass(frozen=True)
+class TurnEnded:
+    end_sample: int
+    """Where the turn is cut: the last speech plus the trailing silence that confirmed its end."""
+    speech_end_sample: int
+    """End of the last voiced frame: our best estimate of where the user actually stopped."""
+    reason: str
+    """`silence` or `max_length`."""
+
+
+@dataclass(frozen=True)
+class NoSpeech:
+    at_sample: int
+
+
+EndpointEvent = SpeechStarted | TurnEnded | NoSpeech
+
+
+class Phase(enum.Enum):
+    IDLE = "idle"
+    WAITING = "waiting"
+    SPEAKING = "speaking"
+
+
+@dataclass(frozen=True)
+class EndpointSettings:
+    rate: int = 16_000
+    frame_samples: int = 320
+    silence_ms: int = 700
+    max_turn_ms: int = 30_000
+    vote_window: int = 5
+    """Frames considered when voting on whether speech is going on…"""
+    vote_needed: int = 3
+    """…and how many of them must be voiced. Starting and resuming speech both need the vote,
+    so a single click or clatter neither starts a turn nor keeps one alive."""
+
+
+class Endpointer:
+    """Start/end of speech with hysteresis, a no-speech timeout and a maximum turn length."""
+
+    def __init__(self, settings: EndpointSettings) -> None:
+        self.s = settings
+        self.phase = Phase.IDLE
+        self._votes: deque[bool] = deque(maxlen=settings.vote_window)
+        self._since = 0
+        self._deadline: int | None = None
+        self._turn_start = 0
+        self._last_voiced_end = 0
+
+    def _samples(self, ms: int) -> int:
+        return ms * self.s.rate // 1000
+
+    def wait_for_speech(self, at_sample: int, timeout_ms: int | None) -> None:
+        """Start listening for a turn at `at_sample`; give up after `timeout_ms` of no speech."""
+        self.phase = Phase.WAITING
+        self._votes.clear()
+        self._since = at_sample
+        self._deadline = None if timeout_ms is None else at_sample + self._samples(timeout_ms)
+
+    def stop(self) -> None:
+        self.phase = Phase.IDLE
+
+    def feed(self, end_sample: int, speech: bool) -> EndpointEvent | None:
+        """One frame's VAD verdict; `end_sample` is the sample after the frame."""
+        if self.phase is Phase.IDLE:
+            return None
+        self._votes.append(speech)
+        voiced = sum(self._votes) >= self.s.vote_needed
+        if self.phase is Phase.WAITING:
+            if voiced:
+                self.phase = Phase.SPEAKING
+                first_voiced = list(self._votes).index(True)
+                onset = end_sample - (len(self._votes) - first_voiced) * self.s.frame_samples
+                onset = max(self._since, onset)
+                self._turn_start = onset
+                self._last_voiced_end = end_sample
+                return SpeechStarted(onset)
+            if self._deadline is not None and end_sample >= self._deadline:
+                self.phase = Phase.IDLE
+                return NoSpeech(end_sample)
+            return None
+        # SPEAKING
+        if speech and voiced:
+            self._last_voiced_end = end_sample
+        if end_sample - self._turn_start >= self._samples(self.s.max_turn_ms):
+            self.phase = Phase.IDLE
+            return TurnEnded(end_sample, self._last_voiced_end, "max_length")
+        if end_sample - self._last_voiced_end >= self._samples(self.s.silence_ms):
+            self.phase = Phase.IDLE
+            return TurnEnded(end_sample, self._last_voiced_end, "silence")
+        return None

@@ -1,0 +1,147 @@
+"""Pre-roll, resampling, uplink and playout with real audio arrays."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as hst
+
+from device.core.audio import (
+    CLOUD_RATE,
+    MIC_RATE,
+    ItemStarted,
+    PlayoutBuffer,
+    PlayoutStopped,
+    PreRoll,
+    Resampler,
+    ResponsePlayed,
+    Uplink,
+    resample,
+    rms_dbfs,
+)
+
+
+def noise(seconds: float, seed: int = 1, rate: int = MIC_RATE) -> bytes:
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal(int(seconds * rate)) * 3000).astype("<i2").tobytes()
+
+
+def test_preroll_keeps_only_its_capacity_and_knows_positions() -> None:
+    ring = PreRoll(4800)
+    audio = noise(1.0)
+    for i in range(0, len(audio), 640):
+        ring.append(audio[i : i + 640])
+    assert ring.end == 16000 and ring.start == 16000 - 4800
+    assert ring.since(16000 - 1600) == audio[-3200:]
+    assert ring.since(0) == audio[-9600:]  # clamped to what is held
+    assert ring.since(16000) == b""
+
+
+def test_preroll_refuses_more_than_half_a_second() -> None:
+    with pytest.raises(ValueError):
+        PreRoll(8001)
+
+
+@settings(max_examples=40, deadline=None)
+@given(hst.lists(hst.integers(1, 2000), min_size=1, max_size=40))
+def test_resampling_does_not_depend_on_how_the_audio_is_cut(cuts: list[int]) -> None:
+    audio = noise(1.5)
+    r = Resampler(MIC_RATE, CLOUD_RATE)
+    out, pos = [], 0
+    for n in cuts:
+        out.append(r.push(audio[pos : pos + 2 * n]))
+        pos += 2 * n
+    out.append(r.push(audio[pos:], last=True))
+    assert b"".join(out) == resample(audio, MIC_RATE, CLOUD_RATE)
+
+
+def test_resampled_length_is_exactly_three_halves() -> None:
+    audio = noise(2.0)
+    assert len(resample(audio, MIC_RATE, CLOUD_RATE)) == len(audio) * 3 // 2
+
+
+def test_resampling_a_sine_keeps_its_frequency_and_level() -> None:
+    t = np.arange(MIC_RATE) / MIC_RATE
+    sine = (np.sin(2 * np.pi * 1000 * t) * 16000).astype("<i2").tobytes()
+    out = np.frombuffer(resample(sine, MIC_RATE, CLOUD_RATE), "<i2").astype(float)
+    spectrum = np.abs(np.fft.rfft(out[2400:-2400] * np.hanning(len(out) - 4800)))
+    peak_hz = np.argmax(spectrum) * CLOUD_RATE / (len(out) - 4800)
+    assert abs(peak_hz - 1000) < 2
+    assert abs(rms_dbfs(out[2400:-2400].astype("<i2").tobytes()) - rms_dbfs(sine)) < 0.1
+
+
+def test_uplink_sends_every_sample_once_in_bounded_chunks() -> None:
+    audio = noise(1.3)
+    up = Uplink(start_sample=12345, min_chunk_ms=40, max_chunk_ms=100)
+    sent: list[bytes] = []
+    for i in range(0, len(audio), 640):
+        up.push(audio[i : i + 640])
+        sent += up.take()
+    assert all(len(c) >= 40 * 48 for c in sent)
+    up.finish()
+    sent += up.take()
+    assert all(len(c) <= 100 * 48 for c in sent)
+    assert b"".join(sent) == resample(audio, MIC_RATE, CLOUD_RATE)
+    assert up.end_sample == 12345 + len(audio) // 2
+    assert up.sent_ms == 1300
+
+
+def test_uplink_holds_audio_until_taken() -> None:
+    up = Uplink(0)
+    up.push(noise(3.0))
+    up.finish()
+    chunks = up.take()
+    assert len(chunks) == 30 and up.take() == []
+
+
+def pcm(n: int, value: int = 1000) -> bytes:
+    return np.full(n, value, "<i2").tobytes()
+
+
+def test_playout_reports_each_item_when_its_first_sample_is_pulled() -> None:
+    b = PlayoutBuffer()
+    b.add("r1", "i1", "commentary", pcm(1000))
+    b.add("r1", "i2", "final_answer", pcm(1000, 2000))
+    b.end("r1")
+    _, ev = b.pull(480)
+    assert ev == [ItemStarted("r1", "i1", "commentary")]
+    _, ev = b.pull(480)
+    assert ev == []
+    data, ev = b.pull(480)
+    assert ev == [ItemStarted("r1", "i2", "final_answer")]
+    assert np.frombuffer(data, "<i2").tolist() == [1000] * 40 + [2000] * 440
+    _, ev = b.pull(480)
+    _, ev = b.pull(480)
+    assert ev == [ResponsePlayed("r1")]
+    assert b.idle
+
+
+def test_playout_end_marker_is_reported_with_the_last_audio() -> None:
+    b = PlayoutBuffer()
+    b.add("r1", "i1", "final_answer", pcm(480))
+    b.end("r1")
+    _, ev = b.pull(480)
+    assert ev == [ItemStarted("r1", "i1", "final_answer"), ResponsePlayed("r1")]
+
+
+def test_playout_flush_tells_what_was_heard_and_what_never_was() -> None:
+    b = PlayoutBuffer()
+    b.add("r1", "i1", "commentary", pcm(24000))
+    b.add("r1", "i2", "final_answer", pcm(24000))
+    for _ in range(10):
+        b.pull(480)
+    assert b.flush() == PlayoutStopped("i1", 200, ("i2",))
+    data, ev = b.pull(480)
+    assert ev == [] and data == bytes(960)
+
+
+def test_playout_counts_underruns_only_mid_response() -> None:
+    b = PlayoutBuffer()
+    b.pull(480)
+    assert b.underruns == 0
+    b.add("r1", "i1", "final_answer", pcm(100))
+    data, _ = b.pull(480)
+    assert len(data) == 960 and b.underruns == 1
+    data, _ = b.pull(480, pad=False)
+    assert data == b""

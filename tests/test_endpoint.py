@@ -1,0 +1,74 @@
+"""Endpointing on per-frame VAD verdicts, counted in samples."""
+
+from __future__ import annotations
+
+from device.core.endpoint import Endpointer, EndpointSettings, NoSpeech, SpeechStarted, TurnEnded
+
+F = 320
+S = EndpointSettings(rate=16_000, frame_samples=F, silence_ms=700, max_turn_ms=10_000)
+
+
+def run(pattern: str, timeout_ms: int | None = 5000, start: int = 0) -> list[tuple[int, object]]:
+    """'1' = voiced frame, '0' = unvoiced; returns (frame index, event) for each event."""
+    e = Endpointer(S)
+    e.wait_for_speech(start, timeout_ms)
+    out = []
+    pos = start
+    for i, c in enumerate(pattern):
+        pos += F
+        ev = e.feed(pos, c == "1")
+        if ev is not None:
+            out.append((i, ev))
+    return out
+
+
+def test_speech_needs_three_of_five_voiced_frames() -> None:
+    assert run("1010000000") == []
+    [(i, ev)] = run("0001110000")
+    assert i == 5 and ev == SpeechStarted(3 * F)
+
+
+def test_turn_ends_after_the_configured_silence() -> None:
+    silence_frames = 700 // 20
+    events = run("0" * 10 + "1" * 50 + "0" * (silence_frames + 5))
+    assert [type(ev) for _, ev in events] == [SpeechStarted, TurnEnded]
+    _, end = events[1]
+    assert isinstance(end, TurnEnded)
+    assert end.reason == "silence"
+    assert end.speech_end_sample == 60 * F  # end of the last voiced frame
+    assert end.end_sample - end.speech_end_sample == 700 * 16  # exactly 700 ms of audio later
+
+
+def test_pauses_between_words_do_not_end_the_turn() -> None:
+    words = ("1" * 15 + "0" * 20) * 6  # 400 ms gaps between 300 ms words
+    events = run(words + "0" * 40)
+    ends = [ev for _, ev in events if isinstance(ev, TurnEnded)]
+    assert len(ends) == 1 and ends[0].speech_end_sample == (len(words) - 20) * F
+
+
+def test_a_lone_click_in_the_silence_does_not_keep_the_turn_alive() -> None:
+    quiet = "0" * 20 + "1" + "0" * 20
+    events = run("1" * 20 + quiet)
+    end = next(ev for _, ev in events if isinstance(ev, TurnEnded))
+    assert end.speech_end_sample == 20 * F
+
+
+def test_no_speech_after_wake_times_out() -> None:
+    events = run("0" * 300, timeout_ms=2000)
+    assert events == [(99, NoSpeech(100 * F))]
+
+
+def test_endless_speech_is_cut_at_the_maximum_turn_length() -> None:
+    events = run("1" * 600)
+    end = next(ev for _, ev in events if isinstance(ev, TurnEnded))
+    assert end.reason == "max_length"
+    assert end.end_sample - 0 <= 10_000 * 16 + F
+
+
+def test_onset_never_precedes_the_start_of_listening() -> None:
+    e = Endpointer(S)
+    e.wait_for_speech(1000 * F, None)
+    ev = None
+    for k in range(3):
+        ev = e.feed(1000 * F + (k + 1) * F, True)
+    assert ev == SpeechStarted(1000 * F)

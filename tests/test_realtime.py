@@ -1,0 +1,316 @@
+"""The sans-I/O protocol: client events (checked against the openai SDK) and server parsing."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as hst
+
+from device.core import realtime as rt
+from tests.sdk import validate_client_event, validate_server_event
+
+SETTINGS = rt.SessionSettings(model="gpt-realtime-2", instructions="Be brief.", voice="marin")
+
+
+def all_client_events() -> list[dict[str, object]]:
+    c = rt.ClientEvents()
+    return [
+        c.session_update(SETTINGS),
+        c.session_update(
+            rt.SessionSettings("dep", "x", noise_reduction=None, reasoning_effort="high")
+        ),
+        c.append_audio(b"\x01\x00" * 480),
+        c.commit(),
+        c.clear_input(),
+        c.create_response(),
+        c.cancel_response(),
+        c.truncate("item_1", 1234),
+        c.delete_item("item_2"),
+    ]
+
+
+@pytest.mark.parametrize("event", all_client_events(), ids=lambda e: str(e["type"]))
+def test_client_events_match_the_sdk_models(event: dict[str, object]) -> None:
+    validate_client_event(json.loads(json.dumps(event)))
+
+
+def test_session_update_carries_the_device_choices() -> None:
+    ev = rt.ClientEvents().session_update(SETTINGS)
+    s = ev["session"]
+    assert s["audio"]["input"]["turn_detection"] is None
+    assert s["audio"]["input"]["format"] == {"type": "audio/pcm", "rate": 24000}
+    assert s["audio"]["output"]["voice"] == "marin"
+    assert s["reasoning"] == {"effort": "low"}
+
+
+def test_event_ids_are_unique() -> None:
+    ids = [e["event_id"] for e in all_client_events()]
+    assert len(set(ids)) == len(ids)
+
+
+def server(type_: str, **fields: object) -> str:
+    return json.dumps({"type": type_, "event_id": "event_1", **fields})
+
+
+def item(id_: str, phase: str | None = None, type_: str = "message") -> dict[str, object]:
+    d: dict[str, object] = {"id": id_, "type": type_, "role": "assistant", "content": []}
+    if type_ != "message":
+        d = {"id": id_, "type": type_, "call_id": "c1", "name": "f", "arguments": "{}"}
+    if phase:
+        d["phase"] = phase
+    return d
+
+
+PCM = b"\x10\x00\x20\x00"
+B64 = base64.b64encode(PCM).decode()
+
+PARSED = [
+    (
+        server("session.created", session={"type": "realtime", "id": "sess_1"}),
+        rt.SessionCreated("sess_1"),
+    ),
+    (
+        server(
+            "response.created", response={"id": "resp_1", "status": "in_progress", "output": []}
+        ),
+        rt.ResponseCreated("resp_1"),
+    ),
+    (
+        server(
+            "response.output_item.added",
+            response_id="resp_1",
+            output_index=0,
+            item=item("i1", "commentary"),
+        ),
+        rt.OutputItemAdded("resp_1", "i1", "message", "commentary"),
+    ),
+    (
+        server(
+            "response.output_audio.delta",
+            response_id="resp_1",
+            item_id="i1",
+            output_index=0,
+            content_index=0,
+            delta=B64,
+        ),
+        rt.AudioDelta("resp_1", "i1", PCM),
+    ),
+    (
+        server(
+            "response.audio.delta",
+            response_id="resp_1",
+            item_id="i1",
+            output_index=0,
+            content_index=0,
+            delta=B64,
+        ),
+        rt.AudioDelta("resp_1", "i1", PCM),
+    ),
+    (
+        server(
+            "response.output_audio.done",
+            response_id="resp_1",
+            item_id="i1",
+            output_index=0,
+            content_index=0,
+        ),
+        rt.AudioDone("resp_1", "i1"),
+    ),
+    (
+        server(
+            "response.audio_transcript.done",
+            response_id="resp_1",
+            item_id="i1",
+            output_index=0,
+            content_index=0,
+            transcript="Let me check.",
+        ),
+        rt.TranscriptDone("resp_1", "i1", "Let me check."),
+    ),
+    (
+        server(
+            "response.output_item.done",
+            response_id="resp_1",
+            output_index=1,
+            item={**item("i2", "final_answer"), "status": "completed"},
+        ),
+        rt.OutputItemDone("resp_1", "i2", "message", "final_answer", "completed"),
+    ),
+    (
+        server(
+            "response.done",
+            response={
+                "id": "resp_1",
+                "status": "cancelled",
+                "output": [item("i1", "commentary"), item("i2")],
+            },
+        ),
+        rt.ResponseDone(
+            "resp_1", "cancelled", (("i1", "message", "commentary"), ("i2", "message", None))
+        ),
+    ),
+    (
+        server(
+            "error",
+            error={
+                "type": "invalid_request_error",
+                "code": "session_expired",
+                "message": "60 min",
+                "event_id": None,
+            },
+        ),
+        rt.ServerError("session_expired", "invalid_request_error", "60 min", None),
+    ),
+    (
+        server("conversation.item.truncated", item_id="i1", content_index=0, audio_end_ms=900),
+        rt.ItemTruncated("i1", 900),
+    ),
+    (
+        server("input_audio_buffer.committed", item_id="u1", previous_item_id=None),
+        rt.InputCommitted("u1"),
+    ),
+    (server("rate_limits.updated", rate_limits=[]), rt.Ignored("rate_limits.updated")),
+    (server("conversation.item.created", item=item("x")), rt.Ignored("conversation.item.created")),
+    (server("response.brand_new_thing", x=1), rt.Unknown("response.brand_new_thing")),
+    ("{not json", rt.Malformed("not JSON")),
+    ("[1, 2]", rt.Malformed("not an object")),
+    (json.dumps({"no": "type"}), rt.Malformed("no event type")),
+    (
+        server("response.output_audio.delta", response_id="r", item_id="i", delta="%%%"),
+        rt.Malformed("audio delta is not valid base64", "response.output_audio.delta"),
+    ),
+    (
+        server("response.created", response={"id": 7}),
+        rt.Malformed("field 'id' missing or of the wrong type", "response.created"),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), PARSED, ids=[p[1].__class__.__name__ for p in PARSED]
+)
+def test_server_events_parse_to_typed_values(text: str, expected: rt.ServerEvent) -> None:
+    assert rt.parse_server_event(text) == expected
+
+
+def test_audio_is_never_shown_in_a_repr() -> None:
+    ev = rt.AudioDelta("r", "i", b"secret audio bytes!!")
+    assert "secret" not in repr(ev) and "bytes=20" in repr(ev)
+
+
+json_values = hst.recursive(
+    hst.none()
+    | hst.booleans()
+    | hst.integers()
+    | hst.floats(allow_nan=False)
+    | hst.text(max_size=20),
+    lambda children: (
+        hst.lists(children, max_size=4)
+        | hst.dictionaries(hst.text(max_size=10), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+event_types = hst.sampled_from([*rt.PARSERS, *rt.ALIASES, "x.y"])
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    event_types,
+    hst.dictionaries(
+        hst.sampled_from(
+            [
+                "response",
+                "item",
+                "response_id",
+                "item_id",
+                "delta",
+                "error",
+                "session",
+                "transcript",
+                "audio_end_ms",
+                "output",
+            ]
+        ),
+        json_values,
+        max_size=6,
+    ),
+)
+def test_no_server_input_can_crash_the_parser(type_: str, fields: dict[str, object]) -> None:
+    ev = rt.parse_server_event(json.dumps({**fields, "type": type_}))
+    assert isinstance(ev, rt.ServerEvent.__args__)  # type: ignore[attr-defined]
+
+
+@settings(max_examples=200, deadline=None)
+@given(hst.binary(max_size=200))
+def test_arbitrary_bytes_are_malformed_not_fatal(data: bytes) -> None:
+    rt.parse_server_event(data)
+
+
+def test_phases_follow_items_and_default_to_the_final_answer() -> None:
+    c = rt.Conversation()
+    for text in [
+        server("response.created", response={"id": "r1"}),
+        server(
+            "response.output_item.added",
+            response_id="r1",
+            output_index=0,
+            item=item("i1", "commentary"),
+        ),
+        server("response.output_item.added", response_id="r1", output_index=1, item=item("i2")),
+        server(
+            "response.output_item.added",
+            response_id="r1",
+            output_index=2,
+            item=item("f1", type_="function_call"),
+        ),
+    ]:
+        c.apply(rt.parse_server_event(text))
+    assert c.active_response == "r1"
+    assert c.phase_of("i1") == rt.COMMENTARY
+    assert c.phase_of("i2") == rt.FINAL_ANSWER
+    assert rt.effective_phase("function_call", None) is None
+    # a later event without phase does not erase a known phase
+    c.apply(
+        rt.parse_server_event(
+            server("response.output_item.done", response_id="r1", output_index=0, item=item("i1"))
+        )
+    )
+    assert c.phase_of("i1") == rt.COMMENTARY
+    # response.done can confirm or correct the phase
+    c.apply(
+        rt.parse_server_event(
+            server(
+                "response.done",
+                response={"id": "r1", "status": "completed", "output": [item("i2", "commentary")]},
+            )
+        )
+    )
+    assert c.phase_of("i2") == rt.COMMENTARY
+    assert c.active_response is None
+
+
+def test_conversation_memory_is_bounded() -> None:
+    c = rt.Conversation()
+    for n in range(1000):
+        c.apply(rt.OutputItemAdded("r", f"i{n}", "message", "commentary"))
+        c.discard(f"r{n}")
+    assert len(c._items) == rt.Conversation.MAX_ITEMS
+    assert len(c._discarded) == rt.Conversation.MAX_ITEMS
+
+
+def test_error_codes_sort_into_benign_and_fatal() -> None:
+    assert rt.error_is_fatal("invalid_api_key")
+    assert not rt.error_is_fatal("response_cancel_not_active")
+    assert not rt.error_is_fatal(None)
+
+
+def test_sdk_validation_catches_misspelled_fields() -> None:
+    bad = rt.ClientEvents().truncate("i", 10)
+    bad["audio_end"] = bad.pop("audio_end_ms")
+    with pytest.raises(Exception):  # noqa: B017 - pydantic or our own extra-field check
+        validate_client_event(bad)
+    ok = validate_server_event(json.loads(PARSED[0][0]))
+    assert ok is not None

@@ -1,0 +1,636 @@
+"""The state machine as a table: (state, input) → (state, commands), with plain values."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as hst
+
+from device.core.endpoint import EndpointSettings
+from device.core.states import (
+    ButtonDown,
+    ButtonHeld,
+    ButtonUp,
+    CancelResponse,
+    CloseMic,
+    CloseSession,
+    CloudError,
+    Command,
+    DeleteItems,
+    DiscardTurn,
+    EndTurn,
+    Enter,
+    Heard,
+    Input,
+    Machine,
+    OpenMic,
+    OpenSession,
+    PlaybackFinished,
+    PlaybackStarted,
+    PlaybackStopped,
+    ReportError,
+    ResponseEnded,
+    ResponseStarted,
+    SessionFailed,
+    SessionLost,
+    SessionReady,
+    Settings,
+    StartTurn,
+    State,
+    StopPlayback,
+    SubmitTurn,
+    Tick,
+    Truncate,
+    Turn,
+    Wake,
+)
+
+F = 320  # samples per 20 ms frame
+SETTINGS = Settings(
+    rate=16_000,
+    preroll_ms=300,
+    no_speech_ms=1000,
+    follow_up_ms=1000,
+    reply_timeout_s=5.0,
+    error_hold_s=2.0,
+    endpoint=EndpointSettings(silence_ms=200, max_turn_ms=3000),
+)
+PREROLL = 4800
+WAKE_AT = 50 * F  # 1 s into the stream
+
+
+def frames(m: Machine, n: int, speech: bool, now: float = 0.0) -> list[Command]:
+    out: list[Command] = []
+    for _ in range(n):
+        out += m.handle(Heard(m.audio_pos + F, speech), now)
+    return out
+
+
+def idle() -> Machine:
+    m = Machine(SETTINGS)
+    frames(m, 50, False)
+    return m
+
+
+def connecting() -> Machine:
+    m = idle()
+    m.handle(Wake("okay nabu", 0.97, m.audio_pos), 0)
+    return m
+
+
+def listening() -> Machine:
+    m = connecting()
+    m.handle(SessionReady(), 0)
+    return m
+
+
+def thinking() -> Machine:
+    m = listening()
+    frames(m, 10, True)
+    frames(m, 10, False)
+    assert m.state is State.THINKING
+    m.handle(ResponseStarted("r1"), 0)
+    return m
+
+
+def preamble() -> Machine:
+    m = thinking()
+    m.handle(PlaybackStarted("r1", "i1", "commentary"), 1)
+    return m
+
+
+def answering() -> Machine:
+    m = preamble()
+    m.handle(PlaybackStarted("r1", "i2", "final_answer"), 2)
+    return m
+
+
+def answering_after_response_done() -> Machine:
+    m = answering()
+    m.handle(ResponseEnded("r1", "completed"), 2)
+    return m
+
+
+def follow_up() -> Machine:
+    m = answering_after_response_done()
+    m.handle(PlaybackFinished("r1"), 3)
+    return m
+
+
+def muted() -> Machine:
+    m = idle()
+    m.handle(ButtonDown(m.audio_pos), 0)
+    m.handle(ButtonHeld(), 0)
+    return m
+
+
+def error() -> Machine:
+    m = connecting()
+    m.handle(SessionFailed("unreachable", "cannot reach host"), 10)
+    return m
+
+
+Step = Callable[[Machine], list[Command]]
+
+
+def send(*events: Input, now: float = 0.0) -> Step:
+    def step(m: Machine) -> list[Command]:
+        out: list[Command] = []
+        for e in events:
+            out += m.handle(e, now)
+        return out
+
+    return step
+
+
+def press(now: float = 0.0) -> Step:
+    def step(m: Machine) -> list[Command]:
+        return m.handle(ButtonDown(m.audio_pos), now) + m.handle(ButtonUp(), now)
+
+    return step
+
+
+def speak_then_pause(speech_frames: int = 10, pause_frames: int = 10) -> Step:
+    def step(m: Machine) -> list[Command]:
+        return frames(m, speech_frames, True) + frames(m, pause_frames, False)
+
+    return step
+
+
+def silence(n: int) -> Step:
+    return lambda m: frames(m, n, False)
+
+
+POS = WAKE_AT  # audio position in every prepared state except after speech
+END_OF_SPEECH = WAKE_AT + 20 * F  # 10 voiced + 10 silent frames after the wake
+
+# (name, prepared state, step, expected state, expected commands)
+TABLE: list[tuple[str, Callable[[], Machine], Step, State, list[Command]]] = [
+    # idle
+    (
+        "wake word opens a session with pre-roll",
+        idle,
+        send(Wake("okay nabu", 0.9, POS)),
+        State.CONNECTING,
+        [
+            StartTurn(POS - PREROLL, "wake word"),
+            OpenSession(),
+            Enter(State.CONNECTING, "wake word"),
+        ],
+    ),
+    (
+        "button press wakes from its own sample",
+        idle,
+        press(),
+        State.CONNECTING,
+        [StartTurn(POS, "button"), OpenSession(), Enter(State.CONNECTING, "button")],
+    ),
+    ("button down alone does nothing yet", idle, send(ButtonDown(POS)), State.IDLE, []),
+    (
+        "long press mutes: the mic closes",
+        idle,
+        send(ButtonDown(POS), ButtonHeld()),
+        State.MUTED,
+        [CloseMic(), Enter(State.MUTED, "muted")],
+    ),
+    (
+        "release after a hold is not a short press",
+        idle,
+        send(ButtonDown(POS), ButtonHeld(), ButtonUp()),
+        State.MUTED,
+        [CloseMic(), Enter(State.MUTED, "muted")],
+    ),
+    ("stray session event is ignored", idle, send(SessionReady()), State.IDLE, []),
+    (
+        "stray playback event is ignored",
+        idle,
+        send(PlaybackStarted("r", "i", "final_answer")),
+        State.IDLE,
+        [],
+    ),
+    # connecting
+    (
+        "session ready: stream what was buffered",
+        connecting,
+        send(SessionReady()),
+        State.LISTENING,
+        [Enter(State.LISTENING, "session ready")],
+    ),
+    (
+        "connect failure shows the error",
+        connecting,
+        send(SessionFailed("unreachable", "down")),
+        State.ERROR,
+        [
+            EndTurn(POS, "unreachable"),
+            DiscardTurn(),
+            ReportError("unreachable", "down"),
+            Enter(State.ERROR, "unreachable"),
+        ],
+    ),
+    (
+        "second wake while connecting is ignored",
+        connecting,
+        send(Wake("okay nabu", 0.9, POS)),
+        State.CONNECTING,
+        [],
+    ),
+    (
+        "turn can end before the session is ready",
+        connecting,
+        speak_then_pause(),
+        State.CONNECTING,
+        [EndTurn(END_OF_SPEECH, "silence")],
+    ),
+    (
+        "…and is submitted once it is",
+        connecting,
+        lambda m: speak_then_pause()(m) + m.handle(SessionReady(), 0),
+        State.THINKING,
+        [
+            EndTurn(END_OF_SPEECH, "silence"),
+            Enter(State.LISTENING, "session ready"),
+            SubmitTurn(),
+            Enter(State.THINKING, "turn ended while connecting"),
+        ],
+    ),
+    (
+        "no speech after wake: give up quietly",
+        connecting,
+        silence(50),
+        State.IDLE,
+        [
+            EndTurn(POS + 50 * F, "no speech"),
+            DiscardTurn(),
+            CloseSession("no speech"),
+            Enter(State.IDLE, "no speech"),
+        ],
+    ),
+    (
+        "mute while connecting drops everything",
+        connecting,
+        send(ButtonDown(POS), ButtonHeld()),
+        State.MUTED,
+        [
+            EndTurn(POS, "muted"),
+            DiscardTurn(),
+            CloseSession("muted"),
+            CloseMic(),
+            Enter(State.MUTED, "muted"),
+        ],
+    ),
+    # listening
+    (
+        "silence after speech ends the turn",
+        listening,
+        speak_then_pause(),
+        State.THINKING,
+        [EndTurn(END_OF_SPEECH, "silence"), SubmitTurn(), Enter(State.THINKING, "end of speech")],
+    ),
+    ("short pauses between words do not", listening, speak_then_pause(10, 5), State.LISTENING, []),
+    (
+        "button ends the turn",
+        listening,
+        press(),
+        State.THINKING,
+        [EndTurn(POS, "button"), SubmitTurn(), Enter(State.THINKING, "button")],
+    ),
+    (
+        "lost connection while listening",
+        listening,
+        send(SessionLost("connection_lost", "gone")),
+        State.ERROR,
+        [
+            EndTurn(POS, "connection_lost"),
+            DiscardTurn(),
+            ReportError("connection_lost", "gone"),
+            Enter(State.ERROR, "connection_lost"),
+        ],
+    ),
+    (
+        "fatal server error closes the session",
+        listening,
+        send(CloudError("invalid_api_key", "bad key")),
+        State.ERROR,
+        [
+            EndTurn(POS, "invalid_api_key"),
+            DiscardTurn(),
+            CloseSession("invalid_api_key"),
+            ReportError("invalid_api_key", "bad key"),
+            Enter(State.ERROR, "invalid_api_key"),
+        ],
+    ),
+    # thinking
+    (
+        "first commentary sample played → preamble",
+        thinking,
+        send(PlaybackStarted("r1", "i1", "commentary")),
+        State.PREAMBLE,
+        [Enter(State.PREAMBLE, "commentary")],
+    ),
+    (
+        "first answer sample played → answering",
+        thinking,
+        send(PlaybackStarted("r1", "i1", "final_answer")),
+        State.ANSWERING,
+        [Enter(State.ANSWERING, "final_answer")],
+    ),
+    (
+        "a response with no audio still ends",
+        thinking,
+        send(ResponseEnded("r1", "failed"), PlaybackFinished("r1")),
+        State.FOLLOW_UP,
+        [Enter(State.FOLLOW_UP, "reply played")],
+    ),
+    (
+        "button while thinking cancels and listens",
+        thinking,
+        send(ButtonDown(END_OF_SPEECH)),
+        State.LISTENING,
+        [
+            StopPlayback(),
+            CancelResponse(),
+            StartTurn(END_OF_SPEECH, "barge-in"),
+            Enter(State.LISTENING, "barge-in"),
+        ],
+    ),
+    ("patience before the reply timeout", thinking, send(Tick(), now=4.9), State.THINKING, []),
+    (
+        "no reply in time is an error",
+        thinking,
+        send(Tick(), now=5.0),
+        State.ERROR,
+        [
+            StopPlayback(),
+            CloseSession("no_reply"),
+            ReportError("no_reply", "no reply within 5 s"),
+            Enter(State.ERROR, "no_reply"),
+        ],
+    ),
+    # preamble / answering
+    (
+        "answer follows the preamble",
+        preamble,
+        send(PlaybackStarted("r1", "i2", "final_answer")),
+        State.ANSWERING,
+        [Enter(State.ANSWERING, "final_answer")],
+    ),
+    (
+        "a second commentary item keeps the preamble",
+        preamble,
+        send(PlaybackStarted("r1", "i3", "commentary")),
+        State.PREAMBLE,
+        [],
+    ),
+    (
+        "barge-in during the preamble cancels the response",
+        preamble,
+        send(ButtonDown(END_OF_SPEECH)),
+        State.LISTENING,
+        [
+            StopPlayback(),
+            CancelResponse(),
+            StartTurn(END_OF_SPEECH, "barge-in"),
+            Enter(State.LISTENING, "barge-in"),
+        ],
+    ),
+    (
+        "the release after a barge-in is not another press",
+        preamble,
+        send(ButtonDown(END_OF_SPEECH), ButtonUp()),
+        State.LISTENING,
+        [
+            StopPlayback(),
+            CancelResponse(),
+            StartTurn(END_OF_SPEECH, "barge-in"),
+            Enter(State.LISTENING, "barge-in"),
+        ],
+    ),
+    (
+        "barge-in after response.done: nothing to cancel",
+        answering_after_response_done,
+        send(ButtonDown(END_OF_SPEECH)),
+        State.LISTENING,
+        [StopPlayback(), StartTurn(END_OF_SPEECH, "barge-in"), Enter(State.LISTENING, "barge-in")],
+    ),
+    (
+        "played out → follow-up",
+        answering_after_response_done,
+        send(PlaybackFinished("r1")),
+        State.FOLLOW_UP,
+        [Enter(State.FOLLOW_UP, "reply played")],
+    ),
+    (
+        "own speech does not wake the device",
+        answering,
+        send(Wake("okay nabu", 0.99, END_OF_SPEECH)),
+        State.ANSWERING,
+        [],
+    ),
+    (
+        "what was cut is truncated, what never played deleted",
+        answering,
+        send(PlaybackStopped("i2", 1234, ("i3",))),
+        State.ANSWERING,
+        [Truncate("i2", 1234), DeleteItems(("i3",))],
+    ),
+    (
+        "mute during the answer stops everything",
+        answering,
+        send(ButtonDown(END_OF_SPEECH), ButtonHeld()),
+        State.MUTED,
+        [
+            StopPlayback(),
+            CancelResponse(),
+            StartTurn(END_OF_SPEECH, "barge-in"),
+            Enter(State.LISTENING, "barge-in"),
+            EndTurn(END_OF_SPEECH, "muted"),
+            DiscardTurn(),
+            CloseSession("muted"),
+            CloseMic(),
+            Enter(State.MUTED, "muted"),
+        ],
+    ),
+    # follow-up
+    (
+        "speaking again starts a turn with pre-roll",
+        follow_up,
+        lambda m: frames(m, 3, True),
+        State.LISTENING,
+        [StartTurn(END_OF_SPEECH - PREROLL, "follow-up"), Enter(State.LISTENING, "follow-up")],
+    ),
+    (
+        "silence through the window ends the conversation",
+        follow_up,
+        silence(50),
+        State.IDLE,
+        [CloseSession("conversation over"), Enter(State.IDLE, "conversation over")],
+    ),
+    (
+        "wake word in the window listens at once",
+        follow_up,
+        send(Wake("okay nabu", 0.9, END_OF_SPEECH)),
+        State.LISTENING,
+        [StartTurn(END_OF_SPEECH - PREROLL, "wake word"), Enter(State.LISTENING, "wake word")],
+    ),
+    (
+        "button in the window listens at once",
+        follow_up,
+        press(),
+        State.LISTENING,
+        [StartTurn(END_OF_SPEECH, "button"), Enter(State.LISTENING, "button")],
+    ),
+    (
+        "session ending in the window is not an error",
+        follow_up,
+        send(SessionLost("session_expired", "60 min")),
+        State.IDLE,
+        [Enter(State.IDLE, "session_expired")],
+    ),
+    # muted
+    (
+        "long press unmutes",
+        muted,
+        send(ButtonDown(POS), ButtonHeld()),
+        State.IDLE,
+        [OpenMic(), Enter(State.IDLE, "unmuted")],
+    ),
+    ("a short press does not unmute", muted, press(), State.MUTED, []),
+    # error
+    ("the error shows for a while", error, send(Tick(), now=11.9), State.ERROR, []),
+    (
+        "then the device is idle again",
+        error,
+        send(Tick(), now=12.0),
+        State.IDLE,
+        [Enter(State.IDLE, "error shown")],
+    ),
+    (
+        "the wake word works in the error state",
+        error,
+        send(Wake("okay nabu", 0.9, POS)),
+        State.CONNECTING,
+        [
+            StartTurn(POS - PREROLL, "wake word"),
+            OpenSession(),
+            Enter(State.CONNECTING, "wake word"),
+        ],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("prepare", "step", "state", "commands"),
+    [row[1:] for row in TABLE],
+    ids=[row[0] for row in TABLE],
+)
+def test_transition(
+    prepare: Callable[[], Machine], step: Step, state: State, commands: list[Command]
+) -> None:
+    m = prepare()
+    assert step(m) == commands
+    assert m.state is state
+
+
+def test_follow_up_turn_start_includes_preroll_before_onset() -> None:
+    m = follow_up()
+    frames(m, 30, False)
+    cmds = frames(m, 3, True)
+    onset = END_OF_SPEECH + 30 * F  # the first voiced frame starts here
+    assert cmds[0] == StartTurn(onset - PREROLL, "follow-up")
+
+
+def test_turn_ends_at_max_length_even_without_silence() -> None:
+    m = listening()
+    cmds = frames(m, 200, True)
+    ends = [c for c in cmds if isinstance(c, EndTurn)]
+    assert ends and ends[0].reason == "max_length"
+    assert m.state is State.THINKING
+
+
+def test_every_prepared_state_is_reachable() -> None:
+    prepared = {
+        f().state
+        for f in (
+            idle,
+            connecting,
+            listening,
+            thinking,
+            preamble,
+            answering,
+            follow_up,
+            muted,
+            error,
+        )
+    }
+    assert prepared == set(State)
+
+
+# ---------------------------------------------------------------------------------------------
+# Property: whatever happens, the machine stays coherent
+
+inputs = hst.one_of(
+    hst.builds(Wake, hst.just("okay nabu"), hst.floats(0.5, 1.0), hst.just(0)),
+    hst.builds(ButtonDown, hst.just(0)),
+    hst.just(ButtonHeld()),
+    hst.just(ButtonUp()),
+    hst.builds(Heard, hst.just(0), hst.booleans()),
+    hst.just(SessionReady()),
+    hst.builds(SessionFailed, hst.sampled_from(["unreachable", "auth_failed"]), hst.just("x")),
+    hst.builds(SessionLost, hst.just("connection_lost"), hst.just("x")),
+    hst.builds(CloudError, hst.just("invalid_api_key"), hst.just("x")),
+    hst.builds(ResponseStarted, hst.sampled_from(["r1", "r2"])),
+    hst.builds(ResponseEnded, hst.sampled_from(["r1", "r2"]), hst.just("completed")),
+    hst.builds(
+        PlaybackStarted,
+        hst.just("r1"),
+        hst.sampled_from(["i1", "i2"]),
+        hst.sampled_from(["commentary", "final_answer"]),
+    ),
+    hst.builds(PlaybackFinished, hst.just("r1")),
+    hst.builds(PlaybackStopped, hst.sampled_from([None, "i1"]), hst.integers(0, 5000)),
+    hst.just(Tick()),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(hst.lists(hst.tuples(inputs, hst.integers(1, 20)), max_size=60))
+def test_random_inputs_keep_the_machine_coherent(steps: list[tuple[Input, int]]) -> None:
+    m = Machine(SETTINGS)
+    now = 0.0
+    pos = 0
+    for event, frames_later in steps:
+        pos += frames_later * F
+        now += frames_later * 0.02
+        if isinstance(event, Heard):
+            event = Heard(pos, event.speech)
+        elif isinstance(event, Wake):
+            event = Wake(event.word, event.score, pos)
+        elif isinstance(event, ButtonDown):
+            event = ButtonDown(pos)
+        m.handle(Heard(pos, False), now)
+        was_open = m.session_open
+        commands = m.handle(event, now)
+        opens = sum(isinstance(c, OpenSession) for c in commands)
+        closes = sum(isinstance(c, CloseSession) for c in commands)
+        assert opens <= 1 and closes <= 1
+        if opens:
+            assert not was_open, "a second session opened over the first"
+        if closes:
+            assert was_open, "closing a session that is not open"
+        # the listening LED is on exactly when the turn is being streamed
+        assert (m.state is State.LISTENING) <= (m.turn is Turn.OPEN and m.session_open)
+        if m.turn is Turn.OPEN:
+            assert m.state in (State.CONNECTING, State.LISTENING)
+        if m.state in (State.IDLE, State.MUTED, State.ERROR):
+            assert not m.session_open and m.turn is Turn.NONE
+        if m.state in (
+            State.CONNECTING,
+            State.LISTENING,
+            State.THINKING,
+            State.PREAMBLE,
+            State.ANSWERING,
+        ):
+            assert m.session_open
