@@ -1,0 +1,2 @@
+"""Thin edges around real libraries: PortAudio, webrtcvad, microWakeWord, gpiozero,
+websockets, systemd."""

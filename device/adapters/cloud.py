@@ -1,0 +1,244 @@
+"""The realtime session over a WebSocket (python-websockets, asyncio).
+
+A thin shell: what the JSON means is `core.realtime`'s business. This module connects
+(only when asked: there is no socket before a wake), sends `session.update`, waits for
+`session.created`, then moves events both ways until closed. What happens to the session
+is reported as state machine inputs: `SessionReady`, `SessionFailed`, `SessionLost`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+from .. import __version__
+from ..config import Secret
+from ..core.realtime import (
+    ClientEvents,
+    ServerEvent,
+    SessionCreated,
+    SessionSettings,
+    parse_server_event,
+)
+from ..core.realtime import ServerError as ServerErrorEvent
+from ..core.states import Input, SessionFailed, SessionLost, SessionReady
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+"""Largest server event accepted; the biggest real ones (response.done) are far smaller."""
+MAX_OUTGOING = 1000
+"""Client events waiting to be written (≈ 40 s of audio): more means the link is stuck."""
+
+
+class Refused(Exception):
+    """The server sent an `error` instead of `session.created`."""
+
+    def __init__(self, ev: ServerErrorEvent) -> None:
+        super().__init__(ev.message)
+        self.event = ev
+
+
+@dataclass(frozen=True)
+class Failure:
+    code: str
+    message: str
+    retryable: bool
+
+
+def classify(exc: BaseException, url: str) -> Failure:
+    """What a failed connection attempt means to the user, in words they can act on."""
+    host = urlsplit(url).netloc
+    if isinstance(exc, Refused):
+        code = exc.event.code or "refused"
+        return Failure(code, f"{host} refused the session: {exc.event.message}", False)
+    if isinstance(exc, InvalidStatus):
+        status = exc.response.status_code
+        if status in (401, 403):
+            return Failure(
+                "auth_failed",
+                f"{host} refused the API key (HTTP {status}): check AZURE_OPENAI_API_KEY "
+                "or the azure-openai-api-key credential",
+                False,
+            )
+        if status == 404:
+            return Failure(
+                "not_found",
+                f"{host} has no realtime endpoint for this deployment (HTTP 404): "
+                "check cloud.endpoint and cloud.deployment",
+                False,
+            )
+        if status == 429:
+            return Failure("rate_limited", f"{host} is rate limiting (HTTP 429)", True)
+        return Failure("server_error", f"{host} answered HTTP {status}", status >= 500)
+    if isinstance(exc, TimeoutError):
+        return Failure("timeout", f"{host} did not answer in time", True)
+    if isinstance(exc, OSError):
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        return Failure("unreachable", f"cannot reach {host}: {reason}", True)
+    if isinstance(exc, InvalidHandshake):
+        return Failure("handshake_failed", f"{host}: WebSocket handshake failed: {exc}", True)
+    if isinstance(exc, ConnectionClosed):
+        return Failure("connection_lost", f"{host} closed the connection", True)
+    return Failure("unexpected", f"{type(exc).__name__} talking to {host}", True)
+
+
+def _is_loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class CloudSession:
+    """One realtime session: opened on wake, closed when the conversation is over."""
+
+    def __init__(
+        self,
+        url: str,
+        api_key: Secret,
+        settings: SessionSettings,
+        events: ClientEvents,
+        on_event: Callable[[ServerEvent], None],
+        on_status: Callable[[Input], None],
+        connect_timeout_s: float,
+    ) -> None:
+        self.url = url
+        self._key = api_key
+        self._settings = settings
+        self._events = events
+        self._on_event = on_event
+        self._on_status = on_status
+        self._connect_timeout = connect_timeout_s
+        self._outgoing: asyncio.Queue[str | None] = asyncio.Queue()
+        self._ws: ClientConnection | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closer: asyncio.Future[None] | None = None
+        self._closing = False
+        self.ready = False
+        self.session_id = ""
+        self.close_reason = ""
+
+    def __repr__(self) -> str:
+        return f"CloudSession({urlsplit(self.url).netloc}, ready={self.ready})"
+
+    # -- called on the loop by the app ------------------------------------------------------
+
+    def start(self, tg: asyncio.TaskGroup) -> None:
+        self._task = tg.create_task(self.run(), name="cloud-session")
+
+    def send(self, event: dict[str, Any]) -> None:
+        if self._closing:
+            return
+        if self._outgoing.qsize() >= MAX_OUTGOING:
+            self._lost("stalled", "the connection stopped taking data")
+            return
+        self._outgoing.put_nowait(json.dumps(event, separators=(",", ":")))
+
+    def close(self, reason: str) -> None:
+        """Close politely (code 1000) once what is queued is written; abandon a connect."""
+        if self._closing:
+            return
+        self._closing = True
+        self.close_reason = reason
+        if self.ready:
+            self._outgoing.put_nowait(None)
+        elif self._task is not None:
+            self._task.cancel()
+
+    # -- the session task -------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            try:
+                ws = await asyncio.wait_for(self._connect(), self._connect_timeout)
+            except asyncio.CancelledError:
+                if self._closing:
+                    return  # abandoned on purpose
+                raise
+            except Exception as e:
+                if not self._closing:
+                    f = classify(e, self.url)
+                    log.warning("session failed: %s", f.message)
+                    self._closing = True
+                    self._on_status(SessionFailed(f.code, f.message))
+                return
+            self.ready = True
+            self._on_status(SessionReady())
+            writer = asyncio.create_task(self._write(ws))
+            try:
+                await self._read(ws)
+            finally:
+                writer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await writer
+        finally:
+            if self._ws is not None:
+                await self._ws.close()
+
+    async def _connect(self) -> ClientConnection:
+        self._ws = await connect(
+            self.url,
+            additional_headers={"api-key": self._key.reveal()},
+            user_agent_header=f"voice-device/{__version__}",
+            compression=None,
+            proxy=None if _is_loopback(self.url) else True,
+            open_timeout=None,
+            ping_interval=5,
+            ping_timeout=10,
+            close_timeout=2,
+            max_size=MAX_MESSAGE_BYTES,
+            max_queue=64,
+        )
+        ws = self._ws
+        await ws.send(json.dumps(self._events.session_update(self._settings)))
+        # The first event is session.created; an error before it means the session is refused.
+        while True:
+            ev = parse_server_event(await ws.recv())
+            if isinstance(ev, SessionCreated):
+                self.session_id = ev.session_id
+                return ws
+            if isinstance(ev, ServerErrorEvent):
+                raise Refused(ev)
+            self._on_event(ev)
+
+    async def _write(self, ws: ClientConnection) -> None:
+        while True:
+            text = await self._outgoing.get()
+            if text is None:
+                await ws.close(1000, self.close_reason[:100])
+                return
+            await ws.send(text)
+
+    async def _read(self, ws: ClientConnection) -> None:
+        try:
+            async for text in ws:
+                self._on_event(parse_server_event(text))
+        except ConnectionClosed:
+            pass
+        if not self._closing:
+            code, reason = ws.close_code, ws.close_reason or ""
+            why = "without a close frame" if code in (None, 1006) else f"code {code} {reason}"
+            self._lost("connection_lost", f"the service closed the session ({why.strip()})")
+
+    def _lost(self, code: str, message: str) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        log.warning("session lost: %s", message)
+        self._on_status(SessionLost(code, message))
+        if self._ws is not None:
+            self._closer = asyncio.ensure_future(self._ws.close())

@@ -1,0 +1,258 @@
+"""Speakers: a PyAudio callback stream, or a WAV file (clocked at real time or as fast as fed).
+
+Both count what they actually hand to the output, per item, and report it as
+`core.audio` playout events (`ItemStarted`, `ResponsePlayed`, `PlayoutStopped`) on the event
+loop: the LEDs follow what the user hears, not what has arrived from the network.
+
+The output runs only while there is something to play. Playback of a response starts once
+`jitter_ms` of it is buffered (or all of it has arrived), so a hiccup in the network does
+not become a gap in the voice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+import time
+import wave
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..core.audio import (
+    CLOUD_RATE,
+    SAMPLE_BYTES,
+    PlayoutBuffer,
+    PlayoutEvent,
+    PlayoutStopped,
+    ResponsePlayed,
+    ms_to_samples,
+)
+from .portaudio import DeviceInfo, find_device, pyaudio_instance
+
+log = logging.getLogger(__name__)
+
+PERIOD_MS = 20
+PERIOD_SAMPLES = CLOUD_RATE * PERIOD_MS // 1000
+
+Post = Callable[[PlayoutEvent], None]
+
+
+class Speaker:
+    """What both kinds of speaker share: the playout buffer, its lock, and when to run.
+
+    The buffer is the one object touched from two threads (the loop adds audio, the audio
+    callback pulls it); the lock around it is held for microseconds at a time.
+    """
+
+    name = "speaker"
+
+    def __init__(self, jitter_ms: int) -> None:
+        self._buffer = PlayoutBuffer(CLOUD_RATE)
+        self._lock = threading.Lock()
+        self._prefill = ms_to_samples(jitter_ms, CLOUD_RATE)
+        self._running = False
+        self._post: Post | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.underruns = 0
+
+    def attach(self, post: Post) -> None:
+        """Where playout events go; called on the event loop before anything is played."""
+        self._post = post
+        self._loop = asyncio.get_running_loop()
+
+    # -- called on the event loop -----------------------------------------------------------
+
+    def play(self, response_id: str, item_id: str, phase: str, pcm: bytes) -> None:
+        with self._lock:
+            self._buffer.add(response_id, item_id, phase, pcm)
+            ready = self._buffer.buffered_samples >= self._prefill
+        if ready:
+            self._ensure_running()
+
+    def end(self, response_id: str) -> None:
+        """Nothing more will arrive for this response: play out whatever is left."""
+        with self._lock:
+            self._buffer.end(response_id)
+        self._ensure_running()
+
+    def stop(self) -> None:
+        """Cut playback now (barge-in). Reports `PlayoutStopped` with what was played."""
+        with self._lock:
+            stopped = self._buffer.flush()
+        self._emit([stopped])
+        self._halt(abort=True)
+
+    def _ensure_running(self) -> None:
+        if not self._running:
+            self._running = True
+            self._start()
+
+    def _settle(self) -> None:
+        """Called on the loop after a response has played out: stop the output if idle."""
+        with self._lock:
+            idle = self._buffer.idle
+        if idle and self._running:
+            self._halt(abort=False)
+
+    def _halt(self, abort: bool) -> None:
+        if self._running:
+            self._running = False
+            self._stop(abort)
+
+    # -- called where audio is rendered (callback thread or writer task) --------------------
+
+    def _render(self, samples: int, pad: bool) -> bytes:
+        with self._lock:
+            pcm, events = self._buffer.pull(samples, pad)
+            self.underruns = self._buffer.underruns
+        if events:
+            self._emit(events)
+        return pcm
+
+    def _emit(self, events: list[PlayoutEvent]) -> None:
+        if self._loop is None or self._post is None:
+            return
+        for ev in events:
+            self._loop.call_soon_threadsafe(self._post, ev)
+            if isinstance(ev, ResponsePlayed | PlayoutStopped):
+                self._loop.call_soon_threadsafe(self._settle)
+
+    # -- what each kind implements ----------------------------------------------------------
+
+    def _start(self) -> None:
+        raise NotImplementedError
+
+    def _stop(self, abort: bool) -> None:
+        raise NotImplementedError
+
+    async def run(self) -> None:
+        """Background work while the daemon runs (the WAV writer); returns when closed."""
+        await asyncio.Event().wait()
+
+    def close(self) -> None:
+        pass
+
+
+class PyAudioSpeaker(Speaker):
+    """Playback through a PortAudio callback stream, started and stopped per response.
+
+    Starting and stopping happen on one worker thread, in order, off the event loop.
+    """
+
+    def __init__(self, spec: str, jitter_ms: int) -> None:
+        super().__init__(jitter_ms)
+        self.device: DeviceInfo = find_device(spec, "output")
+        self.name = self.device.name
+        self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="speaker")
+        self._stream: Any = None
+        self._open()
+
+    def _open(self) -> None:
+        import pyaudio
+
+        pa = pyaudio_instance()
+        try:
+            self._stream = pa.open(
+                format=pyaudio.paInt16,
+                channels=1,
+                rate=CLOUD_RATE,
+                output=True,
+                output_device_index=self.device.index,
+                frames_per_buffer=PERIOD_SAMPLES,
+                stream_callback=self._callback,
+                start=False,
+            )
+        except (OSError, ValueError) as e:
+            raise OSError(
+                f"could not open speaker '{self.name}' at {CLOUD_RATE} Hz mono: {e}"
+            ) from e
+        log.info("speaker '%s' ready (%d Hz, %d ms periods)", self.name, CLOUD_RATE, PERIOD_MS)
+
+    def _callback(self, data: Any, frames: int, time_info: Any, status: int) -> tuple[bytes, int]:
+        import pyaudio
+
+        return self._render(frames, pad=True), pyaudio.paContinue
+
+    def _start(self) -> None:
+        self._worker.submit(self._stream.start_stream)
+
+    def _stop(self, abort: bool) -> None:
+        # abort drops what PortAudio still holds (a barge-in must be silent at once);
+        # stop lets the last period of a finished reply play out.
+        fn = self._stream.abort_stream if abort else self._stream.stop_stream
+        self._worker.submit(fn)
+
+    def close(self) -> None:
+        def _close() -> None:
+            if self._stream.is_active():
+                self._stream.abort_stream()
+            self._stream.close()
+
+        self._worker.submit(_close).result(timeout=5)
+        self._worker.shutdown()
+
+
+class WavSpeaker(Speaker):
+    """Writes what would be played to a 24 kHz mono WAV file.
+
+    `paced`: clocked like a real device, one 20 ms period at a time, silence on underrun.
+    Otherwise audio is written as soon as it arrives, and "played" means "written".
+    """
+
+    def __init__(self, path: Path, jitter_ms: int, paced: bool) -> None:
+        super().__init__(jitter_ms if paced else 0)
+        self.name = str(path)
+        self.paced = paced
+        self._wav = wave.open(str(path), "wb")  # noqa: SIM115 - open for the daemon's life
+        self._wav.setnchannels(1)
+        self._wav.setsampwidth(SAMPLE_BYTES)
+        self._wav.setframerate(CLOUD_RATE)
+        self._wake = asyncio.Event()
+        self._closed = False
+
+    def play(self, response_id: str, item_id: str, phase: str, pcm: bytes) -> None:
+        super().play(response_id, item_id, phase, pcm)
+        self._wake.set()
+
+    def end(self, response_id: str) -> None:
+        super().end(response_id)
+        self._wake.set()
+
+    def _start(self) -> None:
+        self._wake.set()
+
+    def _stop(self, abort: bool) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        while not self._closed:
+            if not self._running:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            if self.paced:
+                await self._play_paced()
+            else:
+                pcm = self._render(1 << 30, pad=False)
+                if pcm:
+                    self._wav.writeframes(pcm)
+                else:
+                    self._wake.clear()
+                    await self._wake.wait()
+
+    async def _play_paced(self) -> None:
+        t0 = time.monotonic()
+        n = 0
+        while self._running and not self._closed:
+            self._wav.writeframes(self._render(PERIOD_SAMPLES, pad=True))
+            n += 1
+            delay = t0 + n * PERIOD_MS / 1000 - time.monotonic()
+            await asyncio.sleep(max(0.0, delay))
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake.set()
+        self._wav.close()

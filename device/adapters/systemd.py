@@ -1,0 +1,110 @@
+"""Talking to systemd: sd_notify (READY, STATUS, WATCHDOG, STOPPING) and journald logging."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+
+log = logging.getLogger(__name__)
+
+
+class Notifier:
+    """sd_notify through systemd-python; does nothing when not started by systemd."""
+
+    def __init__(self) -> None:
+        self.enabled = bool(os.environ.get("NOTIFY_SOCKET"))
+        usec = os.environ.get("WATCHDOG_USEC", "")
+        pid = os.environ.get("WATCHDOG_PID", "")
+        mine = not pid or pid == str(os.getpid())
+        self.watchdog_interval = int(usec) / 2e6 if usec.isdigit() and mine else None
+        self._last_watchdog = 0.0
+        self._status = ""
+
+    def _send(self, msg: str) -> None:
+        if not self.enabled:
+            return
+        from systemd import daemon  # type: ignore[attr-defined]
+
+        daemon.notify(msg)
+
+    def ready(self, status: str) -> None:
+        self._status = status
+        self._send(f"READY=1\nSTATUS={status}")
+
+    def status(self, status: str) -> None:
+        if status != self._status:
+            self._status = status
+            self._send(f"STATUS={status}")
+
+    def stopping(self) -> None:
+        self._send("STOPPING=1\nSTATUS=stopping")
+
+    def audio_alive(self) -> None:
+        """Called as microphone frames arrive: the watchdog is fed only while audio flows."""
+        if self.watchdog_interval is None:
+            return
+        now = time.monotonic()
+        if now - self._last_watchdog >= self.watchdog_interval:
+            self._last_watchdog = now
+            self._send("WATCHDOG=1")
+
+
+def under_journal() -> bool:
+    """True when stderr is connected to the journal (systemd sets JOURNAL_STREAM)."""
+    stream = os.environ.get("JOURNAL_STREAM", "")
+    if not stream or ":" not in stream:
+        return False
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError):
+        return False
+    dev, ino = stream.split(":", 1)
+    return f"{st.st_dev}:{st.st_ino}" == f"{dev}:{ino}"
+
+
+def setup_logging(debug: bool, secrets: list[str]) -> None:
+    """journald when run by systemd, else plain stderr; secrets redacted everywhere."""
+    root = logging.getLogger()
+    root.handlers.clear()
+    handler: logging.Handler
+    if under_journal():
+        from systemd.journal import JournalHandler
+
+        handler = JournalHandler(SYSLOG_IDENTIFIER="voice-device")
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    handler.addFilter(RedactSecrets(secrets))
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    if not debug:
+        # websockets logs handshake headers at DEBUG; keep it at INFO unless asked.
+        logging.getLogger("websockets").setLevel(logging.INFO)
+    logging.getLogger("device.alsa").setLevel(logging.INFO)
+
+
+class RedactSecrets(logging.Filter):
+    """Replaces any known secret in a record's final message with ***."""
+
+    def __init__(self, secrets: list[str]) -> None:
+        super().__init__()
+        self.secrets = [s for s in secrets if s]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.secrets:
+            return True
+        msg = record.getMessage()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        clean = msg
+        for s in self.secrets:
+            clean = clean.replace(s, "***")
+        if record.exc_text:
+            for s in self.secrets:
+                record.exc_text = record.exc_text.replace(s, "***")
+        if clean != msg:
+            record.msg, record.args = clean, None
+        return True
