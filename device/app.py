@@ -1,0 +1,486 @@
+"""Wiring: builds the adapters, feeds the state machine, carries out its commands.
+
+One asyncio loop owns all state. Microphone frames, server events, playout reports, button
+edges and a 10 Hz tick all end up in `_handle`, which runs the machine and applies the
+commands it returns, synchronously and in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .adapters.cloud import CloudSession
+from .adapters.gpio import GpioButton, GpioLeds, Leds, NoLeds, TerminalLeds, make_pin_factory
+from .adapters.mic import Mic, PyAudioMic, WavMic
+from .adapters.speaker import PyAudioSpeaker, Speaker, WavSpeaker
+from .adapters.systemd import Notifier
+from .adapters.vad import Vad
+from .adapters.wakeword import WakeEngine, load_engine
+from .config import Config, realtime_url
+from .core import realtime as rt
+from .core import states as st
+from .core.audio import (
+    FRAME_SAMPLES,
+    MIC_RATE,
+    ItemStarted,
+    PlayoutEvent,
+    PlayoutStopped,
+    PreRoll,
+    ResponsePlayed,
+    Uplink,
+    ms_to_samples,
+    samples_to_ms,
+)
+from .core.endpoint import EndpointSettings
+from .core.leds import pattern_for
+from .core.wake import WakeFilter
+from .events import EventLog
+
+log = logging.getLogger(__name__)
+
+TICK_S = 0.1
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    input_wav: Path | None = None
+    fast: bool = False
+    output_wav: Path | None = None
+    events_log: Path | None = None
+    leds: str | None = None
+
+
+def machine_settings(cfg: Config) -> st.Settings:
+    t = cfg.turn
+    return st.Settings(
+        rate=MIC_RATE,
+        preroll_ms=cfg.audio.preroll_ms,
+        no_speech_ms=t.no_speech_timeout_ms,
+        follow_up_ms=t.follow_up_ms,
+        reply_timeout_s=cfg.cloud.reply_timeout_s,
+        endpoint=EndpointSettings(
+            rate=MIC_RATE,
+            frame_samples=FRAME_SAMPLES,
+            silence_ms=t.silence_ms,
+            max_turn_ms=t.max_turn_ms,
+        ),
+    )
+
+
+def session_settings(cfg: Config) -> rt.SessionSettings:
+    a = cfg.assistant
+    return rt.SessionSettings(
+        model=cfg.cloud.deployment,
+        instructions=a.instructions,
+        voice=a.voice,
+        reasoning_effort=a.reasoning_effort,
+        speed=a.speed,
+    )
+
+
+class App:
+    def __init__(self, cfg: Config, opts: RunOptions) -> None:
+        self.cfg = cfg
+        self.opts = opts
+        self.machine = st.Machine(machine_settings(cfg))
+        self.events = EventLog(opts.events_log)
+        self.notifier = Notifier()
+        self.url = realtime_url(cfg.cloud.endpoint, cfg.cloud.deployment)
+        self.pos = 0
+        """Microphone samples seen so far: the audio clock."""
+        self.preroll = PreRoll(ms_to_samples(cfg.audio.preroll_ms, MIC_RATE))
+        self.wake_filter = WakeFilter(ms_to_samples(cfg.wake.refractory_ms, MIC_RATE))
+        self.uplink: Uplink | None = None
+        self.session: CloudSession | None = None
+        self.conversation = rt.Conversation()
+        self.client = rt.ClientEvents()
+        self.discard_next_response = False
+        self.stopped = asyncio.Event()
+        self._pending: deque[st.Input] = deque()
+        self._handling = False
+        self._warned: set[str] = set()
+        self.tg: asyncio.TaskGroup | None = None
+        self.button: GpioButton | None = None
+        self._apply_table: dict[type, Callable[[Any], None]] = {
+            st.Enter: self._enter,
+            st.OpenSession: self._open_session,
+            st.CloseSession: self._close_session,
+            st.StartTurn: self._start_turn,
+            st.EndTurn: self._end_turn,
+            st.SubmitTurn: self._submit_turn,
+            st.DiscardTurn: self._discard_turn,
+            st.CancelResponse: self._cancel_response,
+            st.StopPlayback: lambda c: self.speaker.stop(),
+            st.Truncate: self._truncate,
+            st.DeleteItems: self._delete_items,
+            st.CloseMic: lambda c: self._spawn(self.mic.close()),
+            st.OpenMic: lambda c: self._spawn(self.mic.open()),
+            st.ReportError: self._report_error,
+        }
+        self._server_table: dict[type, Callable[[Any], None]] = {
+            rt.AudioDelta: self._on_audio,
+            rt.ResponseCreated: self._on_response_created,
+            rt.ResponseDone: self._on_response_done,
+            rt.OutputItemAdded: self.conversation_apply,
+            rt.OutputItemDone: self.conversation_apply,
+            rt.ServerError: self._on_server_error,
+            rt.TranscriptDone: self._on_transcript,
+            rt.Malformed: self._on_bad_event,
+            rt.Unknown: self._on_bad_event,
+        }
+
+    # -- building ---------------------------------------------------------------------------
+
+    def build(self) -> None:
+        """Load the model and open the devices; raises the user-facing errors of each."""
+        cfg, opts = self.cfg, self.opts
+        self.wake: WakeEngine = load_engine(cfg.wake.model, cfg.wake.threshold)
+        self.vad = Vad(cfg.turn.vad_aggressiveness)
+        self.mic: Mic = (
+            WavMic(opts.input_wav, paced=not opts.fast)
+            if opts.input_wav
+            else PyAudioMic(cfg.audio.input_device)
+        )
+        self.speaker: Speaker = (
+            WavSpeaker(opts.output_wav, cfg.audio.jitter_ms, paced=not opts.fast)
+            if opts.output_wav
+            else PyAudioSpeaker(cfg.audio.output_device, cfg.audio.jitter_ms)
+        )
+        backend = opts.leds or cfg.leds.backend
+        factory = None
+        if backend == "gpio" or cfg.button.enabled:
+            factory = make_pin_factory(cfg.gpio)
+        self.leds: Leds = (
+            GpioLeds(cfg.leds, factory)
+            if backend == "gpio"
+            else TerminalLeds()
+            if backend == "terminal"
+            else NoLeds()
+        )
+        if cfg.button.enabled:
+            self.button = GpioButton(cfg.button, factory, self._on_button)
+
+    # -- running ----------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        self.build()
+        loop = asyncio.get_running_loop()
+        self.speaker.attach(self._on_playout)
+        await self.mic.open()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.request_stop)
+        self.leds.show(pattern_for(st.State.IDLE))
+        self.events.emit(
+            "ready",
+            0,
+            clock_origin=self.events.origin,
+            wake_word=self.wake.word,
+            mic=self.mic.name,
+            speaker=self.speaker.name,
+        )
+        self.notifier.ready(self._status_text())
+        log.info("ready: listening for '%s' on '%s'", self.wake.word, self.mic.name)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self.tg = tg
+                tasks = [
+                    tg.create_task(self._audio_loop(), name="audio"),
+                    tg.create_task(self._ticker(), name="tick"),
+                    tg.create_task(self.speaker.run(), name="speaker"),
+                ]
+                await self.stopped.wait()
+                self._shutdown()
+                for t in tasks:
+                    t.cancel()
+        finally:
+            self.notifier.stopping()
+            await self.mic.close()
+            self.speaker.close()
+            self.leds.close()
+            if self.button:
+                self.button.close()
+            self.events.emit("stopped", self._audio_ms())
+            self.events.close()
+        return 0
+
+    def request_stop(self) -> None:
+        self.stopped.set()
+
+    def _shutdown(self) -> None:
+        log.info("stopping")
+        self.notifier.stopping()
+        if self.session is not None:
+            self.speaker.stop()
+            self._close_session(st.CloseSession("shutting down"))
+
+    def _spawn(self, coro: Any) -> None:
+        assert self.tg is not None
+        self.tg.create_task(coro)
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            self._handle(st.Tick())
+
+    async def _audio_loop(self) -> None:
+        while True:
+            frame = await self.mic.read()
+            self._on_frame(frame)
+            if self.mic.eof and self._conversation_over():
+                log.info("input file ended and the device is idle: exiting")
+                self.request_stop()
+                return
+
+    def _conversation_over(self) -> bool:
+        return self.session is None and self.machine.state in (st.State.IDLE, st.State.MUTED)
+
+    def _on_frame(self, frame: bytes) -> None:
+        self.pos += len(frame) // 2
+        self.notifier.audio_alive()
+        self.preroll.append(frame)
+        if self.uplink is not None and not self.uplink.finished:
+            self.uplink.push(frame)
+            self._pump_uplink()
+        score = self.wake.process(frame)
+        if self.machine.state in (st.State.IDLE, st.State.ERROR, st.State.FOLLOW_UP):
+            hit = self.wake_filter.offer(self.wake.word, score, self.wake.threshold, self.pos)
+            if hit is not None:
+                self.events.emit("wake", self._audio_ms(), word=hit.word, score=round(hit.score, 3))
+                log.info("wake word '%s' (score %.2f)", hit.word, hit.score)
+                self._handle(st.Wake(hit.word, hit.score, hit.end_sample))
+        wants_vad = self.machine.state in (
+            st.State.CONNECTING,
+            st.State.LISTENING,
+            st.State.FOLLOW_UP,
+        )
+        speech = self.vad.is_speech(frame) if wants_vad else False
+        self._handle(st.Heard(self.pos, speech))
+
+    def _audio_ms(self) -> int:
+        return samples_to_ms(self.pos, MIC_RATE)
+
+    # -- the machine ------------------------------------------------------------------------
+
+    def _handle(self, event: st.Input) -> None:
+        self._pending.append(event)
+        if self._handling:
+            return  # an input raised while applying commands waits its turn
+        self._handling = True
+        try:
+            while self._pending:
+                ev = self._pending.popleft()
+                for cmd in self.machine.handle(ev, time.monotonic()):
+                    self._apply_table[type(cmd)](cmd)
+        finally:
+            self._handling = False
+
+    def _status_text(self) -> str:
+        state = self.machine.state
+        if state is st.State.IDLE:
+            return f"idle, listening for '{self.wake.word}'"
+        return str(state.value).replace("_", " ")
+
+    def _enter(self, c: st.Enter) -> None:
+        ms = self._audio_ms()
+        self.events.emit("state", ms, state=c.state.value, reason=c.reason)
+        pattern = pattern_for(c.state)
+        self.leds.show(pattern)
+        self.events.emit(
+            "led", ms, pattern=pattern.name, color=pattern.hex, effect=pattern.effect.value
+        )
+        self.notifier.status(self._status_text())
+        log.info("state: %s (%s)", c.state.value, c.reason)
+
+    def _report_error(self, c: st.ReportError) -> None:
+        self.events.emit("error", self._audio_ms(), code=c.code, message=c.message)
+        log.warning("error %s: %s", c.code, c.message)
+
+    # -- the session ------------------------------------------------------------------------
+
+    def _open_session(self, c: st.OpenSession) -> None:
+        assert self.tg is not None
+        self.conversation = rt.Conversation()
+        self.client = rt.ClientEvents()
+        self.discard_next_response = False
+        session = CloudSession(
+            self.url,
+            self.cfg.api_key,
+            session_settings(self.cfg),
+            self.client,
+            on_event=lambda ev: self._on_server_event(session, ev),
+            on_status=lambda ev: self._on_session_status(session, ev),
+            connect_timeout_s=self.cfg.cloud.connect_timeout_s,
+        )
+        self.session = session
+        session.start(self.tg)
+
+    def _close_session(self, c: st.CloseSession) -> None:
+        session, self.session = self.session, None
+        if session is not None:
+            session.close(c.reason)
+            self.events.emit("session_closed", self._audio_ms(), reason=c.reason)
+        self.uplink = None
+
+    def _on_session_status(self, session: CloudSession, ev: st.Input) -> None:
+        if session is not self.session:
+            return  # a session we already let go of
+        if isinstance(ev, st.SessionReady):
+            self.events.emit("session_open", self._audio_ms(), session_id=session.session_id)
+            self._pump_uplink()
+        elif isinstance(ev, st.SessionFailed | st.SessionLost):
+            self.session = None
+            self.uplink = None
+            self.events.emit("session_closed", self._audio_ms(), reason=ev.code)
+        self._handle(ev)
+
+    def _send(self, event: dict[str, Any]) -> None:
+        if self.session is not None:
+            self.session.send(event)
+
+    # -- the user's turn --------------------------------------------------------------------
+
+    def _start_turn(self, c: st.StartTurn) -> None:
+        start = max(c.start_sample, self.preroll.start)
+        self.uplink = Uplink(start)
+        self.uplink.push(self.preroll.since(start))
+        self._pump_uplink()
+
+    def _end_turn(self, c: st.EndTurn) -> None:
+        up = self.uplink
+        if up is None:
+            return
+        up.finish()
+        self.events.emit(
+            "turn_end",
+            self._audio_ms(),
+            reason=c.reason,
+            start_sample=up.start_sample,
+            end_sample=up.end_sample,
+        )
+        self._pump_uplink()
+
+    def _pump_uplink(self) -> None:
+        up, session = self.uplink, self.session
+        if up is None or session is None or not session.ready:
+            return
+        for chunk in up.take():
+            session.send(self.client.append_audio(chunk))
+
+    def _submit_turn(self, c: st.SubmitTurn) -> None:
+        up = self.uplink
+        self._pump_uplink()
+        if up is not None and self.session is not None:
+            self.events.emit("audio_sent", self._audio_ms(), ms=up.sent_ms)
+            self._send(self.client.commit())
+            self._send(self.client.create_response())
+        self.uplink = None
+
+    def _discard_turn(self, c: st.DiscardTurn) -> None:
+        up, self.uplink = self.uplink, None
+        if up is not None and up.sent_bytes and self.session is not None:
+            self.events.emit("audio_sent", self._audio_ms(), ms=up.sent_ms, discarded=True)
+            self._send(self.client.clear_input())
+
+    # -- the reply --------------------------------------------------------------------------
+
+    def _on_server_event(self, session: CloudSession, ev: rt.ServerEvent) -> None:
+        if session is not self.session:
+            return
+        handler = self._server_table.get(type(ev))
+        if handler is not None:
+            handler(ev)
+
+    def conversation_apply(self, ev: rt.ServerEvent) -> None:
+        self.conversation.apply(ev)
+
+    def _on_response_created(self, ev: rt.ResponseCreated) -> None:
+        self.conversation.apply(ev)
+        if self.discard_next_response:
+            self.discard_next_response = False
+            self.conversation.discard(ev.response_id)
+            return
+        self._handle(st.ResponseStarted(ev.response_id))
+
+    def _on_audio(self, ev: rt.AudioDelta) -> None:
+        if self.conversation.audible(ev.response_id):
+            phase = self.conversation.phase_of(ev.item_id)
+            self.speaker.play(ev.response_id, ev.item_id, phase, ev.pcm)
+
+    def _on_response_done(self, ev: rt.ResponseDone) -> None:
+        self.conversation.apply(ev)
+        if self.conversation.audible(ev.response_id):
+            log.info("response %s: %s", ev.response_id, ev.status)
+            self.speaker.end(ev.response_id)
+            self._handle(st.ResponseEnded(ev.response_id, ev.status))
+
+    def _on_transcript(self, ev: rt.TranscriptDone) -> None:
+        log.debug("assistant said (%s): %s", self.conversation.phase_of(ev.item_id), ev.transcript)
+
+    def _on_server_error(self, ev: rt.ServerError) -> None:
+        code = ev.code or ev.kind or "error"
+        if code in rt.BENIGN_ERRORS:
+            log.debug("server: %s (%s)", code, ev.message)
+            return
+        if rt.error_is_fatal(code):
+            self._handle(st.CloudError(code, ev.message or code))
+            return
+        self.events.emit("error", self._audio_ms(), code=code, message=ev.message)
+        log.warning("server error %s: %s", code, ev.message)
+
+    def _on_bad_event(self, ev: rt.Malformed | rt.Unknown) -> None:
+        key = f"{type(ev).__name__}:{ev.type}"
+        if key not in self._warned:  # once per kind, not per event
+            self._warned.add(key)
+            what = ev.reason if isinstance(ev, rt.Malformed) else "unknown event type"
+            log.warning("ignoring server event %s: %s", ev.type or "?", what)
+
+    def _cancel_response(self, c: st.CancelResponse) -> None:
+        active = self.conversation.active_response
+        if active is not None:
+            self.conversation.discard(active)
+        else:
+            self.discard_next_response = True
+        self._send(self.client.cancel_response())
+
+    def _truncate(self, c: st.Truncate) -> None:
+        if self.session is not None:
+            self._send(self.client.truncate(c.item_id, c.audio_end_ms))
+
+    def _delete_items(self, c: st.DeleteItems) -> None:
+        if self.session is not None:
+            for item_id in c.item_ids:
+                self._send(self.client.delete_item(item_id))
+
+    def _on_playout(self, ev: PlayoutEvent) -> None:
+        ms = self._audio_ms()
+        if isinstance(ev, ItemStarted):
+            self.events.emit("playback_start", ms, phase=ev.phase, item_id=ev.item_id)
+            self._handle(st.PlaybackStarted(ev.response_id, ev.item_id, ev.phase))
+        elif isinstance(ev, ResponsePlayed):
+            self.events.emit("playback_end", ms, response_id=ev.response_id)
+            self._handle(st.PlaybackFinished(ev.response_id))
+        elif isinstance(ev, PlayoutStopped):
+            if ev.item_id is not None:
+                self.events.emit("barge_in", ms, item_id=ev.item_id, played_ms=ev.played_ms)
+                self.events.emit("playback_end", ms, stopped=True)
+            self._handle(st.PlaybackStopped(ev.item_id, ev.played_ms, ev.unplayed_item_ids))
+
+    # -- the button -------------------------------------------------------------------------
+
+    def _on_button(self, edge: str) -> None:
+        if edge == "down":
+            self._handle(st.ButtonDown(self.pos))
+        elif edge == "held":
+            self._handle(st.ButtonHeld())
+        else:
+            self._handle(st.ButtonUp())

@@ -1,0 +1,296 @@
+"""`voice-device` command line: run, demo, emulator, devices."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .config import EX_CONFIG, ConfigError, Secret, load_config, require_cloud
+
+log = logging.getLogger("device")
+
+ASSETS = Path(__file__).parent / "assets"
+DEMO_WAV = ASSETS / "demo-okay-nabu-weather.wav"
+
+
+def _existing_file(value: str) -> Path:
+    p = Path(value)
+    if not p.is_file():
+        raise argparse.ArgumentTypeError(f"{value}: no such file")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="voice-device",
+        description="Hands-free voice assistant: wake word on the device, "
+        "gpt-realtime-2 in the cloud.",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the assistant (what the systemd service does)")
+    run.add_argument(
+        "--config", type=Path, help="TOML file (default /etc/voice-device/config.toml)"
+    )
+    run.add_argument(
+        "--endpoint", help="Azure OpenAI resource URL, or http://127.0.0.1:8765 for the emulator"
+    )
+    run.add_argument("--deployment", help="realtime model deployment name (default gpt-realtime-2)")
+    src = run.add_mutually_exclusive_group()
+    src.add_argument("--input-device", help="microphone: name (or part of it) or index")
+    src.add_argument("--input-wav", type=_existing_file, help="use a WAV file as the microphone")
+    run.add_argument(
+        "--fast",
+        action="store_true",
+        help="with --input-wav/--output-wav: as fast as possible, not real time",
+    )
+    out = run.add_mutually_exclusive_group()
+    out.add_argument("--output-device", help="speaker: name (or part of it) or index")
+    out.add_argument(
+        "--output-wav", type=Path, help="write the replies to a WAV file instead of playing them"
+    )
+    run.add_argument(
+        "--events-log", type=Path, help="append JSON lines describing what the device does"
+    )
+    run.add_argument("--leds", choices=["gpio", "terminal", "none"], help="where LED patterns go")
+    run.add_argument(
+        "--debug", action="store_true", help="verbose logs (secrets and audio are never logged)"
+    )
+
+    demo = sub.add_parser(
+        "demo", help="the whole loop against the local emulator, on a recorded question"
+    )
+    demo.add_argument(
+        "--input-wav",
+        type=_existing_file,
+        default=DEMO_WAV,
+        help="the question (default: a recorded 'okay nabu, what's the weather like today?')",
+    )
+    demo.add_argument(
+        "--output-wav",
+        type=Path,
+        default=Path("demo-reply.wav"),
+        help="where the reply is written (default demo-reply.wav)",
+    )
+    demo.add_argument("--fast", action="store_true", help="don't wait for real time")
+    demo.add_argument("--events-log", type=Path, help="also keep the events log")
+
+    emu = sub.add_parser("emulator", help="serve the local stand-in for the Azure realtime service")
+    emu.add_argument("--host", default="127.0.0.1")
+    emu.add_argument("--port", type=int, default=8765)
+    emu.add_argument(
+        "--record",
+        type=Path,
+        help="append every client event received as JSON lines (audio as size + sha256)",
+    )
+    emu.add_argument("--api-key", help="the only key accepted (default: any non-empty key)")
+    emu.add_argument(
+        "--save-audio", type=Path, help="write each committed user turn as a WAV in this folder"
+    )
+    emu.add_argument("--think-ms", type=int, default=250, help="delay before the first reply item")
+    emu.add_argument(
+        "--speedup",
+        type=float,
+        default=4.0,
+        help="reply audio is sent this much faster than real time",
+    )
+    emu.add_argument("--session-delay-ms", type=int, default=0, help="delay before session.created")
+
+    dev = sub.add_parser("devices", help="list audio inputs and outputs")
+    dev.add_argument("--config", type=Path)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = {"run": cmd_run, "demo": cmd_demo, "emulator": cmd_emulator, "devices": cmd_devices}
+    try:
+        return int(handler[args.command](args))
+    except ConfigError as e:
+        print(f"voice-device: configuration error: {e}", file=sys.stderr)
+        return EX_CONFIG
+    except KeyboardInterrupt:
+        return 0
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .adapters.portaudio import DeviceNotFound
+    from .adapters.systemd import setup_logging
+    from .adapters.wakeword import WakeModelError
+    from .app import App, RunOptions
+
+    overrides = {
+        "cloud.endpoint": args.endpoint,
+        "cloud.deployment": args.deployment,
+        "audio.input_device": args.input_device,
+        "audio.output_device": args.output_device,
+    }
+    cfg = load_config(args.config, overrides=overrides)
+    setup_logging(args.debug, [cfg.api_key.reveal()])
+    require_cloud(cfg)
+    opts = RunOptions(
+        input_wav=args.input_wav,
+        fast=args.fast,
+        output_wav=args.output_wav,
+        events_log=args.events_log,
+        leds=args.leds,
+    )
+    try:
+        return asyncio.run(App(cfg, opts).run())
+    except (DeviceNotFound, WakeModelError) as e:
+        print(f"voice-device: {e}", file=sys.stderr)
+        return EX_CONFIG
+    except OSError as e:
+        print(f"voice-device: {e}", file=sys.stderr)
+        return 1
+
+
+def cmd_emulator(args: argparse.Namespace) -> int:
+    from .emulator import Emulator, Scenario, serve_forever
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    scenario = Scenario(
+        think_ms=args.think_ms, speedup=args.speedup, session_delay_ms=args.session_delay_ms
+    )
+    emu = Emulator(scenario, api_key=args.api_key, record=args.record, save_audio=args.save_audio)
+    asyncio.run(serve_forever(emu, args.host, args.port))
+    return 0
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    from .adapters.portaudio import DeviceNotFound, find_device, list_devices
+
+    cfg = load_config(args.config)
+    devices = list_devices()
+    chosen: dict[int, str] = {}
+    for spec, direction in ((cfg.audio.input_device, "input"), (cfg.audio.output_device, "output")):
+        try:
+            index = find_device(spec, direction).index
+            chosen[index] = chosen.get(index, "") + f" ← {direction}"
+        except DeviceNotFound as e:
+            print(f"note: {str(e).split(';')[0]}", file=sys.stderr)
+    if not devices:
+        print("no audio devices found (is the sound card enabled? see README 'Troubleshooting')")
+        return 1
+    print(f"{'index':>5}  {'in':>3}  {'out':>3}  {'rate':>6}  name")
+    for d in devices:
+        mark = chosen.get(d.index, "")
+        print(
+            f"{d.index:>5}  {d.max_input_channels:>3}  {d.max_output_channels:>3}  "
+            f"{d.default_rate:>6.0f}  {d.name}{mark}"
+        )
+    print("\nselect with --input-device/--output-device NAME (or part of it) or INDEX")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# The demo
+
+
+def _describe(ev: dict[str, Any]) -> str | None:
+    name = ev["event"]
+    if name == "ready":
+        return f"ready: listening for '{ev['wake_word']}' in {Path(ev['mic']).name}"
+    if name == "wake":
+        return f"wake word '{ev['word']}' heard (score {ev['score']:.2f})"
+    if name == "led":
+        return f"LED  {ev['pattern']:<10} {ev['color']} {ev['effect']}"
+    if name == "session_open":
+        return "session open (emulator)"
+    if name == "session_closed":
+        return f"session closed ({ev['reason']})"
+    if name == "turn_end":
+        secs = (ev["end_sample"] - ev["start_sample"]) / 16000
+        return f"end of turn ({ev['reason']}): {secs:.2f} s of speech and pre-roll"
+    if name == "audio_sent":
+        return f"{ev['ms']} ms of audio sent"
+    if name == "playback_start":
+        return f"speaker: {ev['phase']} item starts playing"
+    if name == "error":
+        return f"error {ev['code']}: {ev['message']}"
+    return None
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .app import App, RunOptions
+    from .config import Config, parse_config
+    from .emulator import Emulator
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    async def go(events_path: Path) -> int:
+        emu = Emulator()
+        await emu.start("127.0.0.1", 0)
+        cfg: Config = parse_config(
+            {
+                "cloud": {"endpoint": f"http://127.0.0.1:{emu.port}"},
+                "button": {"enabled": False},
+            }
+        )
+        import dataclasses
+
+        cfg = dataclasses.replace(cfg, api_key=Secret("demo-key"))
+        opts = RunOptions(
+            input_wav=args.input_wav,
+            fast=args.fast,
+            output_wav=args.output_wav,
+            events_log=events_path,
+            leds="none",
+        )
+        print(f"emulator on 127.0.0.1:{emu.port}; the device hears {args.input_wav.name}\n")
+        app = App(cfg, opts)
+        follower = asyncio.create_task(_follow(events_path))
+        try:
+            code = await app.run()
+        finally:
+            await asyncio.sleep(0.2)
+            follower.cancel()
+            await emu.close()
+        return code
+
+    with tempfile.TemporaryDirectory() as tmp:
+        events_path = args.events_log or Path(tmp) / "events.jsonl"
+        code = asyncio.run(go(events_path))
+        states = [
+            json.loads(line)["state"]
+            for line in events_path.read_text().splitlines()
+            if '"event":"state"' in line
+        ]
+    print("\nstates: " + " → ".join(["idle", *states]))
+    print(f"reply written to {args.output_wav}; listen with: aplay {args.output_wav}")
+    return code
+
+
+async def _follow(path: Path) -> None:
+    """Print the events log as it grows (the demo's running commentary)."""
+    while not path.exists():
+        await asyncio.sleep(0.05)
+    with path.open(encoding="utf-8") as f:
+        while True:
+            line = f.readline()
+            if not line:
+                await asyncio.sleep(0.05)
+                continue
+            ev = json.loads(line)
+            text = _describe(ev)
+            if text:
+                print(f"  {ev['t']:6.2f}s  mic {ev['audio_ms'] / 1000:6.2f}s  {text}", flush=True)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
+
+
+__all__ = ["main"]
+_ = os

@@ -1,0 +1,36 @@
+"""The events log: one JSON object per line, flushed per line, so tools can follow the device.
+
+`{"t": seconds since start (monotonic), "audio_ms": position in the mic stream, "event": NAME, ...}`
+Never audio, never secrets: only the fields passed in, which are names, numbers and codes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import IO, Any
+
+
+class EventLog:
+    def __init__(self, path: Path | None) -> None:
+        self.origin = time.monotonic()
+        self._file: IO[str] | None = None
+        if path is not None:
+            self._file = path.open("a", encoding="utf-8", buffering=1)
+
+    def emit(self, event: str, audio_ms: int, **fields: Any) -> None:
+        if self._file is None:
+            return
+        record = {
+            "t": round(time.monotonic() - self.origin, 4),
+            "audio_ms": audio_ms,
+            "event": event,
+            **fields,
+        }
+        self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
