@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import subprocess
 import sys
@@ -133,3 +134,11 @@ def test_cli_exits_78_and_names_the_key(tmp_path: Path) -> None:
     )
     assert r.returncode == 78
     assert "turn.silence_ms" in r.stderr
+
+
+def test_the_shipped_example_config_is_valid_and_documents_the_defaults() -> None:
+    example = Path(__file__).parent.parent / "systemd" / "config.example.toml"
+    cfg = load_config(example, env={})
+    defaults = load_config(None, env={})
+    assert cfg.cloud.endpoint == "https://my-resource.openai.azure.com"  # the one example value
+    assert dataclasses.replace(cfg, cloud=defaults.cloud) == defaults

@@ -1,0 +1,190 @@
+"""End to end through the real audio stack: `voice-device run` and `voice-device emulator` as
+separate processes, speech from espeak-ng played into PyAudio → PortAudio → ALSA through an
+ALSA `file` plugin microphone, the reply captured by a `file` plugin speaker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from device.core.audio import CLOUD_RATE, MIC_RATE, resample
+from device.emulator import Scenario
+from device.emulator.voice import speak
+from tests.helpers import asoundrc, nonzero, read_jsonl, read_wav, silence, speech, states
+from tests.sdk import validate_client_event
+
+QUESTION = "okay nabu, what's the weather like today?"
+KEY = "e2e-key-not-a-real-one"
+
+
+@pytest.fixture
+def emulator(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    record = tmp_path / "record.jsonl"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "device",
+            "emulator",
+            "--port",
+            "0",
+            "--record",
+            str(record),
+            "--save-audio",
+            str(tmp_path / "turns"),
+            "--api-key",
+            KEY,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith("emulator listening on ws://127.0.0.1:"), line
+    yield int(line.rsplit(":", 1)[1]), record
+    proc.terminate()
+    proc.wait(10)
+
+
+def wait_for(path: Path, done, timeout: float) -> list[dict]:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        events = read_jsonl(path)
+        if done(events):
+            return events
+        time.sleep(0.05)
+    raise AssertionError(f"timed out; events so far: {read_jsonl(path)}")
+
+
+def test_conversation_through_alsa(tmp_path: Path, emulator: tuple[int, Path]) -> None:
+    port, record = emulator
+    mic_pcm = silence(0.5) + speech(QUESTION) + silence(2.0)
+    (tmp_path / "mic.raw").write_bytes(mic_pcm)
+    speaker = tmp_path / "speaker.raw"
+    alsa = asoundrc(tmp_path, tmp_path / "mic.raw", speaker)
+    cfg = tmp_path / "config.toml"
+    cfg.write_text('[gpio]\npin_factory = "mock"\n')
+    log = tmp_path / "events.jsonl"
+    env = {**os.environ, "ALSA_CONFIG_PATH": str(alsa), "AZURE_OPENAI_API_KEY": KEY}
+    daemon = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "device",
+            "run",
+            "--config",
+            str(cfg),
+            "--endpoint",
+            f"http://127.0.0.1:{port}",
+            "--input-device",
+            "testmic",
+            "--output-device",
+            "testspk",
+            "--events-log",
+            str(log),
+            "--leds",
+            "none",
+        ],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        events = wait_for(
+            log,
+            lambda ev: (
+                any(e["event"] == "session_closed" for e in ev) and states(ev)[-1:] == ["idle"]
+            ),
+            90,
+        )
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(10) == 0
+    finally:
+        daemon.kill()
+    stderr = daemon.stderr.read() if daemon.stderr else ""
+
+    ready = events[0]
+    assert ready["event"] == "ready" and ready["mic"] == "testmic" and ready["speaker"] == "testspk"
+    assert len([e for e in events if e["event"] == "wake"]) == 1
+    assert states(events) == [
+        "connecting",
+        "listening",
+        "thinking",
+        "preamble",
+        "answering",
+        "follow_up",
+        "idle",
+    ]
+
+    rec = read_jsonl(record)
+    opened = [r for r in rec if r.get("connection") == "open"]
+    wake_t = next(e["t"] for e in events if e["event"] == "wake")
+    assert len(opened) == 1 and opened[0]["mono"] > ready["clock_origin"] + wake_t
+    for r in rec:
+        if "event" in r:
+            validate_client_event(r["event"])
+
+    # what the server got is the microphone audio from the pre-roll point to the turn end
+    turn = next(e for e in events if e["event"] == "turn_end")
+    mic = mic_pcm + bytes(2 * turn["end_sample"])  # the file device gives silence after the file
+    expected = resample(
+        mic[2 * turn["start_sample"] : 2 * turn["end_sample"]], MIC_RATE, CLOUD_RATE
+    )
+    assert read_wav(tmp_path / "turns" / "turn-001-001.wav") == expected
+
+    # the speaker received exactly what the server sent, preamble then answer
+    sc = Scenario()
+    sent = b"".join(speak(t, "commentary") for t in sc.preambles) + speak(sc.answer, "final_answer")
+    assert np.array_equal(nonzero(speaker.read_bytes()), nonzero(sent))
+
+    # ALSA and JACK probing noise stays out of the log; the key never appears in it
+    assert "ALSA lib" not in stderr and "jack server" not in stderr
+    assert KEY not in stderr
+
+
+def test_missing_microphone_is_named_with_a_way_to_list_devices(tmp_path: Path) -> None:
+    alsa = asoundrc(tmp_path, tmp_path / "mic.raw", tmp_path / "speaker.raw")
+    (tmp_path / "mic.raw").write_bytes(b"")
+    env = {**os.environ, "ALSA_CONFIG_PATH": str(alsa), "AZURE_OPENAI_API_KEY": KEY}
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "device",
+            "run",
+            "--endpoint",
+            "http://127.0.0.1:9",
+            "--input-device",
+            "usb-mic-that-is-not-there",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 78
+    assert "microphone 'usb-mic-that-is-not-there' not found" in r.stderr
+    assert "voice-device devices" in r.stderr
+
+
+def test_devices_lists_the_alsa_devices(tmp_path: Path) -> None:
+    alsa = asoundrc(tmp_path, tmp_path / "mic.raw", tmp_path / "speaker.raw")
+    env = {**os.environ, "ALSA_CONFIG_PATH": str(alsa)}
+    r = subprocess.run(
+        [sys.executable, "-m", "device", "devices"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "testmic" in r.stdout and "testspk" in r.stdout
