@@ -50,6 +50,12 @@ class Secret:
     def __bool__(self) -> bool:
         return bool(self._value)
 
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
     def __repr__(self) -> str:
         return "Secret('***')" if self._value else "Secret('')"
 
@@ -280,17 +286,20 @@ def load_config(
 ) -> Config:
     """File (explicit path, else the default path if it exists) → environment → `overrides`.
 
+    The default path is $VOICE_DEVICE_CONFIG, else /etc/voice-device/config.toml.
+
     `overrides` maps "section.key" to a value (from CLI flags); None values are skipped.
     """
     env = os.environ if env is None else env
     data: dict[str, Any] = {}
     origin = "the defaults"
+    default = Path(env.get("VOICE_DEVICE_CONFIG") or DEFAULT_PATH)
     if path is not None:
         data = read_toml(path)
         origin = str(path)
-    elif DEFAULT_PATH.exists():
-        data = read_toml(DEFAULT_PATH)
-        origin = str(DEFAULT_PATH)
+    elif default.exists():
+        data = read_toml(default)
+        origin = str(default)
     merged: dict[str, Any] = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
     for var, (section, key) in ENV_OVERRIDES.items():
         if env.get(var):
