@@ -72,3 +72,58 @@ def asoundrc(tmp: Path, mic_raw: Path, speaker_raw: Path) -> Path:
         'hint { show on description "test speaker" } }\n'
     )
     return path
+
+
+CONVERSATION = ["connecting", "listening", "thinking", "preamble", "answering", "follow_up", "idle"]
+
+
+def check_conversation(
+    events: list[dict[str, Any]],
+    record: list[dict[str, Any]],
+    mic_pcm: bytes,
+    received_turn: bytes,
+    played: bytes,
+    server_sent: bytes,
+    preroll_ms: int = 300,
+) -> None:
+    """What one woken conversation must look like from the outside, whatever the audio path.
+
+    `events`: the daemon's events log; `record`: the emulator's record of client events;
+    `mic_pcm`: what the microphone heard; `received_turn`: the turn audio the emulator
+    saved; `played`: what reached the speaker; `server_sent`: the reply audio the emulator sent.
+    """
+    from device.core.audio import CLOUD_RATE, MIC_RATE, resample
+    from tests.sdk import validate_client_event
+
+    assert [e["word"] for e in events if e["event"] == "wake"] == ["Okay Nabu"]
+    assert states(events) == CONVERSATION
+    assert [e["pattern"] for e in events if e["event"] == "led"] == CONVERSATION
+    phases = [e["phase"] for e in events if e["event"] == "playback_start"]
+    assert phases == ["commentary", "final_answer"]
+
+    # nothing left the device before the wake word: the only connection came after it
+    origin = next(e["clock_origin"] for e in events if e["event"] == "ready")
+    wake = next(e for e in events if e["event"] == "wake")
+    opened = [r for r in record if r.get("connection") == "open"]
+    assert len(opened) == 1 and opened[0]["mono"] > origin + wake["t"]
+
+    # every client event is one the SDK knows, with no field it does not declare
+    sent = [r["event"] for r in record if "event" in r]
+    for ev in sent:
+        validate_client_event(ev)
+    assert sent[0]["type"] == "session.update"
+    assert [e["type"] for e in sent[-2:]] == ["input_audio_buffer.commit", "response.create"]
+
+    # the server received the microphone audio from the pre-roll point to the turn's end,
+    # every sample exactly once, resampled to 24 kHz
+    turn = next(e for e in events if e["event"] == "turn_end")
+    assert turn["start_sample"] == wake["audio_ms"] * 16 - preroll_ms * 16
+    mic = mic_pcm + bytes(2 * turn["end_sample"])  # silence after the recording ends
+    expected = resample(
+        mic[2 * turn["start_sample"] : 2 * turn["end_sample"]], MIC_RATE, CLOUD_RATE
+    )
+    assert received_turn == expected
+    assert next(e["ms"] for e in events if e["event"] == "audio_sent") == len(expected) // 48
+
+    # the speaker got exactly what the server sent (an unpaced output pads gaps with zeros)
+    assert np.array_equal(nonzero(played), nonzero(server_sent))

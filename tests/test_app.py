@@ -15,10 +15,10 @@ import pytest
 
 from device.app import App, RunOptions
 from device.config import Config, Secret, parse_config
-from device.core.audio import CLOUD_RATE, MIC_RATE, resample
 from device.emulator import Emulator, Scenario
 from device.emulator.voice import speak
 from tests.helpers import (
+    check_conversation,
     nonzero,
     read_jsonl,
     read_wav,
@@ -28,7 +28,6 @@ from tests.helpers import (
     wait_until,
     write_wav,
 )
-from tests.sdk import validate_client_event
 
 QUESTION = "okay nabu, what's the weather like today?"
 
@@ -77,65 +76,16 @@ async def test_a_whole_conversation(
     assert await asyncio.wait_for(App(config(endpoint(emulator)), opts).run(), 60) == 0
 
     events = read_jsonl(tmp_path / "ev.jsonl")
-    assert [e["word"] for e in events if e["event"] == "wake"] == ["Okay Nabu"]
-    assert states(events) == [
-        "connecting",
-        "listening",
-        "thinking",
-        "preamble",
-        "answering",
-        "follow_up",
-        "idle",
-    ]
-    leds = [e["pattern"] for e in events if e["event"] == "led"]
-    assert leds == [
-        "connecting",
-        "listening",
-        "thinking",
-        "preamble",
-        "answering",
-        "follow_up",
-        "idle",
-    ]
-    assert [e["phase"] for e in events if e["event"] == "playback_start"] == [
-        "commentary",
-        "final_answer",
-    ]
-
-    # nothing left the device before the wake word: the only connection came after it
-    record = read_jsonl(tmp_path / "record.jsonl")
-    origin = events[0]["clock_origin"]
-    wake_t = next(e["t"] for e in events if e["event"] == "wake")
-    connections = [r for r in record if r.get("connection") == "open"]
-    assert len(connections) == 1 and connections[0]["mono"] > origin + wake_t
-
-    # every client event is what the SDK expects
-    for r in record:
-        if "event" in r:
-            validate_client_event(r["event"])
-    sent = [r["event"]["type"] for r in record if "event" in r]
-    assert sent[0] == "session.update"
-    assert sent[-2:] == ["input_audio_buffer.commit", "response.create"]
-
-    # the server received the microphone audio from the pre-roll point to the turn's end,
-    # every sample once, resampled to 24 kHz
-    turn = next(e for e in events if e["event"] == "turn_end")
-    wake_sample = next(e["audio_ms"] for e in events if e["event"] == "wake") * 16
-    assert turn["start_sample"] == wake_sample - 300 * 16
-    mic = question_pcm + bytes(2 * turn["end_sample"])
-    expected = resample(
-        mic[2 * turn["start_sample"] : 2 * turn["end_sample"]], MIC_RATE, CLOUD_RATE
-    )
-    received = read_wav(tmp_path / "turns" / "turn-001-001.wav")
-    assert received == expected
-    assert next(e["ms"] for e in events if e["event"] == "audio_sent") == len(expected) // 48
-
-    # the reply written is exactly what the server sent, preamble then answer
     sc = emulator.scenario
-    server_audio = b"".join(speak(t, "commentary") for t in sc.preambles) + speak(
-        sc.answer, "final_answer"
+    check_conversation(
+        events,
+        read_jsonl(tmp_path / "record.jsonl"),
+        mic_pcm=question_pcm,
+        received_turn=read_wav(tmp_path / "turns" / "turn-001-001.wav"),
+        played=read_wav(tmp_path / "reply.wav"),
+        server_sent=b"".join(speak(t, "commentary") for t in sc.preambles)
+        + speak(sc.answer, "final_answer"),
     )
-    assert np.array_equal(nonzero(read_wav(tmp_path / "reply.wav")), nonzero(server_audio))
     assert events[-1]["event"] == "stopped"
 
 
@@ -218,3 +168,51 @@ async def test_wrong_key_is_reported_as_such(
     assert error["code"] == "auth_failed"
     assert "AZURE_OPENAI_API_KEY" in error["message"]
     assert "rotated-away" not in (tmp_path / "ev.jsonl").read_text()
+
+
+async def press(pin: Any, seconds: float) -> None:
+    pin.drive_low()
+    await asyncio.sleep(seconds)
+    pin.drive_high()
+
+
+async def test_button_wakes_and_holding_it_mutes(tmp_path: Path, emulator: Emulator) -> None:
+    wav = write_wav(tmp_path / "quiet.wav", silence(6.0))
+    log = tmp_path / "ev.jsonl"
+    opts = RunOptions(input_wav=wav, fast=False, output_wav=tmp_path / "reply.wav", events_log=log)
+    app = App(
+        config(endpoint(emulator), turn={"no_speech_timeout_ms": 1000}, button={"hold_ms": 400}),
+        opts,
+    )
+    run = asyncio.create_task(app.run())
+    try:
+        await wait_until(lambda: read_jsonl(log)[:1] != [], 10, "ready")
+        assert app.button is not None
+        pin = app.button.pin
+        # a short press wakes the device; nobody speaks, so it gives up and closes the session
+        await press(pin, 0.1)
+        await wait_until(lambda: states(read_jsonl(log))[-1:] == ["idle"], 10, "idle again")
+        # a long press mutes: the microphone is closed, so the audio clock stops
+        await press(pin, 0.6)
+        await wait_until(lambda: "muted" in states(read_jsonl(log)), 5, "muted")
+        await asyncio.sleep(1.0)
+        await press(pin, 0.6)
+        assert await asyncio.wait_for(run, 30) == 0
+    finally:
+        run.cancel()
+
+    events = read_jsonl(log)
+    assert states(events) == ["connecting", "listening", "idle", "muted", "idle"]
+    woke = next(e for e in events if e["event"] == "state" and e["state"] == "connecting")
+    assert woke["reason"] == "button"
+    assert [e["event"] for e in events if e["event"].startswith("session")] == [
+        "session_open",
+        "session_closed",
+    ]
+    muted = next(e for e in events if e["event"] == "state" and e["state"] == "muted")
+    unmuted = [e for e in events if e["event"] == "state"][-1]
+    assert unmuted["t"] - muted["t"] > 1.0  # a second of wall time passed while muted…
+    assert unmuted["audio_ms"] - muted["audio_ms"] <= 40  # …and no audio was captured
+    assert not any(e["event"] == "wake" for e in events)
+    record = [r["event"]["type"] for r in read_jsonl(tmp_path / "record.jsonl") if "event" in r]
+    assert "input_audio_buffer.commit" not in record  # nothing said, nothing submitted
