@@ -18,14 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .adapters.cloud import CloudSession
+from .adapters.cloud import CloudSession, auth_headers
+from .adapters.entra import EntraTokens
 from .adapters.gpio import GpioButton, GpioLeds, Leds, NoLeds, TerminalLeds, make_pin_factory
 from .adapters.mic import Mic, PyAudioMic, WavMic
 from .adapters.speaker import PyAudioSpeaker, Speaker, WavSpeaker
 from .adapters.systemd import Notifier
 from .adapters.vad import Vad
 from .adapters.wakeword import WakeEngine, load_engine
-from .config import Config, realtime_url
+from .config import Config, realtime_endpoint
 from .core import realtime as rt
 from .core import states as st
 from .core.audio import (
@@ -40,10 +41,13 @@ from .core.audio import (
     ms_to_samples,
     samples_to_ms,
 )
+from .core.backoff import BackoffPolicy
+from .core.earcons import earcon
 from .core.endpoint import EndpointSettings
 from .core.leds import pattern_for
 from .core.wake import WakeFilter
 from .events import EventLog
+from .tools import Toolbox
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +71,8 @@ def machine_settings(cfg: Config) -> st.Settings:
         no_speech_ms=t.no_speech_timeout_ms,
         follow_up_ms=t.follow_up_ms,
         reply_timeout_s=cfg.cloud.reply_timeout_s,
+        server_turns=t.detection != "local",
+        backoff=BackoffPolicy(cfg.cloud.backoff_initial_s, cfg.cloud.backoff_max_s),
         endpoint=EndpointSettings(
             rate=MIC_RATE,
             frame_samples=FRAME_SAMPLES,
@@ -76,7 +82,7 @@ def machine_settings(cfg: Config) -> st.Settings:
     )
 
 
-def session_settings(cfg: Config) -> rt.SessionSettings:
+def session_settings(cfg: Config, tools: tuple[rt.Tool, ...]) -> rt.SessionSettings:
     a = cfg.assistant
     return rt.SessionSettings(
         model=cfg.cloud.deployment,
@@ -84,7 +90,16 @@ def session_settings(cfg: Config) -> rt.SessionSettings:
         voice=a.voice,
         reasoning_effort=a.reasoning_effort,
         speed=a.speed,
+        turn_detection=rt.turn_detection(cfg.turn.detection, cfg.turn.silence_ms),
+        tools=tools,
+        dialect=realtime_endpoint(cfg.cloud).dialect,
     )
+
+
+MAX_TOOL_ROUNDS = 4
+"""Tool calls answered in a row for one turn; a model stuck calling tools is stopped."""
+EARCON = "earcon:"
+"""Response-id prefix of the device's own sounds, which the state machine never hears of."""
 
 
 class App:
@@ -94,7 +109,10 @@ class App:
         self.machine = st.Machine(machine_settings(cfg))
         self.events = EventLog(opts.events_log)
         self.notifier = Notifier()
-        self.url = realtime_url(cfg.cloud.endpoint, cfg.cloud.deployment)
+        self.endpoint = realtime_endpoint(cfg.cloud)
+        self.toolbox = Toolbox(cfg.assistant.tools)
+        self.tool_rounds = 0
+        self._earcons = 0
         self.pos = 0
         """Microphone samples seen so far: the audio clock."""
         self.preroll = PreRoll(ms_to_samples(cfg.audio.preroll_ms, MIC_RATE))
@@ -125,6 +143,8 @@ class App:
             st.CloseMic: lambda c: self._spawn(self.mic.close()),
             st.OpenMic: lambda c: self._spawn(self.mic.open()),
             st.ReportError: self._report_error,
+            st.ReportRecovery: self._report_recovery,
+            st.PlayEarcon: lambda c: self._play_earcon(c.kind),
         }
         self._server_table: dict[type, Callable[[Any], None]] = {
             rt.AudioDelta: self._on_audio,
@@ -132,8 +152,14 @@ class App:
             rt.ResponseDone: self._on_response_done,
             rt.OutputItemAdded: self.conversation_apply,
             rt.OutputItemDone: self.conversation_apply,
+            rt.InputCommitted: lambda ev: self._handle(st.ServerCommitted()),
             rt.ServerError: self._on_server_error,
             rt.TranscriptDone: self._on_transcript,
+            rt.InputTranscript: self._on_transcript,
+            rt.SpeechStarted: lambda ev: log.debug("server heard speech start"),
+            rt.SpeechStopped: lambda ev: log.debug("server heard speech stop"),
+            rt.FunctionCallDone: lambda ev: log.debug("model calls %s", ev.name),
+            rt.RateLimits: self._on_rate_limits,
             rt.Malformed: self._on_bad_event,
             rt.Unknown: self._on_bad_event,
         }
@@ -168,6 +194,7 @@ class App:
         )
         if cfg.button.enabled:
             self.button = GpioButton(cfg.button, factory, self._on_button)
+        self._bearer = EntraTokens().bearer if cfg.cloud.auth == "entra" else None
 
     # -- running ----------------------------------------------------------------------------
 
@@ -230,7 +257,9 @@ class App:
     async def _ticker(self) -> None:
         while True:
             await asyncio.sleep(TICK_S)
-            self._handle(st.Tick())
+            quiet = self.session.quiet_s(time.monotonic()) if self.session else None
+            self._handle(st.Tick(quiet))
+            self.notifier.status(self._status_text())
 
     async def _audio_loop(self) -> None:
         while True:
@@ -286,6 +315,11 @@ class App:
 
     def _status_text(self) -> str:
         state = self.machine.state
+        outage = self.machine.outage
+        if outage.ongoing and state in (st.State.IDLE, st.State.ERROR):
+            wait = outage.wait(time.monotonic())
+            later = f"next try in {wait:.0f} s" if wait else "will try on the next wake"
+            return f"offline: {later}; listening for '{self.wake.word}'"
         if state is st.State.IDLE:
             return f"idle, listening for '{self.wake.word}'"
         return str(state.value).replace("_", " ")
@@ -303,7 +337,19 @@ class App:
 
     def _report_error(self, c: st.ReportError) -> None:
         self.events.emit("error", self._audio_ms(), code=c.code, message=c.message)
-        log.warning("error %s: %s", c.code, c.message)
+        # an outage is logged when it starts and when it ends, not at every failed attempt
+        log.log(logging.DEBUG if c.repeat else logging.WARNING, "%s: %s", c.code, c.message)
+
+    def _report_recovery(self, c: st.ReportRecovery) -> None:
+        self.events.emit("recovered", self._audio_ms(), outage_s=round(c.outage_s, 1))
+        log.info("the cloud answers again after %.0f s", c.outage_s)
+
+    def _play_earcon(self, kind: str) -> None:
+        self._earcons += 1
+        name = f"{EARCON}{kind}:{self._earcons}"
+        self.events.emit("earcon", self._audio_ms(), kind=kind)
+        self.speaker.play(name, name, "earcon", earcon(kind))
+        self.speaker.end(name)
 
     # -- the session ------------------------------------------------------------------------
 
@@ -312,14 +358,16 @@ class App:
         self.conversation = rt.Conversation()
         self.client = rt.ClientEvents()
         self.discard_next_response = False
+        self.tool_rounds = 0
         session = CloudSession(
-            self.url,
-            self.cfg.api_key,
-            session_settings(self.cfg),
+            self.endpoint,
+            auth_headers(self.endpoint.kind, self.cfg.api_key, self._bearer),
+            session_settings(self.cfg, self.toolbox.declarations),
             self.client,
             on_event=lambda ev: self._on_server_event(session, ev),
             on_status=lambda ev: self._on_session_status(session, ev),
             connect_timeout_s=self.cfg.cloud.connect_timeout_s,
+            keepalive_s=self.cfg.cloud.keepalive_s,
         )
         self.session = session
         session.start(self.tg)
@@ -369,8 +417,8 @@ class App:
         )
         self._pump_uplink()
 
-    def _pump_uplink(self) -> None:
-        up, session = self.uplink, self.session
+    def _pump_uplink(self, up: Uplink | None = None) -> None:
+        up, session = up or self.uplink, self.session
         if up is None or session is None or not session.ready:
             return
         for chunk in up.take():
@@ -378,12 +426,16 @@ class App:
 
     def _submit_turn(self, c: st.SubmitTurn) -> None:
         up = self.uplink
-        self._pump_uplink()
-        if up is not None and self.session is not None:
-            self.events.emit("audio_sent", self._audio_ms(), ms=up.sent_ms)
+        self.uplink = None
+        self.tool_rounds = 0
+        if up is None or self.session is None:
+            return
+        if c.commit:
+            self._pump_uplink(up)
             self._send(self.client.commit())
             self._send(self.client.create_response())
-        self.uplink = None
+        # else the server committed the turn itself: audio not yet sent belongs to no turn
+        self.events.emit("audio_sent", self._audio_ms(), ms=up.sent_ms)
 
     def _discard_turn(self, c: st.DiscardTurn) -> None:
         up, self.uplink = self.uplink, None
@@ -418,24 +470,45 @@ class App:
 
     def _on_response_done(self, ev: rt.ResponseDone) -> None:
         self.conversation.apply(ev)
-        if self.conversation.audible(ev.response_id):
-            log.info("response %s: %s", ev.response_id, ev.status)
-            self.speaker.end(ev.response_id)
-            self._handle(st.ResponseEnded(ev.response_id, ev.status))
+        if not self.conversation.audible(ev.response_id):
+            return
+        log.info("response %s: %s", ev.response_id, ev.status)
+        self.speaker.end(ev.response_id)
+        calls = ev.function_calls if ev.status == "completed" else ()
+        continues = bool(calls) and self.tool_rounds < MAX_TOOL_ROUNDS
+        if continues:
+            self.tool_rounds += 1
+            for call in calls:
+                output = self.toolbox.call(call.name or "", call.arguments or "")
+                self.events.emit("tool_call", self._audio_ms(), name=call.name)
+                self._send(self.client.function_output(call.call_id or "", output))
+            self._send(self.client.create_response())
+        elif calls:
+            log.warning("the model kept calling tools (%d rounds); stopping here", self.tool_rounds)
+        self._handle(st.ResponseEnded(ev.response_id, ev.status, continues))
 
-    def _on_transcript(self, ev: rt.TranscriptDone) -> None:
-        log.debug("assistant said (%s): %s", self.conversation.phase_of(ev.item_id), ev.transcript)
+    def _on_transcript(self, ev: rt.TranscriptDone | rt.InputTranscript) -> None:
+        # the user's words and the reply's are personal: only in debug logs, never at INFO
+        if isinstance(ev, rt.TranscriptDone):
+            log.debug("assistant (%s): %s", self.conversation.phase_of(ev.item_id), ev.transcript)
+        elif ev.final:
+            log.debug("user: %s", ev.text)
+
+    def _on_rate_limits(self, ev: rt.RateLimits) -> None:
+        for name, remaining, reset in ev.limits:
+            log.debug("rate limit %s: %g left, resets in %gs", name, remaining, reset)
 
     def _on_server_error(self, ev: rt.ServerError) -> None:
         code = ev.code or ev.kind or "error"
-        if code in rt.BENIGN_ERRORS:
+        reaction = rt.reaction_to(code)
+        if reaction is rt.Reaction.IGNORE:
             log.debug("server: %s (%s)", code, ev.message)
-            return
-        if rt.error_is_fatal(code):
-            self._handle(st.CloudError(code, ev.message or code))
-            return
-        self.events.emit("error", self._audio_ms(), code=code, message=ev.message)
-        log.warning("server error %s: %s", code, ev.message)
+        elif reaction is rt.Reaction.CONTINUE:
+            self.events.emit("error", self._audio_ms(), code=code, message=ev.message)
+            log.warning("server error %s: %s", code, ev.message)
+        else:
+            back_off = reaction is rt.Reaction.BACK_OFF
+            self._handle(st.CloudError(code, ev.message or code, back_off))
 
     def _on_bad_event(self, ev: rt.Malformed | rt.Unknown) -> None:
         key = f"{type(ev).__name__}:{ev.type}"
@@ -463,6 +536,12 @@ class App:
 
     def _on_playout(self, ev: PlayoutEvent) -> None:
         ms = self._audio_ms()
+        if isinstance(ev, ItemStarted | ResponsePlayed) and ev.response_id.startswith(EARCON):
+            return  # the device's own sounds are not part of the conversation
+        if isinstance(ev, PlayoutStopped):
+            current = None if (ev.item_id or "").startswith(EARCON) else ev.item_id
+            unplayed = tuple(i for i in ev.unplayed_item_ids if not i.startswith(EARCON))
+            ev = PlayoutStopped(current, ev.played_ms, unplayed)
         if isinstance(ev, ItemStarted):
             self.events.emit("playback_start", ms, phase=ev.phase, item_id=ev.item_id)
             self._handle(st.PlaybackStarted(ev.response_id, ev.item_id, ev.phase))

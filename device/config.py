@@ -67,8 +67,18 @@ class CloudConfig:
     endpoint: str = ""
     """https://<resource>.openai.azure.com, or http://127.0.0.1:8765 for the emulator."""
     deployment: str = "gpt-realtime-2"
+    kind: str = "auto"
+    """azure (GA v1), azure-preview (api-version, beta events), openai, or auto (from the URL)."""
+    api_version: str = "2025-04-01-preview"
+    """Only for azure-preview."""
+    auth: str = "api-key"
+    """api-key, or entra (Microsoft Entra ID token via the optional azure-identity package)."""
     connect_timeout_s: float = 8.0
     reply_timeout_s: float = 20.0
+    keepalive_s: float = 10.0
+    """A connection that stops answering pings is declared dead within this time."""
+    backoff_initial_s: float = 2.0
+    backoff_max_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -77,6 +87,8 @@ class AssistantConfig:
     voice: str = "marin"
     reasoning_effort: str = "low"
     speed: float = 1.0
+    tools: list[str] = field(default_factory=lambda: ["time"])
+    """Local functions the model may call: time (the device's date and time)."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +112,8 @@ class WakeConfig:
 
 @dataclass(frozen=True)
 class TurnConfig:
+    detection: str = "local"
+    """local (the device's VAD ends turns), server_vad or semantic_vad (the service does)."""
     vad_aggressiveness: int = 2
     silence_ms: int = 700
     no_speech_timeout_ms: int = 5000
@@ -165,6 +179,11 @@ def _coerce(key: str, value: Any, t: Any) -> Any:
     """Check a TOML value against a field's annotation; ints are fine where floats are wanted."""
     if isinstance(t, types.UnionType):
         t = next(a for a in typing.get_args(t) if a is not type(None))
+    if typing.get_origin(t) is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} must be a list, got {value!r} ({type(value).__name__})")
+        (item_type,) = typing.get_args(t)
+        return [_coerce(f"{key}[{i}]", v, item_type) for i, v in enumerate(value)]
     ok = (
         (t is bool and isinstance(value, bool))
         or (t is int and isinstance(value, int) and not isinstance(value, bool))
@@ -252,10 +271,34 @@ def validate(cfg: Config) -> None:
         f"leds.backend must be gpio, terminal or none (got {cfg.leds.backend!r})",
     )
     _check(cfg.button.hold_ms >= 200, "button.hold_ms must be at least 200")
-    _check(cfg.cloud.connect_timeout_s > 0, "cloud.connect_timeout_s must be positive")
-    _check(cfg.cloud.reply_timeout_s > 0, "cloud.reply_timeout_s must be positive")
-    if cfg.cloud.endpoint:
-        realtime_url(cfg.cloud.endpoint, cfg.cloud.deployment)  # raises ConfigError if bad
+    c = cfg.cloud
+    _check(c.connect_timeout_s > 0, "cloud.connect_timeout_s must be positive")
+    _check(c.reply_timeout_s > 0, "cloud.reply_timeout_s must be positive")
+    _check(c.keepalive_s >= 0.2, "cloud.keepalive_s must be at least 0.2")
+    _check(
+        0 < c.backoff_initial_s <= c.backoff_max_s,
+        "cloud.backoff_initial_s must be positive and at most cloud.backoff_max_s",
+    )
+    _check(
+        c.kind in ENDPOINT_KINDS,
+        f"cloud.kind must be one of {', '.join(ENDPOINT_KINDS)} (got {c.kind!r})",
+    )
+    _check(c.auth in ("api-key", "entra"), f"cloud.auth must be api-key or entra (got {c.auth!r})")
+    _check(
+        not (c.auth == "entra" and endpoint_kind(c) == "openai"),
+        "cloud.auth = 'entra' works with Azure endpoints only",
+    )
+    _check(
+        t.detection in TURN_DETECTION,
+        f"turn.detection must be one of {', '.join(TURN_DETECTION)} (got {t.detection!r})",
+    )
+    for name in cfg.assistant.tools:
+        _check(
+            name in KNOWN_TOOLS,
+            f"assistant.tools: unknown tool {name!r}; known: {', '.join(KNOWN_TOOLS)}",
+        )
+    if c.endpoint:
+        realtime_endpoint(c)  # raises ConfigError if the URL is not usable
 
 
 def read_api_key(env: Mapping[str, str]) -> Secret:
@@ -321,6 +364,15 @@ def require_cloud(cfg: Config) -> None:
             "(https://<resource>.openai.azure.com) in the config file, set "
             "AZURE_OPENAI_ENDPOINT, or pass --endpoint"
         )
+    if cfg.cloud.auth == "entra":
+        try:
+            import azure.identity  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                "cloud.auth = 'entra' needs the azure-identity package: "
+                "pip install 'voice-device[entra]'"
+            ) from None
+        return
     if not cfg.api_key:
         raise ConfigError(
             "no API key: set AZURE_OPENAI_API_KEY, or give the service a credential "
@@ -328,7 +380,53 @@ def require_cloud(cfg: Config) -> None:
         )
 
 
-def realtime_url(endpoint: str, deployment: str) -> str:
+ENDPOINT_KINDS = ("auto", "azure", "azure-preview", "openai")
+TURN_DETECTION = ("local", "server_vad", "semantic_vad")
+KNOWN_TOOLS = ("time",)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where the realtime session connects, and how it speaks and authenticates there."""
+
+    url: str
+    kind: str
+    """azure, azure-preview or openai."""
+    dialect: str
+    """ga, or beta for the Azure preview API."""
+
+
+def endpoint_kind(c: CloudConfig) -> str:
+    if c.kind != "auto":
+        return c.kind
+    parts = urlsplit(c.endpoint.strip())
+    if parts.hostname == "api.openai.com":
+        return "openai"
+    if "api-version" in parts.query or parts.path.rstrip("/").endswith("/openai/realtime"):
+        return "azure-preview"
+    return "azure"
+
+
+def realtime_endpoint(c: CloudConfig) -> Endpoint:
+    kind = endpoint_kind(c)
+    if kind == "azure-preview":
+        parts = urlsplit(c.endpoint.strip())
+        base = urlunsplit((parts.scheme, parts.netloc, "", "", ""))
+        url = realtime_url(base, c.deployment, "/openai/realtime")
+        url = (
+            url.split("?", 1)[0]
+            + "?"
+            + urlencode({"api-version": c.api_version, "deployment": c.deployment})
+        )
+        return Endpoint(url, kind, "beta")
+    if kind == "openai":
+        parts = urlsplit(c.endpoint.strip())
+        base = urlunsplit((parts.scheme, parts.netloc, "", "", ""))
+        return Endpoint(realtime_url(base, c.deployment, "/v1/realtime"), kind, "ga")
+    return Endpoint(realtime_url(c.endpoint, c.deployment), kind, "ga")
+
+
+def realtime_url(endpoint: str, deployment: str, path: str = "/openai/v1/realtime") -> str:
     """The Azure GA realtime URL for a resource endpoint and deployment name.
 
     http:// becomes ws:// and https:// becomes wss://; a bare resource URL gets the
@@ -343,8 +441,7 @@ def realtime_url(endpoint: str, deployment: str) -> str:
         )
     if not deployment:
         raise ConfigError("cloud.deployment must name the model deployment")
-    path = parts.path.rstrip("/")
-    if not path.endswith("/realtime"):
-        path += "/openai/v1/realtime"
+    given = parts.path.rstrip("/")
+    path = given if given.endswith("/realtime") else given + path
     query = parts.query or urlencode({"model": deployment})
     return urlunsplit((scheme, parts.netloc, path, query, ""))

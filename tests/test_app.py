@@ -150,10 +150,12 @@ async def test_unreachable_cloud_shows_an_error_and_the_wake_word_still_works(
     events = read_jsonl(log)
     assert len([e for e in events if e["event"] == "wake"]) == 2
     errors = [e for e in events if e["event"] == "error"]
-    assert [e["code"] for e in errors] == ["unreachable", "unreachable"]
-    assert "127.0.0.1:9" in errors[0]["message"]
-    assert states(events) == ["connecting", "error", "connecting", "error", "idle"]
+    # the second wake comes within the backoff window: it fails at once, no connection attempt
+    assert [e["code"] for e in errors] == ["unreachable", "offline"]
+    assert errors[0]["message"].startswith("cannot reach 127.0.0.1:9: connection refused")
+    assert states(events) == ["connecting", "error", "error", "idle"]
     assert [e["pattern"] for e in events if e["event"] == "led"][-2:] == ["error", "idle"]
+    assert [e["kind"] for e in events if e["event"] == "earcon"] == ["error", "error"]
 
 
 async def test_wrong_key_is_reported_as_such(

@@ -66,11 +66,84 @@ def item(id_: str, phase: str | None = None, type_: str = "message") -> dict[str
 
 PCM = b"\x10\x00\x20\x00"
 B64 = base64.b64encode(PCM).decode()
+WHERE = {"response_id": "resp_1", "item_id": "i1", "output_index": 0, "content_index": 0}
+CALL = {
+    "id": "f1",
+    "type": "function_call",
+    "call_id": "call_1",
+    "name": "get_time",
+    "arguments": "{}",
+}
 
-PARSED = [
+# (server event, what it parses to); GA events are themselves checked against the SDK
+GA_EVENTS = [
     (
         server("session.created", session={"type": "realtime", "id": "sess_1"}),
         rt.SessionCreated("sess_1"),
+    ),
+    (server("session.updated", session={"type": "realtime"}), rt.SessionUpdated()),
+    (
+        server(
+            "error",
+            error={
+                "type": "invalid_request_error",
+                "code": "session_expired",
+                "message": "60 min",
+                "event_id": None,
+            },
+        ),
+        rt.ServerError("session_expired", "invalid_request_error", "60 min", None),
+    ),
+    (
+        server("input_audio_buffer.speech_started", audio_start_ms=120, item_id="u1"),
+        rt.SpeechStarted(120, "u1"),
+    ),
+    (
+        server("input_audio_buffer.speech_stopped", audio_end_ms=2300, item_id="u1"),
+        rt.SpeechStopped(2300, "u1"),
+    ),
+    (
+        server("input_audio_buffer.committed", item_id="u1", previous_item_id=None),
+        rt.InputCommitted("u1"),
+    ),
+    (server("input_audio_buffer.cleared"), rt.InputCleared()),
+    (
+        server("conversation.item.added", item=item("i1", "commentary")),
+        rt.ItemAdded("i1", "message", "assistant", "commentary"),
+    ),
+    (
+        server("conversation.item.done", item=item("i1")),
+        rt.ItemDone("i1", "message", "assistant", None),
+    ),
+    (server("conversation.item.deleted", item_id="i3"), rt.ItemDeleted("i3")),
+    (
+        server("conversation.item.truncated", item_id="i1", content_index=0, audio_end_ms=900),
+        rt.ItemTruncated("i1", 900),
+    ),
+    (
+        server(
+            "conversation.item.input_audio_transcription.delta", item_id="u1", delta="what's the"
+        ),
+        rt.InputTranscript("u1", "what's the", final=False),
+    ),
+    (
+        server(
+            "conversation.item.input_audio_transcription.completed",
+            item_id="u1",
+            content_index=0,
+            transcript="what's the weather",
+            usage={"type": "duration", "seconds": 2.0},
+        ),
+        rt.InputTranscript("u1", "what's the weather", final=True),
+    ),
+    (
+        server(
+            "conversation.item.input_audio_transcription.failed",
+            item_id="u1",
+            content_index=0,
+            error={"message": "no speech"},
+        ),
+        rt.InputTranscript("u1", "no speech", final=True, failed=True),
     ),
     (
         server(
@@ -88,47 +161,53 @@ PARSED = [
         rt.OutputItemAdded("resp_1", "i1", "message", "commentary"),
     ),
     (
-        server(
-            "response.output_audio.delta",
-            response_id="resp_1",
-            item_id="i1",
-            output_index=0,
-            content_index=0,
-            delta=B64,
-        ),
-        rt.AudioDelta("resp_1", "i1", PCM),
+        server("response.content_part.added", **WHERE, part={"type": "audio", "transcript": ""}),
+        rt.ContentPart("resp_1", "i1", done=False),
+    ),
+    (server("response.output_audio.delta", **WHERE, delta=B64), rt.AudioDelta("resp_1", "i1", PCM)),
+    (server("response.output_audio.done", **WHERE), rt.AudioDone("resp_1", "i1")),
+    (
+        server("response.output_audio_transcript.delta", **WHERE, delta="Let "),
+        rt.TranscriptDelta("resp_1", "i1", "Let "),
     ),
     (
-        server(
-            "response.audio.delta",
-            response_id="resp_1",
-            item_id="i1",
-            output_index=0,
-            content_index=0,
-            delta=B64,
-        ),
-        rt.AudioDelta("resp_1", "i1", PCM),
-    ),
-    (
-        server(
-            "response.output_audio.done",
-            response_id="resp_1",
-            item_id="i1",
-            output_index=0,
-            content_index=0,
-        ),
-        rt.AudioDone("resp_1", "i1"),
-    ),
-    (
-        server(
-            "response.audio_transcript.done",
-            response_id="resp_1",
-            item_id="i1",
-            output_index=0,
-            content_index=0,
-            transcript="Let me check.",
-        ),
+        server("response.output_audio_transcript.done", **WHERE, transcript="Let me check."),
         rt.TranscriptDone("resp_1", "i1", "Let me check."),
+    ),
+    (
+        server("response.output_text.delta", **WHERE, delta="Hi"),
+        rt.TranscriptDelta("resp_1", "i1", "Hi"),
+    ),
+    (
+        server("response.output_text.done", **WHERE, text="Hi there"),
+        rt.TranscriptDone("resp_1", "i1", "Hi there"),
+    ),
+    (
+        server("response.content_part.done", **WHERE, part={"type": "audio", "transcript": "Hi"}),
+        rt.ContentPart("resp_1", "i1", done=True),
+    ),
+    (
+        server(
+            "response.function_call_arguments.delta",
+            response_id="resp_1",
+            item_id="f1",
+            output_index=1,
+            call_id="call_1",
+            delta='{"a',
+        ),
+        rt.FunctionArgumentsDelta("resp_1", "f1", '{"a'),
+    ),
+    (
+        server(
+            "response.function_call_arguments.done",
+            response_id="resp_1",
+            item_id="f1",
+            output_index=1,
+            call_id="call_1",
+            name="get_time",
+            arguments="{}",
+        ),
+        rt.FunctionCallDone("resp_1", "f1", "call_1", "get_time", "{}"),
     ),
     (
         server(
@@ -145,35 +224,48 @@ PARSED = [
             response={
                 "id": "resp_1",
                 "status": "cancelled",
-                "output": [item("i1", "commentary"), item("i2")],
+                "output": [item("i1", "commentary"), item("i2"), CALL],
             },
         ),
         rt.ResponseDone(
-            "resp_1", "cancelled", (("i1", "message", "commentary"), ("i2", "message", None))
+            "resp_1",
+            "cancelled",
+            (
+                rt.OutputItem("i1", "message", "commentary"),
+                rt.OutputItem("i2", "message", None),
+                rt.OutputItem("f1", "function_call", None, "call_1", "get_time", "{}"),
+            ),
         ),
     ),
     (
         server(
-            "error",
-            error={
-                "type": "invalid_request_error",
-                "code": "session_expired",
-                "message": "60 min",
-                "event_id": None,
-            },
+            "rate_limits.updated",
+            rate_limits=[{"name": "tokens", "limit": 1000, "remaining": 250, "reset_seconds": 1.5}],
         ),
-        rt.ServerError("session_expired", "invalid_request_error", "60 min", None),
+        rt.RateLimits((("tokens", 250.0, 1.5),)),
+    ),
+]
+
+OTHER_EVENTS = [
+    # beta / Azure preview names
+    (server("response.audio.delta", **WHERE, delta=B64), rt.AudioDelta("resp_1", "i1", PCM)),
+    (server("response.audio.done", **WHERE), rt.AudioDone("resp_1", "i1")),
+    (
+        server("response.audio_transcript.delta", **WHERE, delta="Let"),
+        rt.TranscriptDelta("resp_1", "i1", "Let"),
     ),
     (
-        server("conversation.item.truncated", item_id="i1", content_index=0, audio_end_ms=900),
-        rt.ItemTruncated("i1", 900),
+        server("response.audio_transcript.done", **WHERE, transcript="Let me check."),
+        rt.TranscriptDone("resp_1", "i1", "Let me check."),
     ),
+    (server("response.text.delta", **WHERE, delta="Hi"), rt.TranscriptDelta("resp_1", "i1", "Hi")),
+    (server("response.text.done", **WHERE, text="Hi"), rt.TranscriptDone("resp_1", "i1", "Hi")),
     (
-        server("input_audio_buffer.committed", item_id="u1", previous_item_id=None),
-        rt.InputCommitted("u1"),
+        server("conversation.item.created", item=item("x")),
+        rt.ItemAdded("x", "message", "assistant", None),
     ),
-    (server("rate_limits.updated", rate_limits=[]), rt.Ignored("rate_limits.updated")),
-    (server("conversation.item.created", item=item("x")), rt.Ignored("conversation.item.created")),
+    (server("conversation.created", conversation={"id": "c"}), rt.Ignored("conversation.created")),
+    # what must never hurt
     (server("response.brand_new_thing", x=1), rt.Unknown("response.brand_new_thing")),
     ("{not json", rt.Malformed("not JSON")),
     ("[1, 2]", rt.Malformed("not an object")),
@@ -186,7 +278,25 @@ PARSED = [
         server("response.created", response={"id": 7}),
         rt.Malformed("field 'id' missing or of the wrong type", "response.created"),
     ),
+    (
+        server("input_audio_buffer.speech_started", audio_start_ms=True, item_id="u"),
+        rt.Malformed(
+            "field 'audio_start_ms' missing or of the wrong type",
+            "input_audio_buffer.speech_started",
+        ),
+    ),
 ]
+PARSED = GA_EVENTS + OTHER_EVENTS
+
+
+@pytest.mark.parametrize("text", [t for t, _ in GA_EVENTS], ids=lambda t: json.loads(t)["type"])
+def test_sample_events_are_what_the_service_sends(text: str) -> None:
+    validate_server_event(json.loads(text))
+
+
+def test_every_event_the_device_parses_is_covered_here() -> None:
+    ignored = {name for name, parse in rt.PARSERS.items() if parse is rt._ignored}
+    assert set(rt.PARSERS) - ignored == {json.loads(t)["type"] for t, _ in GA_EVENTS}
 
 
 @pytest.mark.parametrize(
@@ -301,10 +411,17 @@ def test_conversation_memory_is_bounded() -> None:
     assert len(c._discarded) == rt.Conversation.MAX_ITEMS
 
 
-def test_error_codes_sort_into_benign_and_fatal() -> None:
-    assert rt.error_is_fatal("invalid_api_key")
-    assert not rt.error_is_fatal("response_cancel_not_active")
-    assert not rt.error_is_fatal(None)
+def test_each_error_code_gets_its_reaction() -> None:
+    assert rt.reaction_to("invalid_api_key") is rt.Reaction.FATAL
+    assert rt.reaction_to("insufficient_quota") is rt.Reaction.FATAL
+    assert rt.reaction_to("model_not_found") is rt.Reaction.FATAL
+    assert rt.reaction_to("session_expired") is rt.Reaction.FATAL
+    assert rt.reaction_to("rate_limit_exceeded") is rt.Reaction.BACK_OFF
+    assert rt.reaction_to("response_cancel_not_active") is rt.Reaction.IGNORE
+    assert rt.reaction_to("conversation_already_has_active_response") is rt.Reaction.IGNORE
+    assert rt.reaction_to("input_audio_buffer_commit_empty") is rt.Reaction.IGNORE
+    assert rt.reaction_to("invalid_value") is rt.Reaction.CONTINUE
+    assert rt.reaction_to(None) is rt.Reaction.CONTINUE
 
 
 def test_sdk_validation_catches_misspelled_fields() -> None:
@@ -314,3 +431,25 @@ def test_sdk_validation_catches_misspelled_fields() -> None:
         validate_client_event(bad)
     ok = validate_server_event(json.loads(PARSED[0][0]))
     assert ok is not None
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    hst.lists(
+        hst.tuples(hst.sampled_from([t for t, _ in PARSED]), hst.integers(0, 500)),
+        max_size=300,
+    )
+)
+def test_any_sequence_of_events_keeps_tracking_bounded(seq: list[tuple[str, int]]) -> None:
+    c = rt.Conversation()
+    for text, n in seq:
+        # vary the ids so the tracker sees many different items and responses
+        ev = rt.parse_server_event(
+            text.replace('"i1"', f'"i{n}"').replace('"resp_1"', f'"resp_{n}"')
+        )
+        c.apply(ev)
+        if n % 7 == 0:
+            c.discard(f"resp_{n}")
+        c.phase_of(f"i{n}")
+    assert len(c._items) <= rt.Conversation.MAX_ITEMS
+    assert len(c._discarded) <= rt.Conversation.MAX_ITEMS

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as hst
 
+from device.core.backoff import BackoffPolicy
 from device.core.endpoint import EndpointSettings
 from device.core.states import (
     ButtonDown,
@@ -30,9 +32,12 @@ from device.core.states import (
     PlaybackFinished,
     PlaybackStarted,
     PlaybackStopped,
+    PlayEarcon,
     ReportError,
+    ReportRecovery,
     ResponseEnded,
     ResponseStarted,
+    ServerCommitted,
     SessionFailed,
     SessionLost,
     SessionReady,
@@ -55,6 +60,7 @@ SETTINGS = Settings(
     follow_up_ms=1000,
     reply_timeout_s=5.0,
     error_hold_s=2.0,
+    backoff=BackoffPolicy(initial_s=2.0, max_s=30.0, jitter=0.0),
     endpoint=EndpointSettings(silence_ms=200, max_turn_ms=3000),
 )
 PREROLL = 4800
@@ -123,6 +129,29 @@ def muted() -> Machine:
     m = idle()
     m.handle(ButtonDown(m.audio_pos), 0)
     m.handle(ButtonHeld(), 0)
+    return m
+
+
+def after_an_outage() -> Machine:
+    """Idle again after the service failed at t=10 s and asked for 30 s of quiet."""
+    m = connecting()
+    m.handle(SessionFailed("rate_limited", "429", retryable=True, retry_after_s=30), 10)
+    m.handle(Tick(), 13)
+    assert m.state is State.IDLE
+    return m
+
+
+def server_turns() -> Machine:
+    m = Machine(dataclasses.replace(SETTINGS, server_turns=True))
+    frames(m, 50, False)
+    m.handle(Wake("okay nabu", 0.97, m.audio_pos), 0)
+    m.handle(SessionReady(), 0)
+    return m
+
+
+def answering_with_a_tool_call_pending() -> Machine:
+    m = preamble()
+    m.handle(ResponseEnded("r1", "completed", continues=True), 2)
     return m
 
 
@@ -227,6 +256,7 @@ TABLE: list[tuple[str, Callable[[], Machine], Step, State, list[Command]]] = [
             EndTurn(POS, "unreachable"),
             DiscardTurn(),
             ReportError("unreachable", "down"),
+            PlayEarcon("error"),
             Enter(State.ERROR, "unreachable"),
         ],
     ),
@@ -305,7 +335,8 @@ TABLE: list[tuple[str, Callable[[], Machine], Step, State, list[Command]]] = [
         [
             EndTurn(POS, "connection_lost"),
             DiscardTurn(),
-            ReportError("connection_lost", "gone"),
+            ReportError("connection_lost", "gone (next try after 2 s)"),
+            PlayEarcon("error"),
             Enter(State.ERROR, "connection_lost"),
         ],
     ),
@@ -319,6 +350,7 @@ TABLE: list[tuple[str, Callable[[], Machine], Step, State, list[Command]]] = [
             DiscardTurn(),
             CloseSession("invalid_api_key"),
             ReportError("invalid_api_key", "bad key"),
+            PlayEarcon("error"),
             Enter(State.ERROR, "invalid_api_key"),
         ],
     ),
@@ -356,16 +388,23 @@ TABLE: list[tuple[str, Callable[[], Machine], Step, State, list[Command]]] = [
             Enter(State.LISTENING, "barge-in"),
         ],
     ),
-    ("patience before the reply timeout", thinking, send(Tick(), now=4.9), State.THINKING, []),
+    (
+        "patience before the reply timeout",
+        thinking,
+        send(Tick(server_quiet_s=4.9), now=30),
+        State.THINKING,
+        [],
+    ),
     (
         "no reply in time is an error",
         thinking,
-        send(Tick(), now=5.0),
+        send(Tick(server_quiet_s=5.0), now=30),
         State.ERROR,
         [
             StopPlayback(),
             CloseSession("no_reply"),
-            ReportError("no_reply", "no reply within 5 s"),
+            ReportError("no_reply", "the service went quiet for 5 s (next try after 2 s)"),
+            PlayEarcon("error"),
             Enter(State.ERROR, "no_reply"),
         ],
     ),
@@ -498,6 +537,132 @@ TABLE: list[tuple[str, Callable[[], Machine], Step, State, list[Command]]] = [
         [OpenMic(), Enter(State.IDLE, "unmuted")],
     ),
     ("a short press does not unmute", muted, press(), State.MUTED, []),
+    # outages: the next wake inside the backoff window fails at once; the button tries anyway
+    (
+        "a wake during an outage fails at once",
+        after_an_outage,
+        send(Wake("okay nabu", 0.9, POS), now=20),
+        State.ERROR,
+        [
+            ReportError(
+                "offline",
+                "the cloud is unreachable; next try after 20 s (the button tries now)",
+                True,
+            ),
+            PlayEarcon("error"),
+            Enter(State.ERROR, "offline"),
+        ],
+    ),
+    (
+        "after the window the wake word tries again",
+        after_an_outage,
+        send(Wake("okay nabu", 0.9, POS), now=41),
+        State.CONNECTING,
+        [
+            StartTurn(POS - PREROLL, "wake word"),
+            OpenSession(),
+            Enter(State.CONNECTING, "wake word"),
+        ],
+    ),
+    (
+        "the button always tries",
+        after_an_outage,
+        lambda m: m.handle(ButtonDown(POS), 20) + m.handle(ButtonUp(), 20),
+        State.CONNECTING,
+        [StartTurn(POS, "button"), OpenSession(), Enter(State.CONNECTING, "button")],
+    ),
+    (
+        "success ends the outage",
+        after_an_outage,
+        send(Wake("okay nabu", 0.9, POS), SessionReady(), now=41),
+        State.LISTENING,
+        [
+            StartTurn(POS - PREROLL, "wake word"),
+            OpenSession(),
+            Enter(State.CONNECTING, "wake word"),
+            ReportRecovery(31.0),
+            Enter(State.LISTENING, "session ready"),
+        ],
+    ),
+    (
+        "rate limited mid-session: error and back off",
+        thinking,
+        send(CloudError("rate_limit_exceeded", "slow down", back_off=True), now=5),
+        State.ERROR,
+        [
+            StopPlayback(),
+            CloseSession("rate_limit_exceeded"),
+            ReportError("rate_limit_exceeded", "slow down (next try after 2 s)"),
+            PlayEarcon("error"),
+            Enter(State.ERROR, "rate_limit_exceeded"),
+        ],
+    ),
+    # server turn detection: the local VAD does not end the turn, the server's commit does
+    (
+        "server turns: a pause does not end the turn",
+        server_turns,
+        speak_then_pause(10, 40),
+        State.LISTENING,
+        [],
+    ),
+    (
+        "server turns: the server's commit does",
+        server_turns,
+        lambda m: speak_then_pause(10, 40)(m) + m.handle(ServerCommitted(), 0),
+        State.THINKING,
+        [
+            EndTurn(WAKE_AT + 50 * F, "server"),
+            SubmitTurn(commit=False),
+            Enter(State.THINKING, "end of speech"),
+        ],
+    ),
+    (
+        "server turns: a turn that never ends is cut locally",
+        server_turns,
+        lambda m: [c for c in frames(m, 250, True) if not isinstance(c, Enter)][:2],
+        State.THINKING,
+        [EndTurn(WAKE_AT - PREROLL + 200 * F, "max_length"), SubmitTurn(commit=True)],
+    ),
+    (
+        "a server commit means nothing with local turns",
+        listening,
+        send(ServerCommitted()),
+        State.LISTENING,
+        [],
+    ),
+    # a tool call: the preamble ends, the device waits for the rest of the reply
+    (
+        "tool running: the preamble ends, nothing audible",
+        answering_with_a_tool_call_pending,
+        send(PlaybackFinished("r1"), now=3),
+        State.THINKING,
+        [Enter(State.THINKING, "waiting for the rest of the reply")],
+    ),
+    (
+        "the answer after the tool",
+        answering_with_a_tool_call_pending,
+        send(
+            PlaybackFinished("r1"),
+            ResponseStarted("r2"),
+            PlaybackStarted("r2", "i9", "final_answer"),
+            ResponseEnded("r2", "completed"),
+            PlaybackFinished("r2"),
+            now=3,
+        ),
+        State.FOLLOW_UP,
+        [
+            Enter(State.THINKING, "waiting for the rest of the reply"),
+            Enter(State.ANSWERING, "final_answer"),
+            Enter(State.FOLLOW_UP, "reply played"),
+        ],
+    ),
+    (
+        "an old session is not kept for a follow-up",
+        answering_after_response_done,
+        send(PlaybackFinished("r1"), now=55 * 60),
+        State.IDLE,
+        [StopPlayback(), CloseSession("session age"), Enter(State.IDLE, "session age")],
+    ),
     # error
     ("the error shows for a while", error, send(Tick(), now=11.9), State.ERROR, []),
     (
@@ -578,11 +743,20 @@ inputs = hst.one_of(
     hst.just(ButtonUp()),
     hst.builds(Heard, hst.just(0), hst.booleans()),
     hst.just(SessionReady()),
-    hst.builds(SessionFailed, hst.sampled_from(["unreachable", "auth_failed"]), hst.just("x")),
+    hst.builds(
+        SessionFailed,
+        hst.sampled_from(["unreachable", "auth_failed"]),
+        hst.just("x"),
+        hst.booleans(),
+        hst.one_of(hst.none(), hst.floats(0, 100)),
+    ),
+    hst.just(ServerCommitted()),
     hst.builds(SessionLost, hst.just("connection_lost"), hst.just("x")),
-    hst.builds(CloudError, hst.just("invalid_api_key"), hst.just("x")),
+    hst.builds(CloudError, hst.just("invalid_api_key"), hst.just("x"), hst.booleans()),
     hst.builds(ResponseStarted, hst.sampled_from(["r1", "r2"])),
-    hst.builds(ResponseEnded, hst.sampled_from(["r1", "r2"]), hst.just("completed")),
+    hst.builds(
+        ResponseEnded, hst.sampled_from(["r1", "r2"]), hst.just("completed"), hst.booleans()
+    ),
     hst.builds(
         PlaybackStarted,
         hst.just("r1"),
@@ -591,14 +765,17 @@ inputs = hst.one_of(
     ),
     hst.builds(PlaybackFinished, hst.just("r1")),
     hst.builds(PlaybackStopped, hst.sampled_from([None, "i1"]), hst.integers(0, 5000)),
-    hst.just(Tick()),
+    hst.builds(Tick, hst.one_of(hst.none(), hst.floats(0, 60))),
 )
 
 
 @settings(max_examples=300, deadline=None)
 @given(hst.lists(hst.tuples(inputs, hst.integers(1, 20)), max_size=60))
-def test_random_inputs_keep_the_machine_coherent(steps: list[tuple[Input, int]]) -> None:
-    m = Machine(SETTINGS)
+@pytest.mark.parametrize("server_turns", [False, True])
+def test_random_inputs_keep_the_machine_coherent(
+    server_turns: bool, steps: list[tuple[Input, int]]
+) -> None:
+    m = Machine(dataclasses.replace(SETTINGS, server_turns=server_turns))
     now = 0.0
     pos = 0
     for event, frames_later in steps:

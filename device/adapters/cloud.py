@@ -13,7 +13,11 @@ import contextlib
 import ipaddress
 import json
 import logging
-from collections.abc import Callable
+import os
+import socket
+import ssl
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,7 +26,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from .. import __version__
-from ..config import Secret
+from ..config import Endpoint, Secret
 from ..core.realtime import (
     ClientEvents,
     ServerEvent,
@@ -54,6 +58,15 @@ class Failure:
     code: str
     message: str
     retryable: bool
+    retry_after_s: float | None = None
+
+
+def _retry_after(exc: InvalidStatus) -> float | None:
+    value = exc.response.headers.get("Retry-After", "")
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
 
 
 def classify(exc: BaseException, url: str) -> Failure:
@@ -79,18 +92,43 @@ def classify(exc: BaseException, url: str) -> Failure:
                 False,
             )
         if status == 429:
-            return Failure("rate_limited", f"{host} is rate limiting (HTTP 429)", True)
-        return Failure("server_error", f"{host} answered HTTP {status}", status >= 500)
+            return Failure(
+                "rate_limited", f"{host} is rate limiting (HTTP 429)", True, _retry_after(exc)
+            )
+        return Failure(
+            "server_error", f"{host} answered HTTP {status}", status >= 500, _retry_after(exc)
+        )
     if isinstance(exc, TimeoutError):
         return Failure("timeout", f"{host} did not answer in time", True)
+    if isinstance(exc, socket.gaierror):
+        return Failure("dns_failed", f"cannot resolve {host} (DNS): is the network up?", True)
+    if isinstance(exc, ssl.SSLError):
+        reason = getattr(exc, "verify_message", None) or exc.reason or str(exc)
+        return Failure("tls_failed", f"secure connection to {host} failed: {reason}", True)
     if isinstance(exc, OSError):
-        reason = exc.strerror or str(exc) or type(exc).__name__
+        reason = os.strerror(exc.errno).lower() if exc.errno else str(exc) or "network error"
         return Failure("unreachable", f"cannot reach {host}: {reason}", True)
     if isinstance(exc, InvalidHandshake):
         return Failure("handshake_failed", f"{host}: WebSocket handshake failed: {exc}", True)
     if isinstance(exc, ConnectionClosed):
         return Failure("connection_lost", f"{host} closed the connection", True)
     return Failure("unexpected", f"{type(exc).__name__} talking to {host}", True)
+
+
+Headers = Callable[[], Awaitable[dict[str, str]]]
+
+
+def auth_headers(kind: str, key: Secret, bearer: Callable[[], Awaitable[str]] | None) -> Headers:
+    """How each kind of endpoint wants to be authenticated, fetched anew for each connection."""
+
+    async def headers() -> dict[str, str]:
+        if bearer is not None:
+            return {"Authorization": f"Bearer {await bearer()}"}
+        if kind == "openai":
+            return {"Authorization": f"Bearer {key.reveal()}"}
+        return {"api-key": key.reveal()}
+
+    return headers
 
 
 def _is_loopback(url: str) -> bool:
@@ -108,16 +146,18 @@ class CloudSession:
 
     def __init__(
         self,
-        url: str,
-        api_key: Secret,
+        endpoint: Endpoint,
+        headers: Headers,
         settings: SessionSettings,
         events: ClientEvents,
         on_event: Callable[[ServerEvent], None],
         on_status: Callable[[Input], None],
         connect_timeout_s: float,
+        keepalive_s: float = 10.0,
     ) -> None:
-        self.url = url
-        self._key = api_key
+        self.url = endpoint.url
+        self._headers = headers
+        self._keepalive_s = keepalive_s
         self._settings = settings
         self._events = events
         self._on_event = on_event
@@ -131,6 +171,8 @@ class CloudSession:
         self.ready = False
         self.session_id = ""
         self.close_reason = ""
+        self.last_heard = time.monotonic()
+        """When the server last sent anything (an event)."""
 
     def __repr__(self) -> str:
         return f"CloudSession({urlsplit(self.url).netloc}, ready={self.ready})"
@@ -169,12 +211,12 @@ class CloudSession:
                 if self._closing:
                     return  # abandoned on purpose
                 raise
-            except Exception as e:
+            except Exception as e:  # every failure becomes a user-facing message
                 if not self._closing:
                     f = classify(e, self.url)
-                    log.warning("session failed: %s", f.message)
+                    log.debug("session failed: %s (%r)", f.message, e)
                     self._closing = True
-                    self._on_status(SessionFailed(f.code, f.message))
+                    self._on_status(SessionFailed(f.code, f.message, f.retryable, f.retry_after_s))
                 return
             self.ready = True
             self._on_status(SessionReady())
@@ -189,16 +231,21 @@ class CloudSession:
             if self._ws is not None:
                 await self._ws.close()
 
+    def quiet_s(self, now: float) -> float | None:
+        """Seconds since the server last spoke, once the session is up."""
+        return now - self.last_heard if self.ready else None
+
     async def _connect(self) -> ClientConnection:
         self._ws = await connect(
             self.url,
-            additional_headers={"api-key": self._key.reveal()},
+            additional_headers=await self._headers(),
             user_agent_header=f"voice-device/{__version__}",
             compression=None,
             proxy=None if _is_loopback(self.url) else True,
             open_timeout=None,
-            ping_interval=5,
-            ping_timeout=10,
+            # a dead connection (no pong) is noticed within keepalive_s
+            ping_interval=self._keepalive_s / 2,
+            ping_timeout=self._keepalive_s / 2,
             close_timeout=2,
             max_size=MAX_MESSAGE_BYTES,
             max_queue=64,
@@ -208,6 +255,7 @@ class CloudSession:
         # The first event is session.created; an error before it means the session is refused.
         while True:
             ev = parse_server_event(await ws.recv())
+            self.last_heard = time.monotonic()
             if isinstance(ev, SessionCreated):
                 self.session_id = ev.session_id
                 return ws
@@ -226,19 +274,25 @@ class CloudSession:
     async def _read(self, ws: ClientConnection) -> None:
         try:
             async for text in ws:
+                self.last_heard = time.monotonic()
                 self._on_event(parse_server_event(text))
         except ConnectionClosed:
             pass
         if not self._closing:
             code, reason = ws.close_code, ws.close_reason or ""
-            why = "without a close frame" if code in (None, 1006) else f"code {code} {reason}"
-            self._lost("connection_lost", f"the service closed the session ({why.strip()})")
+            if code == 1011 and "keepalive" in reason:
+                self._lost("keepalive_timeout", "the service stopped answering (keepalive ping)")
+            elif code in (None, 1006):
+                self._lost("connection_lost", "the connection dropped")
+            else:
+                why = f"code {code} {reason}".strip()
+                self._lost("connection_lost", f"the service closed the session ({why})")
 
     def _lost(self, code: str, message: str) -> None:
         if self._closing:
             return
         self._closing = True
-        log.warning("session lost: %s", message)
+        log.debug("session lost: %s", message)
         self._on_status(SessionLost(code, message))
         if self._ws is not None:
             self._closer = asyncio.ensure_future(self._ws.close())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import time
 
@@ -87,24 +88,31 @@ def setup_logging(debug: bool, secrets: list[str]) -> None:
 
 
 class RedactSecrets(logging.Filter):
-    """Replaces any known secret in a record's final message with ***."""
+    """Replaces known secrets, and any authentication header's value, with ***.
+
+    Known secrets cover the API key wherever it might be quoted; the header rule also
+    covers Entra tokens, which change and are never known in advance (websockets prints
+    handshake headers at DEBUG).
+    """
+
+    HEADER = re.compile(r"(?im)^(\W*(?:api-key|authorization)\s*:\s*)\S.*$")
 
     def __init__(self, secrets: list[str]) -> None:
         super().__init__()
         self.secrets = [s for s in secrets if s]
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not self.secrets:
-            return True
-        msg = record.getMessage()
-        if record.exc_info and not record.exc_text:
-            record.exc_text = logging.Formatter().formatException(record.exc_info)
-        clean = msg
+    def _clean(self, text: str) -> str:
         for s in self.secrets:
-            clean = clean.replace(s, "***")
-        if record.exc_text:
-            for s in self.secrets:
-                record.exc_text = record.exc_text.replace(s, "***")
+            text = text.replace(s, "***")
+        return self.HEADER.sub(r"\1***", text)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        clean = self._clean(msg)
         if clean != msg:
             record.msg, record.args = clean, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self._clean(record.exc_text)
         return True

@@ -2,18 +2,23 @@
 
 `adapters/cloud.py` moves JSON text over a WebSocket; everything about what that text means
 lives here, so it can be tested with plain values. Server events are parsed through one
-dispatch table; the older beta/preview names are aliases of the GA ones. Nothing a server
-sends can raise out of `parse_server_event`: bad input becomes a `Malformed` value.
+dispatch table (`PARSERS`); the older beta/preview names are aliases of the GA ones. Nothing a
+server sends can raise out of `parse_server_event`: bad input becomes a `Malformed` value,
+an event type we do not know becomes `Unknown`.
+
+Two wire dialects: `GA` (the v1 API) and `BETA` (Azure's deprecated preview API). They
+differ in `session.update` and in some server event names; everything else is shared.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import enum
 import json
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 COMMENTARY = "commentary"
@@ -21,10 +26,31 @@ FINAL_ANSWER = "final_answer"
 PHASES = (COMMENTARY, FINAL_ANSWER)
 
 REASONING_EFFORTS = ("minimal", "low", "medium", "high", "xhigh")
+GA = "ga"
+BETA = "beta"
 
 
 # ---------------------------------------------------------------------------------------------
 # Client events
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A function the model may call; `parameters` is a JSON schema."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any] = field(
+        default_factory=lambda: {"type": "object", "properties": {}, "required": []}
+    )
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "type": "function",
+            "name": self.name,
+            "description": self.description,
+            "parameters": self.parameters,
+        }
 
 
 @dataclass(frozen=True)
@@ -38,6 +64,33 @@ class SessionSettings:
     noise_reduction: str | None = "far_field"
     turn_detection: dict[str, Any] | None = None
     """None: the device decides when a turn ends (local VAD) and commits it."""
+    tools: tuple[Tool, ...] = ()
+    dialect: str = GA
+
+
+def turn_detection(mode: str, silence_ms: int) -> dict[str, Any] | None:
+    """`session.audio.input.turn_detection` for a configured mode.
+
+    The server creates the response when it ends a turn; it does not interrupt one, because
+    the device stops streaming as soon as the turn is committed.
+    """
+    if mode == "server_vad":
+        return {
+            "type": "server_vad",
+            "threshold": 0.5,
+            "prefix_padding_ms": 300,
+            "silence_duration_ms": silence_ms,
+            "create_response": True,
+            "interrupt_response": False,
+        }
+    if mode == "semantic_vad":
+        return {
+            "type": "semantic_vad",
+            "eagerness": "auto",
+            "create_response": True,
+            "interrupt_response": False,
+        }
+    return None
 
 
 class ClientEvents:
@@ -52,6 +105,8 @@ class ClientEvents:
         return {"type": type_, "event_id": f"{self._prefix}_{self._n:06d}", **fields}
 
     def session_update(self, s: SessionSettings) -> dict[str, Any]:
+        if s.dialect == BETA:
+            return self._event("session.update", session=self._beta_session(s))
         pcm = {"type": "audio/pcm", "rate": s.rate}
         session: dict[str, Any] = {
             "type": "realtime",
@@ -68,10 +123,28 @@ class ClientEvents:
                 "output": {"format": pcm, "voice": s.voice, "speed": s.speed},
             },
             "reasoning": {"effort": s.reasoning_effort},
-            "tools": [],
+            "tools": [t.as_json() for t in s.tools],
             "tool_choice": "auto",
         }
         return self._event("session.update", session=session)
+
+    @staticmethod
+    def _beta_session(s: SessionSettings) -> dict[str, Any]:
+        """The preview API's flat session: pcm16 is 24 kHz; audio output needs text too."""
+        return {
+            "modalities": ["audio", "text"],
+            "instructions": s.instructions,
+            "voice": s.voice,
+            "speed": s.speed,
+            "input_audio_format": "pcm16",
+            "output_audio_format": "pcm16",
+            "input_audio_noise_reduction": (
+                {"type": s.noise_reduction} if s.noise_reduction else None
+            ),
+            "turn_detection": s.turn_detection,
+            "tools": [t.as_json() for t in s.tools],
+            "tool_choice": "auto",
+        }
 
     def append_audio(self, pcm: bytes) -> dict[str, Any]:
         return self._event("input_audio_buffer.append", audio=base64.b64encode(pcm).decode())
@@ -99,6 +172,10 @@ class ClientEvents:
     def delete_item(self, item_id: str) -> dict[str, Any]:
         return self._event("conversation.item.delete", item_id=item_id)
 
+    def function_output(self, call_id: str, output: str) -> dict[str, Any]:
+        item = {"type": "function_call_output", "call_id": call_id, "output": output}
+        return self._event("conversation.item.create", item=item)
+
 
 # ---------------------------------------------------------------------------------------------
 # Server events, as typed values
@@ -123,6 +200,69 @@ class ServerError:
 
 
 @dataclass(frozen=True)
+class SpeechStarted:
+    """Server VAD heard the user start (server turn detection only)."""
+
+    audio_start_ms: int
+    item_id: str
+
+
+@dataclass(frozen=True)
+class SpeechStopped:
+    audio_end_ms: int
+    item_id: str
+
+
+@dataclass(frozen=True)
+class InputCommitted:
+    item_id: str
+
+
+@dataclass(frozen=True)
+class InputCleared:
+    pass
+
+
+@dataclass(frozen=True)
+class ItemAdded:
+    """conversation.item.added (GA) / conversation.item.created (beta)."""
+
+    item_id: str
+    item_type: str
+    role: str | None
+    phase: str | None
+
+
+@dataclass(frozen=True)
+class ItemDone:
+    item_id: str
+    item_type: str
+    role: str | None
+    phase: str | None
+
+
+@dataclass(frozen=True)
+class ItemDeleted:
+    item_id: str
+
+
+@dataclass(frozen=True)
+class ItemTruncated:
+    item_id: str
+    audio_end_ms: int
+
+
+@dataclass(frozen=True)
+class InputTranscript:
+    """The user's words, if the session transcribes input (delta, completed, or failed)."""
+
+    item_id: str
+    text: str
+    final: bool
+    failed: bool = False
+
+
+@dataclass(frozen=True)
 class ResponseCreated:
     response_id: str
 
@@ -133,6 +273,15 @@ class OutputItemAdded:
     item_id: str
     item_type: str
     phase: str | None
+
+
+@dataclass(frozen=True)
+class ContentPart:
+    """response.content_part.added / .done."""
+
+    response_id: str
+    item_id: str
+    done: bool
 
 
 @dataclass(frozen=True)
@@ -155,10 +304,35 @@ class AudioDone:
 
 
 @dataclass(frozen=True)
+class TranscriptDelta:
+    """Words of the reply as they are generated (audio transcript or text output)."""
+
+    response_id: str
+    item_id: str
+    delta: str
+
+
+@dataclass(frozen=True)
 class TranscriptDone:
     response_id: str
     item_id: str
     transcript: str
+
+
+@dataclass(frozen=True)
+class FunctionArgumentsDelta:
+    response_id: str
+    item_id: str
+    delta: str
+
+
+@dataclass(frozen=True)
+class FunctionCallDone:
+    response_id: str
+    item_id: str
+    call_id: str
+    name: str
+    arguments: str
 
 
 @dataclass(frozen=True)
@@ -171,27 +345,37 @@ class OutputItemDone:
 
 
 @dataclass(frozen=True)
+class OutputItem:
+    """One output item as `response.done` finally reports it."""
+
+    item_id: str
+    item_type: str
+    phase: str | None = None
+    call_id: str | None = None
+    name: str | None = None
+    arguments: str | None = None
+
+
+@dataclass(frozen=True)
 class ResponseDone:
     response_id: str
     status: str
-    items: tuple[tuple[str, str, str | None], ...]
-    """(item_id, item_type, phase) of each output item, as the server finally reports them."""
+    items: tuple[OutputItem, ...]
+
+    @property
+    def function_calls(self) -> tuple[OutputItem, ...]:
+        return tuple(i for i in self.items if i.item_type == "function_call" and i.call_id)
 
 
 @dataclass(frozen=True)
-class InputCommitted:
-    item_id: str
-
-
-@dataclass(frozen=True)
-class ItemTruncated:
-    item_id: str
-    audio_end_ms: int
+class RateLimits:
+    limits: tuple[tuple[str, float, float], ...]
+    """(name, remaining, reset_seconds) for each limit reported."""
 
 
 @dataclass(frozen=True)
 class Ignored:
-    """A known event the device has no use for (transcript deltas, rate limits…)."""
+    """A known event the device has no use for (WebRTC-only buffer events and the like)."""
 
     type: str
 
@@ -211,15 +395,27 @@ ServerEvent = (
     SessionCreated
     | SessionUpdated
     | ServerError
+    | SpeechStarted
+    | SpeechStopped
+    | InputCommitted
+    | InputCleared
+    | ItemAdded
+    | ItemDone
+    | ItemDeleted
+    | ItemTruncated
+    | InputTranscript
     | ResponseCreated
     | OutputItemAdded
+    | ContentPart
     | AudioDelta
     | AudioDone
+    | TranscriptDelta
     | TranscriptDone
+    | FunctionArgumentsDelta
+    | FunctionCallDone
     | OutputItemDone
     | ResponseDone
-    | InputCommitted
-    | ItemTruncated
+    | RateLimits
     | Ignored
     | Unknown
     | Malformed
@@ -236,21 +432,38 @@ def _get(d: Any, key: str, kind: type | tuple[type, ...], optional: bool = False
     value = d.get(key)
     if value is None and optional:
         return None
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind in (int, float)):
         raise _Bad(f"field {key!r} missing or of the wrong type")
     return value
 
 
-def _item_fields(item: Any) -> tuple[str, str, str | None]:
-    item_id = _get(item, "id", str)
+def _number(d: Any, key: str) -> float:
+    return float(_get(d, key, (int, float)))
+
+
+def _item(item: Any) -> OutputItem:
     item_type = _get(item, "type", str)
-    phase = _get(item, "phase", str, optional=True)
-    return item_id, item_type, phase
+    return OutputItem(
+        item_id=_get(item, "id", str),
+        item_type=item_type,
+        phase=_get(item, "phase", str, optional=True),
+        call_id=_get(item, "call_id", str, optional=True),
+        name=_get(item, "name", str, optional=True),
+        arguments=_get(item, "arguments", str, optional=True),
+    )
+
+
+def _role(item: Any) -> str | None:
+    role: str | None = _get(item, "role", str, optional=True)
+    return role
+
+
+def _ids(d: dict[str, Any]) -> tuple[str, str]:
+    return _get(d, "response_id", str), _get(d, "item_id", str)
 
 
 def _session_created(d: dict[str, Any]) -> ServerEvent:
-    session = _get(d, "session", dict)
-    return SessionCreated(_get(session, "id", str, optional=True) or "")
+    return SessionCreated(_get(_get(d, "session", dict), "id", str, optional=True) or "")
 
 
 def _error(d: dict[str, Any]) -> ServerEvent:
@@ -263,20 +476,28 @@ def _error(d: dict[str, Any]) -> ServerEvent:
     )
 
 
-def _response_created(d: dict[str, Any]) -> ServerEvent:
-    return ResponseCreated(_get(_get(d, "response", dict), "id", str))
+def _item_added(d: dict[str, Any]) -> ServerEvent:
+    raw = _get(d, "item", dict)
+    i = _item(raw)
+    return ItemAdded(i.item_id, i.item_type, _role(raw), i.phase)
+
+
+def _item_done(d: dict[str, Any]) -> ServerEvent:
+    raw = _get(d, "item", dict)
+    i = _item(raw)
+    return ItemDone(i.item_id, i.item_type, _role(raw), i.phase)
 
 
 def _output_item_added(d: dict[str, Any]) -> ServerEvent:
-    item_id, item_type, phase = _item_fields(_get(d, "item", dict))
-    return OutputItemAdded(_get(d, "response_id", str), item_id, item_type, phase)
+    i = _item(_get(d, "item", dict))
+    return OutputItemAdded(_get(d, "response_id", str), i.item_id, i.item_type, i.phase)
 
 
 def _output_item_done(d: dict[str, Any]) -> ServerEvent:
-    item = _get(d, "item", dict)
-    item_id, item_type, phase = _item_fields(item)
-    status = _get(item, "status", str, optional=True)
-    return OutputItemDone(_get(d, "response_id", str), item_id, item_type, phase, status)
+    raw = _get(d, "item", dict)
+    i = _item(raw)
+    status = _get(raw, "status", str, optional=True)
+    return OutputItemDone(_get(d, "response_id", str), i.item_id, i.item_type, i.phase, status)
 
 
 def _audio_delta(d: dict[str, Any]) -> ServerEvent:
@@ -286,75 +507,108 @@ def _audio_delta(d: dict[str, Any]) -> ServerEvent:
         raise _Bad("audio delta is not valid base64") from e
     if len(pcm) % 2:
         raise _Bad("audio delta has an odd number of bytes")
-    return AudioDelta(_get(d, "response_id", str), _get(d, "item_id", str), pcm)
+    return AudioDelta(*_ids(d), pcm)
 
 
-def _audio_done(d: dict[str, Any]) -> ServerEvent:
-    return AudioDone(_get(d, "response_id", str), _get(d, "item_id", str))
+def _transcript_delta(d: dict[str, Any]) -> ServerEvent:
+    return TranscriptDelta(*_ids(d), _get(d, "delta", str))
 
 
 def _transcript_done(d: dict[str, Any]) -> ServerEvent:
-    return TranscriptDone(
-        _get(d, "response_id", str), _get(d, "item_id", str), _get(d, "transcript", str)
+    return TranscriptDone(*_ids(d), _get(d, "transcript", str))
+
+
+def _text_done(d: dict[str, Any]) -> ServerEvent:
+    return TranscriptDone(*_ids(d), _get(d, "text", str))
+
+
+def _function_call_done(d: dict[str, Any]) -> ServerEvent:
+    return FunctionCallDone(
+        *_ids(d), _get(d, "call_id", str), _get(d, "name", str), _get(d, "arguments", str)
     )
 
 
 def _response_done(d: dict[str, Any]) -> ServerEvent:
     response = _get(d, "response", dict)
     output = _get(response, "output", list, optional=True) or []
-    items = tuple(_item_fields(i) for i in output)
+    items = tuple(_item(i) for i in output)
     return ResponseDone(
         _get(response, "id", str), _get(response, "status", str, optional=True) or "", items
     )
 
 
-def _committed(d: dict[str, Any]) -> ServerEvent:
-    return InputCommitted(_get(d, "item_id", str))
+def _rate_limits(d: dict[str, Any]) -> ServerEvent:
+    limits = []
+    for lim in _get(d, "rate_limits", list):
+        limits.append(
+            (_get(lim, "name", str), _number(lim, "remaining"), _number(lim, "reset_seconds"))
+        )
+    return RateLimits(tuple(limits))
 
 
-def _truncated(d: dict[str, Any]) -> ServerEvent:
-    return ItemTruncated(_get(d, "item_id", str), _get(d, "audio_end_ms", int))
+def _input_transcript(final: bool, failed: bool = False) -> Callable[[dict[str, Any]], ServerEvent]:
+    def parse(d: dict[str, Any]) -> ServerEvent:
+        if failed:
+            text = _get(_get(d, "error", dict), "message", str, optional=True) or ""
+        else:
+            text = _get(d, "transcript" if final else "delta", str)
+        return InputTranscript(_get(d, "item_id", str), text, final or failed, failed)
 
-
-def _ignored(d: dict[str, Any]) -> ServerEvent:
-    return Ignored(str(d["type"]))
+    return parse
 
 
 PARSERS: dict[str, Callable[[dict[str, Any]], ServerEvent]] = {
     "session.created": _session_created,
     "session.updated": lambda d: SessionUpdated(),
     "error": _error,
-    "response.created": _response_created,
+    "input_audio_buffer.speech_started": lambda d: SpeechStarted(
+        _get(d, "audio_start_ms", int), _get(d, "item_id", str)
+    ),
+    "input_audio_buffer.speech_stopped": lambda d: SpeechStopped(
+        _get(d, "audio_end_ms", int), _get(d, "item_id", str)
+    ),
+    "input_audio_buffer.committed": lambda d: InputCommitted(_get(d, "item_id", str)),
+    "input_audio_buffer.cleared": lambda d: InputCleared(),
+    "conversation.item.added": _item_added,
+    "conversation.item.done": _item_done,
+    "conversation.item.deleted": lambda d: ItemDeleted(_get(d, "item_id", str)),
+    "conversation.item.truncated": lambda d: ItemTruncated(
+        _get(d, "item_id", str), _get(d, "audio_end_ms", int)
+    ),
+    "conversation.item.input_audio_transcription.delta": _input_transcript(final=False),
+    "conversation.item.input_audio_transcription.completed": _input_transcript(final=True),
+    "conversation.item.input_audio_transcription.failed": _input_transcript(False, failed=True),
+    "response.created": lambda d: ResponseCreated(_get(_get(d, "response", dict), "id", str)),
     "response.output_item.added": _output_item_added,
     "response.output_item.done": _output_item_done,
+    "response.content_part.added": lambda d: ContentPart(*_ids(d), done=False),
+    "response.content_part.done": lambda d: ContentPart(*_ids(d), done=True),
     "response.output_audio.delta": _audio_delta,
-    "response.output_audio.done": _audio_done,
+    "response.output_audio.done": lambda d: AudioDone(*_ids(d)),
+    "response.output_audio_transcript.delta": _transcript_delta,
     "response.output_audio_transcript.done": _transcript_done,
+    "response.output_text.delta": _transcript_delta,
+    "response.output_text.done": _text_done,
+    "response.function_call_arguments.delta": lambda d: FunctionArgumentsDelta(
+        *_ids(d), _get(d, "delta", str)
+    ),
+    "response.function_call_arguments.done": _function_call_done,
     "response.done": _response_done,
-    "input_audio_buffer.committed": _committed,
-    "conversation.item.truncated": _truncated,
+    "rate_limits.updated": _rate_limits,
 }
+
+
+def _ignored(d: dict[str, Any]) -> ServerEvent:
+    return Ignored(str(d["type"]))
+
+
 for _name in (
-    "conversation.created",
-    "conversation.item.added",
-    "conversation.item.done",
-    "conversation.item.deleted",
-    "conversation.item.input_audio_transcription.delta",
-    "conversation.item.input_audio_transcription.completed",
-    "conversation.item.input_audio_transcription.failed",
-    "conversation.item.input_audio_transcription.segment",
-    "input_audio_buffer.cleared",
-    "input_audio_buffer.speech_started",
-    "input_audio_buffer.speech_stopped",
+    "conversation.created",  # beta only
     "input_audio_buffer.timeout_triggered",
-    "response.content_part.added",
-    "response.content_part.done",
-    "response.output_audio_transcript.delta",
-    "response.output_text.delta",
-    "response.output_text.done",
-    "response.function_call_arguments.delta",
-    "response.function_call_arguments.done",
-    "rate_limits.updated",
+    "conversation.item.input_audio_transcription.segment",
+    "output_audio_buffer.started",  # WebRTC/SIP only
+    "output_audio_buffer.stopped",
+    "output_audio_buffer.cleared",
 ):
     PARSERS[_name] = _ignored
 
@@ -373,7 +627,7 @@ ALIASES = {
 def parse_server_event(text: str | bytes) -> ServerEvent:
     try:
         d = json.loads(text)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return Malformed("not JSON")
     if not isinstance(d, dict):
         return Malformed("not an object")
@@ -411,7 +665,7 @@ def effective_phase(item_type: str, phase: str | None) -> str | None:
 class Conversation:
     """Tracks responses and their items so audio can be labelled preamble or answer.
 
-    Bounded: only the most recent items are remembered.
+    Bounded: only the most recent items and interrupted responses are remembered.
     """
 
     MAX_ITEMS = 64
@@ -427,8 +681,8 @@ class Conversation:
         elif isinstance(ev, OutputItemAdded | OutputItemDone):
             self._remember(ev.item_id, Item(ev.response_id, ev.item_type, ev.phase))
         elif isinstance(ev, ResponseDone):
-            for item_id, item_type, phase in ev.items:
-                self._remember(item_id, Item(ev.response_id, item_type, phase))
+            for i in ev.items:
+                self._remember(i.item_id, Item(ev.response_id, i.item_type, i.phase))
             if self.active_response == ev.response_id:
                 self.active_response = None
 
@@ -458,20 +712,31 @@ class Conversation:
 
 
 # ---------------------------------------------------------------------------------------------
-# What an error code means for the device
-
-BENIGN_ERRORS = frozenset(
-    {
-        "response_cancel_not_active",
-        "conversation_already_has_active_response",
-        "input_audio_buffer_commit_empty",
-    }
-)
-FATAL_ERRORS = frozenset(
-    {"invalid_api_key", "insufficient_quota", "model_not_found", "session_expired"}
-)
+# What an error event means for the device
 
 
-def error_is_fatal(code: str | None) -> bool:
-    """A fatal error ends the session; anything else is logged and the session goes on."""
-    return code is not None and code in FATAL_ERRORS
+class Reaction(enum.Enum):
+    IGNORE = "ignore"
+    """A benign race (cancelling a response that just finished, and the like)."""
+    CONTINUE = "continue"
+    """Logged; the session goes on."""
+    BACK_OFF = "back_off"
+    """The turn fails and the device waits before it tries the service again."""
+    FATAL = "fatal"
+    """The session cannot go on: error state, no automatic retry."""
+
+
+REACTIONS = {
+    "response_cancel_not_active": Reaction.IGNORE,
+    "conversation_already_has_active_response": Reaction.IGNORE,
+    "input_audio_buffer_commit_empty": Reaction.IGNORE,
+    "rate_limit_exceeded": Reaction.BACK_OFF,
+    "invalid_api_key": Reaction.FATAL,
+    "insufficient_quota": Reaction.FATAL,
+    "model_not_found": Reaction.FATAL,
+    "session_expired": Reaction.FATAL,
+}
+
+
+def reaction_to(code: str | None) -> Reaction:
+    return REACTIONS.get(code or "", Reaction.CONTINUE)

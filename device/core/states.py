@@ -14,9 +14,11 @@ how long an error is shown.
 from __future__ import annotations
 
 import enum
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from .backoff import BackoffPolicy, Outage
 from .endpoint import Endpointer, EndpointSettings, NoSpeech, SpeechStarted, TurnEnded
 
 
@@ -82,12 +84,19 @@ class SessionReady:
 
 @dataclass(frozen=True)
 class SessionFailed:
+    """The session could not be opened."""
+
     code: str
     message: str
+    retryable: bool = False
+    """A network or service problem (back off), not a configuration one (no point retrying)."""
+    retry_after_s: float | None = None
 
 
 @dataclass(frozen=True)
 class SessionLost:
+    """An open session ended without us closing it (network loss, keepalive timeout…)."""
+
     code: str
     message: str
 
@@ -98,6 +107,13 @@ class CloudError:
 
     code: str
     message: str
+    back_off: bool = False
+    """Rate limited: wait before trying the service again."""
+
+
+@dataclass(frozen=True)
+class ServerCommitted:
+    """Server turn detection decided the user's turn is over and committed it."""
 
 
 @dataclass(frozen=True)
@@ -109,6 +125,8 @@ class ResponseStarted:
 class ResponseEnded:
     response_id: str
     status: str
+    continues: bool = False
+    """Tool results were sent and another response was asked for: the reply goes on."""
 
 
 @dataclass(frozen=True)
@@ -132,7 +150,8 @@ class PlaybackStopped:
 
 @dataclass(frozen=True)
 class Tick:
-    pass
+    server_quiet_s: float | None = None
+    """Seconds since the session last heard from the server (None: no session)."""
 
 
 Input = (
@@ -145,6 +164,7 @@ Input = (
     | SessionFailed
     | SessionLost
     | CloudError
+    | ServerCommitted
     | ResponseStarted
     | ResponseEnded
     | PlaybackStarted
@@ -192,7 +212,13 @@ class EndTurn:
 
 @dataclass(frozen=True)
 class SubmitTurn:
-    """Send what is left of the turn, commit it and ask for a response."""
+    """Send what is left of the turn, commit it and ask for a response.
+
+    With `commit` False the server has already committed the turn (server turn detection)
+    and creates the response itself: nothing more is sent.
+    """
+
+    commit: bool = True
 
 
 @dataclass(frozen=True)
@@ -235,6 +261,22 @@ class OpenMic:
 class ReportError:
     code: str
     message: str
+    repeat: bool = False
+    """Another failure in an outage already reported: worth recording, not shouting about."""
+
+
+@dataclass(frozen=True)
+class ReportRecovery:
+    """The cloud answered again after an outage of `outage_s` seconds."""
+
+    outage_s: float
+
+
+@dataclass(frozen=True)
+class PlayEarcon:
+    """A short sound that needs no words: `error` for now."""
+
+    kind: str
 
 
 Command = (
@@ -252,6 +294,8 @@ Command = (
     | CloseMic
     | OpenMic
     | ReportError
+    | ReportRecovery
+    | PlayEarcon
 )
 
 
@@ -265,7 +309,13 @@ class Settings:
     no_speech_ms: int = 5_000
     follow_up_ms: int = 5_000
     reply_timeout_s: float = 20.0
+    """While a reply is expected or arriving, the server may not go quiet for longer."""
     error_hold_s: float = 3.0
+    max_session_s: float = 55 * 60.0
+    """Sessions end at 60 minutes; a conversation is not continued past this age."""
+    server_turns: bool = False
+    """The server's VAD ends turns (server_vad / semantic_vad); the local VAD only guards."""
+    backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
     endpoint: EndpointSettings = field(default_factory=EndpointSettings)
 
 
@@ -281,8 +331,10 @@ Handler = Callable[["Machine", Input, float], list[Command]]
 
 
 class Machine:
-    def __init__(self, settings: Settings | None = None) -> None:
+    def __init__(self, settings: Settings | None = None, rng: random.Random | None = None) -> None:
         self.s = settings or Settings()
+        self.outage = Outage(self.s.backoff, (rng or random.Random()).random)
+        self.session_opened_at = 0.0
         self.state = State.IDLE
         self.entered_at = 0.0
         self.endpointer = Endpointer(self.s.endpoint)
@@ -290,6 +342,7 @@ class Machine:
         """Newest microphone sample seen (from `Heard`)."""
         self.session_open = False
         self.turn = Turn.NONE
+        self.turn_start = 0
         self.response_id: str | None = None
         """The response being generated, between response.created and response.done."""
         self.response_expected = False
@@ -317,24 +370,25 @@ class Machine:
 
     # -- building blocks --------------------------------------------------------------------
 
-    def _samples(self, ms: int) -> int:
-        return ms * self.s.rate // 1000
+    def _samples(self, ms: float) -> int:
+        return int(ms * self.s.rate // 1000)
 
     def _start_turn(self, start_sample: int, reason: str, wait_for_speech: bool) -> list[Command]:
         self.turn = Turn.OPEN
+        self.turn_start = max(0, start_sample)
         if wait_for_speech:
             self.endpointer.wait_for_speech(self.audio_pos, self.s.no_speech_ms)
-        return [StartTurn(max(0, start_sample), reason)]
+        return [StartTurn(self.turn_start, reason)]
 
     def _end_turn(self, end_sample: int, reason: str) -> list[Command]:
         self.endpointer.stop()
         self.turn = Turn.ENDED
         return [EndTurn(end_sample, reason)]
 
-    def _submit(self, reason: str) -> list[Command]:
+    def _submit(self, reason: str, commit: bool = True) -> list[Command]:
         self.turn = Turn.NONE
         self.response_expected = True
-        return [SubmitTurn(), Enter(State.THINKING, reason)]
+        return [SubmitTurn(commit), Enter(State.THINKING, reason)]
 
     def _teardown(self, reason: str) -> list[Command]:
         """Abandon whatever conversation is going on."""
@@ -355,8 +409,20 @@ class Machine:
         self.session_open = False
         return cmds
 
-    def _fail(self, code: str, message: str) -> list[Command]:
-        return [*self._teardown(code), ReportError(code, message), Enter(State.ERROR, code)]
+    def _fail(
+        self, code: str, message: str, now: float, retryable: bool, retry_after: float | None = None
+    ) -> list[Command]:
+        """Show an error. A retryable one starts (or extends) an outage: see `core.backoff`."""
+        repeat = False
+        if retryable:
+            repeat = not self.outage.failed(now, retry_after)
+            message += f" (next try after {self.outage.wait(now):.0f} s)"
+        return [
+            *self._teardown(code),
+            ReportError(code, message, repeat),
+            PlayEarcon("error"),
+            Enter(State.ERROR, code),
+        ]
 
     # -- waking -----------------------------------------------------------------------------
 
@@ -370,6 +436,16 @@ class Machine:
 
     def on_wake(self, e: Input, now: float) -> list[Command]:
         assert isinstance(e, Wake)
+        wait = self.outage.wait(now)
+        if wait > 0:  # an outage is on: fail at once, without a connection attempt
+            message = (
+                f"the cloud is unreachable; next try after {wait:.0f} s (the button tries now)"
+            )
+            return [
+                ReportError("offline", message, True),
+                PlayEarcon("error"),
+                Enter(State.ERROR, "offline"),
+            ]
         return self._wake(e.end_sample - self._samples(self.s.preroll_ms), "wake word")
 
     def on_wake_in_session(self, e: Input, now: float) -> list[Command]:
@@ -382,17 +458,33 @@ class Machine:
     def on_heard_in_turn(self, e: Input, now: float) -> list[Command]:
         assert isinstance(e, Heard)
         ev = self.endpointer.feed(e.end_sample, e.speech)
+        if isinstance(ev, NoSpeech):
+            return [*self._teardown("no speech"), Enter(State.IDLE, "no speech")]
+        if self.s.server_turns:
+            # The server ends the turn; locally only a turn that goes on and on is cut.
+            limit = self._samples(self.s.endpoint.max_turn_ms + self.s.no_speech_ms)
+            if e.end_sample - self.turn_start < limit:
+                return []
+            ev = TurnEnded(e.end_sample, e.end_sample, "max_length")
         if isinstance(ev, TurnEnded):
             cmds = self._end_turn(ev.end_sample, ev.reason)
             if self.state is State.LISTENING:
                 cmds += self._submit("end of speech")
             return cmds
-        if isinstance(ev, NoSpeech):
-            return [*self._teardown("no speech"), Enter(State.IDLE, "no speech")]
         return []
 
+    def on_server_committed(self, e: Input, now: float) -> list[Command]:
+        if not self.s.server_turns or self.turn is not Turn.OPEN:
+            return []
+        return [*self._end_turn(self.audio_pos, "server"), *self._submit("end of speech", False)]
+
     def on_session_ready(self, e: Input, now: float) -> list[Command]:
-        cmds: list[Command] = [Enter(State.LISTENING, "session ready")]
+        cmds: list[Command] = []
+        lasted = self.outage.succeeded(now)
+        if lasted is not None:
+            cmds.append(ReportRecovery(lasted))
+        self.session_opened_at = now
+        cmds.append(Enter(State.LISTENING, "session ready"))
         if self.turn is Turn.ENDED:
             cmds += self._submit("turn ended while connecting")
         return cmds
@@ -401,12 +493,14 @@ class Machine:
         """The connection failed or dropped: there is nothing left to close."""
         assert isinstance(e, SessionFailed | SessionLost)
         self.session_open = False
-        return self._fail(e.code, e.message)
+        if isinstance(e, SessionFailed):
+            return self._fail(e.code, e.message, now, e.retryable, e.retry_after_s)
+        return self._fail(e.code, e.message, now, retryable=True)
 
     def on_cloud_error(self, e: Input, now: float) -> list[Command]:
         """The server said the session cannot go on: close it ourselves."""
         assert isinstance(e, CloudError)
-        return self._fail(e.code, e.message)
+        return self._fail(e.code, e.message, now, retryable=e.back_off)
 
     def on_session_ended_quietly(self, e: Input, now: float) -> list[Command]:
         """The session ended during the follow-up window: the conversation was over anyway."""
@@ -427,6 +521,8 @@ class Machine:
         assert isinstance(e, ResponseEnded)
         if self.response_id == e.response_id:
             self.response_id = None
+        if e.continues:
+            self.response_expected = True
         return []
 
     def on_playback_started(self, e: Input, now: float) -> list[Command]:
@@ -437,6 +533,13 @@ class Machine:
         return [Enter(target, e.phase)]
 
     def on_playback_finished(self, e: Input, now: float) -> list[Command]:
+        if self.response_expected or self.response_id:
+            # A tool ran and the rest of the reply is coming: nothing audible meanwhile.
+            if self.state is State.THINKING:
+                return []
+            return [Enter(State.THINKING, "waiting for the rest of the reply")]
+        if now - self.session_opened_at >= self.s.max_session_s:
+            return [*self._teardown("session age"), Enter(State.IDLE, "session age")]
         self.endpointer.wait_for_speech(self.audio_pos, self.s.follow_up_ms)
         return [Enter(State.FOLLOW_UP, "reply played")]
 
@@ -444,9 +547,10 @@ class Machine:
         assert isinstance(e, Heard)
         ev = self.endpointer.feed(e.end_sample, e.speech)
         if isinstance(ev, SpeechStarted):
-            start = ev.onset_sample - self._samples(self.s.preroll_ms)
+            start = max(0, ev.onset_sample - self._samples(self.s.preroll_ms))
             self.turn = Turn.OPEN  # the endpointer is already following this speech
-            return [StartTurn(max(0, start), "follow-up"), Enter(State.LISTENING, "follow-up")]
+            self.turn_start = start
+            return [StartTurn(start, "follow-up"), Enter(State.LISTENING, "follow-up")]
         if isinstance(ev, NoSpeech):
             return [*self._teardown("conversation over"), Enter(State.IDLE, "conversation over")]
         return []
@@ -517,10 +621,15 @@ class Machine:
 
     # -- time -------------------------------------------------------------------------------
 
-    def on_tick_thinking(self, e: Input, now: float) -> list[Command]:
-        if now - self.entered_at < self.s.reply_timeout_s:
+    def on_tick_in_reply(self, e: Input, now: float) -> list[Command]:
+        assert isinstance(e, Tick)
+        waiting = self.response_id is not None or self.response_expected
+        quiet = e.server_quiet_s
+        if not waiting or quiet is None or quiet < self.s.reply_timeout_s:
             return []
-        return self._fail("no_reply", f"no reply within {self.s.reply_timeout_s:g} s")
+        return self._fail(
+            "no_reply", f"the service went quiet for {quiet:.0f} s", now, retryable=True
+        )
 
     def on_tick_error(self, e: Input, now: float) -> list[Command]:
         if now - self.entered_at < self.s.error_hold_s:
@@ -542,6 +651,7 @@ TRANSITIONS: dict[tuple[State, type], Handler] = {
     (S.CONNECTING, Heard): M.on_heard_in_turn,
     (S.LISTENING, Heard): M.on_heard_in_turn,
     (S.CONNECTING, SessionReady): M.on_session_ready,
+    (S.LISTENING, ServerCommitted): M.on_server_committed,
     (S.CONNECTING, SessionFailed): M.on_session_failed,
     **{(s, SessionLost): M.on_session_failed for s in (S.CONNECTING, *_SESSION)},
     **{(s, CloudError): M.on_cloud_error for s in (S.CONNECTING, *_SESSION)},
@@ -566,6 +676,6 @@ TRANSITIONS: dict[tuple[State, type], Handler] = {
     (S.FOLLOW_UP, ButtonUp): M.on_press_to_speak_again,
     **{(s, ButtonUp): M.on_release_ignored for s in (*_REPLY, S.MUTED)},
     # time
-    (S.THINKING, Tick): M.on_tick_thinking,
+    **{(s, Tick): M.on_tick_in_reply for s in _REPLY},
     (S.ERROR, Tick): M.on_tick_error,
 }
