@@ -12,6 +12,8 @@ import typing
 from functools import cache
 from typing import Any
 
+from openai.types.beta.realtime import RealtimeClientEvent as BetaClientEvent
+from openai.types.beta.realtime import RealtimeServerEvent as BetaServerEvent
 from openai.types.realtime import RealtimeClientEvent, RealtimeServerEvent
 from pydantic import BaseModel, TypeAdapter
 
@@ -55,9 +57,10 @@ def _validate(union: Any, event: dict[str, Any]) -> BaseModel:
     return parsed
 
 
-def validate_client_event(event: dict[str, Any]) -> BaseModel:
-    return _validate(RealtimeClientEvent, event)
+def validate_client_event(event: dict[str, Any], beta: bool = False) -> BaseModel:
+    """`beta`: the deprecated preview API's event models (Azure api-version endpoints)."""
+    return _validate(BetaClientEvent if beta else RealtimeClientEvent, event)
 
 
-def validate_server_event(event: dict[str, Any]) -> BaseModel:
-    return _validate(RealtimeServerEvent, event)
+def validate_server_event(event: dict[str, Any], beta: bool = False) -> BaseModel:
+    return _validate(BetaServerEvent if beta else RealtimeServerEvent, event)

@@ -1,5 +1,6 @@
-"""A local realtime server speaking the Azure GA protocol, for the demo and the tests."""
+"""A local realtime server speaking the Azure protocol, for the demo and the tests."""
 
-from .server import Emulator, Scenario, serve_forever
+from .scenario import Faults, Scenario, load_scenario
+from .server import Emulator, serve_forever
 
-__all__ = ["Emulator", "Scenario", "serve_forever"]
+__all__ = ["Emulator", "Faults", "Scenario", "load_scenario", "serve_forever"]

@@ -1,13 +1,17 @@
-"""A local stand-in for the Azure realtime service, speaking the same GA protocol.
+"""A local stand-in for the Azure realtime service, speaking the same protocol.
 
-Serves `/openai/v1/realtime?model=…` over a real WebSocket (python-websockets), checks the
-`api-key` (or `Authorization: Bearer`) header, and answers each committed turn with a
-response made of a spoken **commentary** item (the preamble) and a **final_answer** item,
-streamed as `response.output_audio.delta` chunks faster than real time. Honours
-`response.cancel`, `conversation.item.truncate` and `conversation.item.delete`.
+Serves the GA path `/openai/v1/realtime?model=…`, OpenAI's `/v1/realtime?model=…`, and the
+deprecated Azure preview path `/openai/realtime?api-version=…&deployment=…` (which speaks
+the beta event names), over a real WebSocket (python-websockets). It checks the `api-key`
+or `Authorization: Bearer` header and answers each committed turn with spoken
+**commentary** items (the preamble) and a **final_answer** item, streamed as audio deltas
+faster than real time; optionally a function call in between. It honours
+`response.cancel`, `conversation.item.truncate` and `.delete`, and runs server turn
+detection (webrtcvad on the received audio) when the session asks for it.
 
-With a record file it writes every client event it receives as a JSON line, audio payloads
-replaced by their byte count and sha256, so tests can see exactly what left the device.
+Faults are injected from the scenario (see `scenario.py`). With a record file it writes
+every client event it receives as a JSON line, audio payloads replaced by their byte count
+and sha256, so tests can see exactly what left the device.
 """
 
 from __future__ import annotations
@@ -21,40 +25,33 @@ import json
 import logging
 import time
 import wave
-from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import webrtcvad
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from ..core.audio import CLOUD_RATE, SAMPLE_BYTES
+from ..core.audio import CLOUD_RATE, SAMPLE_BYTES, Resampler
+from .scenario import Faults, Scenario
 from .voice import speak
 
 log = logging.getLogger(__name__)
 
-PATHS = ("/openai/v1/realtime", "/v1/realtime")
-
-
-@dataclass
-class Scenario:
-    """What the emulated assistant says and how it delivers it."""
-
-    preambles: list[str] = field(default_factory=lambda: ["Let me check the forecast."])
-    answer: str = (
-        "Today looks sunny, with a high of twenty one degrees and a light breeze in the afternoon."
-    )
-    think_ms: int = 250
-    """Silence before the first item, as the model reasons."""
-    chunk_ms: int = 100
-    """Audio per `response.output_audio.delta`."""
-    speedup: float = 4.0
-    """How much faster than real time audio is sent (bursty, like the real service)."""
-    session_delay_ms: int = 0
-    """Delay before `session.created` (a slow connect)."""
+GA_PATHS = ("/openai/v1/realtime", "/v1/realtime")
+PREVIEW_PATH = "/openai/realtime"
+BETA_NAMES = {
+    "response.output_audio.delta": "response.audio.delta",
+    "response.output_audio.done": "response.audio.done",
+    "response.output_audio_transcript.delta": "response.audio_transcript.delta",
+    "response.output_audio_transcript.done": "response.audio_transcript.done",
+    "conversation.item.added": "conversation.item.created",
+}
+BYTES_PER_MS = CLOUD_RATE * SAMPLE_BYTES // 1000
 
 
 class Recorder:
@@ -90,7 +87,8 @@ class Emulator:
         self.api_key = api_key
         self.recorder = Recorder(record)
         self.save_audio = save_audio
-        self._conn_ids = itertools.count(1)
+        self._attempts = itertools.count(1)
+        self._attempt_of: dict[ServerConnection, int] = {}
         self.connections = 0
         self.server: Server | None = None
 
@@ -102,6 +100,8 @@ class Emulator:
             process_request=self._check_request,
             max_size=16 * 1024 * 1024,
             compression=None,
+            ping_interval=None,  # the client's keepalive is under test, not ours
+            close_timeout=1,
         )
         return self.server
 
@@ -117,46 +117,116 @@ class Emulator:
         self.recorder.close()
 
     def _check_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        attempt = next(self._attempts)
+        self._attempt_of[connection] = attempt
+        faults = self.scenario.faults_for(attempt)
         url = urlsplit(request.path)
-        if url.path.rstrip("/") not in PATHS:
+        path, query = url.path.rstrip("/"), parse_qs(url.query)
+        scheme = "api-key" if "api-key" in request.headers else "bearer"
+        self.recorder.write(attempt, {"handshake": path, "auth": scheme})
+        if faults.reject_status is not None:
+            status = HTTPStatus(faults.reject_status)
+            response = connection.respond(status, f"{status.phrase}\n")
+            if faults.retry_after_s is not None:
+                response.headers["Retry-After"] = str(faults.retry_after_s)
+            return response
+        if path == PREVIEW_PATH:
+            if not query.get("api-version") or not query.get("deployment"):
+                return connection.respond(
+                    HTTPStatus.BAD_REQUEST, "api-version and deployment required\n"
+                )
+        elif path in GA_PATHS:
+            if "api-version" in query:
+                return connection.respond(
+                    HTTPStatus.BAD_REQUEST, "api-version is not allowed on v1\n"
+                )
+            if not query.get("model"):
+                return connection.respond(HTTPStatus.BAD_REQUEST, "missing model\n")
+        else:
             return connection.respond(HTTPStatus.NOT_FOUND, "no such endpoint\n")
-        query = parse_qs(url.query)
-        if "api-version" in query and url.path.startswith("/openai/v1"):
-            return connection.respond(HTTPStatus.BAD_REQUEST, "api-version is not allowed on v1\n")
-        if not query.get("model"):
-            return connection.respond(HTTPStatus.BAD_REQUEST, "missing model\n")
-        key = request.headers.get("api-key")
-        bearer = request.headers.get("Authorization", "")
-        if key is None and bearer.startswith("Bearer "):
-            key = bearer[len("Bearer ") :]
-        if not key or (self.api_key is not None and key != self.api_key):
+        if not self._authorised(request.headers):
             return connection.respond(HTTPStatus.UNAUTHORIZED, "invalid api key\n")
         return None
 
+    def _authorised(self, headers: Headers) -> bool:
+        key = headers.get("api-key")
+        bearer = headers.get("Authorization", "")
+        if key is None and bearer.startswith("Bearer "):
+            key = bearer[len("Bearer ") :]
+        return bool(key) and (self.api_key is None or key == self.api_key)
+
     async def _handle(self, ws: ServerConnection) -> None:
-        conn = next(self._conn_ids)
         self.connections += 1
+        conn = self._attempt_of.pop(ws)
         assert ws.request is not None
-        model = parse_qs(urlsplit(ws.request.path).query)["model"][0]
-        self.recorder.write(conn, {"connection": "open", "path": urlsplit(ws.request.path).path})
-        session = _Session(self, ws, conn, model)
+        url = urlsplit(ws.request.path)
+        query = parse_qs(url.query)
+        beta = url.path.rstrip("/") == PREVIEW_PATH
+        model = (query.get("deployment") if beta else query.get("model")) or ["?"]
+        self.recorder.write(conn, {"connection": "open", "path": url.path})
+        session = _Session(self, ws, conn, model[0], beta, self.scenario.faults_for(conn))
         try:
             await session.run()
         except ConnectionClosed:
             pass
         finally:
-            await session.stop_response()
+            await session.stop()
             self.recorder.write(conn, {"connection": "closed"})
+
+
+class _ServerVad:
+    """Server turn detection on the received 24 kHz audio: webrtcvad at 16 kHz, 20 ms frames."""
+
+    FRAME = 320 * SAMPLE_BYTES
+
+    def __init__(self, silence_ms: int) -> None:
+        self._vad = webrtcvad.Vad(2)
+        self._resampler = Resampler(CLOUD_RATE, 16_000)
+        self._pending = bytearray()
+        self._ms = 0
+        self._voiced_run = 0
+        self._silent_ms = 0
+        self.speaking = False
+        self.silence_ms = silence_ms
+
+    def feed(self, pcm24: bytes) -> list[tuple[str, int]]:
+        """("start"|"stop", ms into the buffer) for each change in this audio."""
+        self._pending += self._resampler.push(pcm24)
+        out = []
+        while len(self._pending) >= self.FRAME:
+            frame = bytes(self._pending[: self.FRAME])
+            del self._pending[: self.FRAME]
+            self._ms += 20
+            voiced = self._vad.is_speech(frame, 16_000)
+            self._voiced_run = self._voiced_run + 1 if voiced else 0
+            if not self.speaking and self._voiced_run >= 3:
+                self.speaking, self._silent_ms = True, 0
+                out.append(("start", self._ms - 60))
+            elif self.speaking:
+                self._silent_ms = 0 if voiced else self._silent_ms + 20
+                if self._silent_ms >= self.silence_ms:
+                    self.speaking = False
+                    out.append(("stop", self._ms - self.silence_ms))
+        return out
+
+
+class _Stalled(Exception):
+    pass
 
 
 class _Session:
     """One client connection: its input buffer, conversation and response in progress."""
 
-    def __init__(self, emu: Emulator, ws: ServerConnection, conn: int, model: str) -> None:
+    def __init__(
+        self, emu: Emulator, ws: ServerConnection, conn: int, model: str, beta: bool, faults: Faults
+    ) -> None:
         self.emu = emu
         self.ws = ws
         self.conn = conn
         self.model = model
+        self.beta = beta
+        self.faults = faults
+        self.sent = 0
         self.ids = itertools.count(1)
         self.input = bytearray()
         self.turns = 0
@@ -165,20 +235,39 @@ class _Session:
         self.response: asyncio.Task[None] | None = None
         self.cancel = asyncio.Event()
         self.session_config: dict[str, Any] = {}
+        self.vad: _ServerVad | None = None
+        self.speech_item: str | None = None
+        self.timers: list[asyncio.Task[None]] = []
 
     def new_id(self, prefix: str) -> str:
         return f"{prefix}_{self.conn:03d}{next(self.ids):05d}"
 
     async def send(self, type_: str, **fields: Any) -> None:
+        if self.faults.drop_after is not None and self.sent >= self.faults.drop_after:
+            self.ws.transport.abort()  # no close frame: what a lost network looks like
+            raise ConnectionClosed(None, None)
+        if self.faults.stall_after is not None and self.sent >= self.faults.stall_after:
+            self.ws.transport.pause_reading()  # pings go unanswered; TCP stays open
+            raise _Stalled()
+        if self.beta:
+            type_ = BETA_NAMES.get(type_, type_)
+            if type_ == "conversation.item.done":
+                return  # the preview API has no such event
+        self.sent += 1
         await self.ws.send(json.dumps({"type": type_, "event_id": self.new_id("event"), **fields}))
 
     async def error(
-        self, code: str, message: str, event_id: str | None, param: str | None = None
+        self,
+        code: str,
+        message: str,
+        event_id: str | None,
+        param: str | None = None,
+        kind: str = "invalid_request_error",
     ) -> None:
         await self.send(
             "error",
             error={
-                "type": "invalid_request_error",
+                "type": kind,
                 "code": code,
                 "message": message,
                 "param": param,
@@ -187,6 +276,21 @@ class _Session:
         )
 
     def _session_object(self) -> dict[str, Any]:
+        c = self.session_config
+        if self.beta:
+            return {
+                "id": f"sess_{self.conn:06d}",
+                "object": "realtime.session",
+                "model": "gpt-realtime",  # the preview API names models, not deployments
+                "modalities": c.get("modalities", ["audio", "text"]),
+                "instructions": c.get("instructions", ""),
+                "voice": c.get("voice", "alloy"),
+                "input_audio_format": "pcm16",
+                "output_audio_format": "pcm16",
+                "turn_detection": c.get("turn_detection"),
+                "tools": c.get("tools", []),
+                "tool_choice": c.get("tool_choice", "auto"),
+            }
         audio_format = {"type": "audio/pcm", "rate": CLOUD_RATE}
         s: dict[str, Any] = {
             "type": "realtime",
@@ -204,20 +308,48 @@ class _Session:
             "tool_choice": "auto",
         }
         for key in ("instructions", "reasoning", "output_modalities", "tools", "tool_choice"):
-            if key in self.session_config:
-                s[key] = self.session_config[key]
-        if "audio" in self.session_config:
-            for side in ("input", "output"):
-                s["audio"][side].update(self.session_config["audio"].get(side) or {})
+            if key in c:
+                s[key] = c[key]
+        for side in ("input", "output"):
+            s["audio"][side].update((c.get("audio") or {}).get(side) or {})
         return s
 
+    def _turn_detection(self) -> dict[str, Any] | None:
+        c = self.session_config
+        td = (
+            c.get("turn_detection")
+            if self.beta
+            else ((c.get("audio") or {}).get("input") or {}).get("turn_detection")
+        )
+        return td if isinstance(td, dict) else None
+
     async def run(self) -> None:
+        if self.faults.expire_after_s is not None:
+            self.timers.append(asyncio.create_task(self._expire(self.faults.expire_after_s)))
         delay = self.emu.scenario.session_delay_ms
         if delay:
             await asyncio.sleep(delay / 1000)
-        await self.send("session.created", session=self._session_object())
-        async for text in self.ws:
-            await self.on_message(text)
+        try:
+            await self.send("session.created", session=self._session_object())
+            async for text in self.ws:
+                await self.on_message(text)
+        except _Stalled:
+            await self.ws.wait_closed()  # keep the TCP connection open and say nothing
+
+    async def _expire(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        with contextlib.suppress(ConnectionClosed, _Stalled):
+            await self.error(
+                "session_expired", "Your session hit the maximum duration of 60 minutes.", None
+            )
+            await self.ws.close(1000, "session expired")
+
+    async def stop(self) -> None:
+        for t in [*self.timers, self.response]:
+            if t is not None and not t.done():
+                t.cancel()
+                with contextlib.suppress(asyncio.CancelledError, ConnectionClosed, _Stalled):
+                    await t
 
     async def on_message(self, text: str | bytes) -> None:
         try:
@@ -253,7 +385,7 @@ class _Session:
 
     async def on_session_update(self, ev: dict[str, Any], _: bytes) -> None:
         session = ev.get("session")
-        if not isinstance(session, dict) or session.get("type") != "realtime":
+        if not isinstance(session, dict) or (not self.beta and session.get("type") != "realtime"):
             await self.error(
                 "invalid_value",
                 "session.type must be 'realtime'",
@@ -262,6 +394,8 @@ class _Session:
             )
             return
         self.session_config = session
+        td = self._turn_detection()
+        self.vad = _ServerVad(int(td.get("silence_duration_ms", 700))) if td else None
         await self.send("session.updated", session=self._session_object())
 
     async def on_input_audio_buffer_append(self, ev: dict[str, Any], audio: bytes) -> None:
@@ -269,6 +403,23 @@ class _Session:
             await self.error("invalid_value", "audio must be pcm16", ev.get("event_id"), "audio")
             return
         self.input += audio
+        if self.vad is None:
+            return
+        for change, ms in self.vad.feed(audio):
+            if change == "start":
+                self.speech_item = self.new_id("item")
+                await self.send(
+                    "input_audio_buffer.speech_started", audio_start_ms=ms, item_id=self.speech_item
+                )
+            else:
+                item_id = self.speech_item or self.new_id("item")
+                await self.send(
+                    "input_audio_buffer.speech_stopped", audio_end_ms=ms, item_id=item_id
+                )
+                await self._commit(item_id)
+                td = self._turn_detection() or {}
+                if td.get("create_response", True):
+                    await self._start_response(None)
 
     async def on_input_audio_buffer_clear(self, ev: dict[str, Any], _: bytes) -> None:
         self.input.clear()
@@ -282,8 +433,10 @@ class _Session:
                 ev.get("event_id"),
             )
             return
+        await self._commit(self.new_id("item"))
+
+    async def _commit(self, item_id: str) -> None:
         self.turns += 1
-        item_id = self.new_id("item")
         if self.emu.save_audio is not None:
             self._save_turn(bytes(self.input))
         previous, self.last_item = self.last_item, item_id
@@ -296,7 +449,7 @@ class _Session:
             "status": "completed",
             "content": [{"type": "input_audio", "transcript": None}],
         }
-        self.items[item_id] = {"role": "user", "audio_ms": len(self.input) // 48}
+        self.items[item_id] = {"role": "user", "audio_ms": len(self.input) // BYTES_PER_MS}
         await self.send("conversation.item.added", item=item, previous_item_id=previous)
         await self.send("conversation.item.done", item=item, previous_item_id=previous)
         self.input.clear()
@@ -311,12 +464,42 @@ class _Session:
             w.setframerate(CLOUD_RATE)
             w.writeframes(pcm)
 
+    async def on_conversation_item_create(self, ev: dict[str, Any], _: bytes) -> None:
+        item = ev.get("item")
+        if not isinstance(item, dict) or item.get("type") != "function_call_output":
+            await self.error(
+                "invalid_value",
+                "only function_call_output items are emulated",
+                ev.get("event_id"),
+                "item",
+            )
+            return
+        item_id = self.new_id("item")
+        self.items[item_id] = {"role": "tool", "audio_ms": 0, "output": item.get("output", "")}
+        previous, self.last_item = self.last_item, item_id
+        added = {"id": item_id, "object": "realtime.item", "status": "completed", **item}
+        await self.send("conversation.item.added", item=added, previous_item_id=previous)
+        await self.send("conversation.item.done", item=added, previous_item_id=previous)
+
     async def on_response_create(self, ev: dict[str, Any], _: bytes) -> None:
+        await self._start_response(ev.get("event_id"))
+
+    async def _start_response(self, event_id: str | None) -> None:
+        if self.faults.error_code is not None:
+            kind = (
+                "rate_limit_error"
+                if self.faults.error_code == "rate_limit_exceeded"
+                else "invalid_request_error"
+            )
+            await self.error(
+                self.faults.error_code, f"emulated {self.faults.error_code}", event_id, kind=kind
+            )
+            return
         if self.response is not None and not self.response.done():
             await self.error(
                 "conversation_already_has_active_response",
                 "Conversation already has an active response in progress.",
-                ev.get("event_id"),
+                event_id,
             )
             return
         self.cancel.clear()
@@ -366,28 +549,39 @@ class _Session:
 
     # -- the response -----------------------------------------------------------------------
 
-    async def stop_response(self) -> None:
-        if self.response is not None and not self.response.done():
-            self.response.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
-                await self.response
-
     async def _respond(self) -> None:
+        with contextlib.suppress(_Stalled):
+            await self._respond_inner()
+
+    async def _respond_inner(self) -> None:
         sc = self.emu.scenario
         response_id = self.new_id("resp")
-        base = {"id": response_id, "object": "realtime.response", "output_modalities": ["audio"]}
+        base: dict[str, Any] = {"id": response_id, "object": "realtime.response"}
+        if not self.beta:
+            base["output_modalities"] = ["audio"]
         await self.send(
             "response.created", response={**base, "status": "in_progress", "output": []}
         )
-        plan = [("commentary", text) for text in sc.preambles] + [("final_answer", sc.answer)]
+        if self.faults.garbage:
+            await self._garbage(response_id)
+        if self.faults.huge_event:
+            pad = "x" * (5 * 1024 * 1024)
+            await self.send("response.future_feature.added", response_id=response_id, pad=pad)
+        # after a tool's output the model answers; otherwise it may speak a preamble and call one
+        if sc.tool_call and self.last_item_is_tool_output():
+            plan = [("final_answer", sc.answer)]
+        elif sc.tool_call:
+            plan = [("commentary", t) for t in sc.preambles] + [("call", sc.tool_call)]
+        else:
+            plan = [("commentary", t) for t in sc.preambles] + [("final_answer", sc.answer)]
         outputs: list[dict[str, Any]] = []
-        cancelled = False
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.cancel.wait(), sc.think_ms / 1000)
-            cancelled = True
+        cancelled = await self._wait_cancel(sc.think_ms / 1000)
         for index, (phase, text) in enumerate(plan):
             if cancelled:
                 break
+            if phase == "call":
+                outputs.append(await self._call_tool(response_id, index, text))
+                continue
             item, cancelled = await self._speak_item(response_id, index, phase, text)
             outputs.append(item)
         status = "cancelled" if cancelled else "completed"
@@ -396,6 +590,68 @@ class _Session:
         if cancelled:
             response["status_details"] = {"type": "cancelled", "reason": "client_cancelled"}
         await self.send("response.done", response=response)
+
+    def last_item_is_tool_output(self) -> bool:
+        """True when the last item of the conversation is a tool's output."""
+        return (
+            self.last_item is not None and self.items.get(self.last_item, {}).get("role") == "tool"
+        )
+
+    async def _wait_cancel(self, seconds: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.cancel.wait(), seconds)
+            return True
+        return False
+
+    async def _garbage(self, response_id: str) -> None:
+        """What a broken or future server might send, twice over; the device must shrug it
+        off and say so once per kind, not once per event."""
+        for _ in range(2):
+            self.sent += 1
+            await self.ws.send("{this is not json")
+            await self.send(
+                "response.future_feature.added", response_id=response_id, detail={"x": 1}
+            )
+            await self.send(
+                "response.output_audio.delta",
+                response_id=response_id,
+                item_id="item_bad",
+                output_index=99,
+                content_index=0,
+                delta="%%% not base64 %%%",
+            )
+
+    async def _call_tool(self, response_id: str, index: int, name: str) -> dict[str, Any]:
+        item_id, call_id = self.new_id("item"), self.new_id("call")
+        previous, self.last_item = self.last_item, item_id
+        self.items[item_id] = {"role": "assistant-call", "audio_ms": 0}
+        item = {
+            "id": item_id,
+            "object": "realtime.item",
+            "type": "function_call",
+            "status": "in_progress",
+            "call_id": call_id,
+            "name": name,
+            "arguments": "",
+        }
+        await self.send(
+            "response.output_item.added", response_id=response_id, output_index=index, item=item
+        )
+        await self.send("conversation.item.added", item=item, previous_item_id=previous)
+        where = {
+            "response_id": response_id,
+            "item_id": item_id,
+            "output_index": index,
+            "call_id": call_id,
+        }
+        await self.send("response.function_call_arguments.delta", **where, delta="{}")
+        await self.send("response.function_call_arguments.done", **where, name=name, arguments="{}")
+        done = {**item, "status": "completed", "arguments": "{}"}
+        await self.send(
+            "response.output_item.done", response_id=response_id, output_index=index, item=done
+        )
+        await self.send("conversation.item.done", item=done, previous_item_id=previous)
+        return done
 
     async def _speak_item(
         self, response_id: str, index: int, phase: str, text: str
@@ -441,7 +697,7 @@ class _Session:
                 delta=base64.b64encode(chunk).decode(),
             )
             sent += len(chunk)
-            self.items[item_id]["audio_ms"] = sent // (CLOUD_RATE * SAMPLE_BYTES // 1000)
+            self.items[item_id]["audio_ms"] = sent // BYTES_PER_MS
             share = words[
                 n * len(words) * step // len(pcm) : (n + 1) * len(words) * step // len(pcm)
             ]
@@ -452,13 +708,10 @@ class _Session:
                     content_index=0,
                     delta=" ".join(share) + " ",
                 )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.cancel.wait(), sc.chunk_ms / 1000 / sc.speedup)
-        spoken = (
-            text
-            if not cancelled
-            else " ".join(words[: max(0, len(words) * sent // max(1, len(pcm)))])
-        )
+            if (n + 1) % max(1, sc.burst) == 0:
+                pause = sc.chunk_ms * max(1, sc.burst) / 1000 / sc.speedup
+                cancelled = await self._wait_cancel(pause)
+        spoken = text if not cancelled else " ".join(words[: len(words) * sent // max(1, len(pcm))])
         if not cancelled:
             await self.send("response.output_audio.done", **where, content_index=0)
         await self.send(
@@ -466,10 +719,11 @@ class _Session:
         )
         part = {"type": "audio", "transcript": spoken}
         await self.send("response.content_part.done", **where, content_index=0, part=part)
+        content_type = "audio" if self.beta else "output_audio"
         done = {
             **item,
             "status": "incomplete" if cancelled else "completed",
-            "content": [{"type": "output_audio", "transcript": spoken}],
+            "content": [{"type": content_type, "transcript": spoken}],
         }
         await self.send(
             "response.output_item.done", response_id=response_id, output_index=index, item=done
