@@ -131,6 +131,35 @@ def auth_headers(kind: str, key: Secret, bearer: Callable[[], Awaitable[str]] | 
     return headers
 
 
+def keepalive(within_s: float) -> dict[str, float]:
+    """websockets timings that notice a dead connection within `within_s` at worst.
+
+    A stalled peer costs a wait for the next ping, a wait for its pong, then a close
+    handshake it never completes: the three share the budget.
+    """
+    close = min(1.0, within_s / 4)
+    ping = (within_s - close) / 2
+    return {"ping_interval": ping, "ping_timeout": ping, "close_timeout": close}
+
+
+def why_closed(ws: ClientConnection) -> tuple[str, str]:
+    """Why a session ended that we did not close: (code, message for the user).
+
+    When websockets gives up on a connection (no pong, an oversized frame) it is the close
+    frame *we* sent that tells why; the peer usually sends none.
+    """
+    sent, received = ws.protocol.close_sent, ws.protocol.close_rcvd
+    if sent is not None and sent.code == 1011 and "keepalive" in sent.reason:
+        return "keepalive_timeout", "the service stopped answering (no reply to keepalive pings)"
+    if sent is not None and sent.code == 1009:
+        limit = MAX_MESSAGE_BYTES // (1024 * 1024)
+        return "connection_lost", f"the service sent an event over the {limit} MiB limit (1009)"
+    if received is not None:
+        why = f"code {received.code} {received.reason}".strip()
+        return "connection_lost", f"the service closed the session ({why})"
+    return "connection_lost", "the connection dropped"
+
+
 def _is_loopback(url: str) -> bool:
     host = urlsplit(url).hostname or ""
     if host == "localhost":
@@ -236,6 +265,7 @@ class CloudSession:
         return now - self.last_heard if self.ready else None
 
     async def _connect(self) -> ClientConnection:
+        k = keepalive(self._keepalive_s)
         self._ws = await connect(
             self.url,
             additional_headers=await self._headers(),
@@ -243,10 +273,9 @@ class CloudSession:
             compression=None,
             proxy=None if _is_loopback(self.url) else True,
             open_timeout=None,
-            # a dead connection (no pong) is noticed within keepalive_s
-            ping_interval=self._keepalive_s / 2,
-            ping_timeout=self._keepalive_s / 2,
-            close_timeout=2,
+            ping_interval=k["ping_interval"],
+            ping_timeout=k["ping_timeout"],
+            close_timeout=k["close_timeout"],
             max_size=MAX_MESSAGE_BYTES,
             max_queue=64,
         )
@@ -279,14 +308,7 @@ class CloudSession:
         except ConnectionClosed:
             pass
         if not self._closing:
-            code, reason = ws.close_code, ws.close_reason or ""
-            if code == 1011 and "keepalive" in reason:
-                self._lost("keepalive_timeout", "the service stopped answering (keepalive ping)")
-            elif code in (None, 1006):
-                self._lost("connection_lost", "the connection dropped")
-            else:
-                why = f"code {code} {reason}".strip()
-                self._lost("connection_lost", f"the service closed the session ({why})")
+            self._lost(*why_closed(ws))
 
     def _lost(self, code: str, message: str) -> None:
         if self._closing:
