@@ -95,14 +95,35 @@ def build_parser() -> argparse.ArgumentParser:
     emu.add_argument(
         "--save-audio", type=Path, help="write each committed user turn as a WAV in this folder"
     )
-    emu.add_argument("--think-ms", type=int, default=250, help="delay before the first reply item")
-    emu.add_argument(
-        "--speedup",
-        type=float,
-        default=4.0,
-        help="reply audio is sent this much faster than real time",
+    emu.add_argument("--scenario", type=_existing_file, help="TOML or JSON scenario file")
+    say = emu.add_argument_group("what the assistant says (overrides the scenario file)")
+    say.add_argument("--preamble", action="append", help="a commentary item (repeat for several)")
+    say.add_argument("--no-preamble", action="store_true", help="answer without a preamble")
+    say.add_argument("--answer", help="the final answer's text")
+    say.add_argument("--tool-call", metavar="NAME", help="call this function before answering")
+    say.add_argument("--think-ms", type=int, help="delay before the first reply item")
+    say.add_argument("--speedup", type=float, help="audio sent this much faster than real time")
+    say.add_argument("--burst", type=int, help="audio chunks sent back to back before a pause")
+    say.add_argument("--session-delay-ms", type=int, help="delay before session.created")
+    bad = emu.add_argument_group("faults")
+    bad.add_argument("--reject", type=int, metavar="STATUS", help="refuse handshakes (401, 429…)")
+    bad.add_argument("--retry-after", type=int, metavar="S", help="Retry-After for --reject")
+    bad.add_argument("--drop-after", type=int, metavar="N", help="cut TCP after N server events")
+    bad.add_argument("--stall-after", type=int, metavar="N", help="go silent after N events")
+    bad.add_argument("--error-code", help="answer response.create with this error code")
+    bad.add_argument("--garbage", action="store_true", help="malformed and unknown events")
+    bad.add_argument("--expire-after", type=float, metavar="S", help="session_expired after S s")
+    bad.add_argument("--huge-event", action="store_true", help="send one 5 MiB event per response")
+    bad.add_argument(
+        "--fault-connections", type=int, metavar="N", help="misbehave on the first N only"
     )
-    emu.add_argument("--session-delay-ms", type=int, default=0, help="delay before session.created")
+
+    chk = sub.add_parser("check", help="check config, key, devices, wake model, GPIO and the cloud")
+    chk.add_argument("--config", type=Path)
+    chk.add_argument("--endpoint")
+    chk.add_argument("--input-device")
+    chk.add_argument("--output-device")
+    chk.add_argument("--no-cloud", action="store_true", help="skip opening a test session")
 
     dev = sub.add_parser("devices", help="list audio inputs and outputs")
     dev.add_argument("--config", type=Path)
@@ -111,7 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"run": cmd_run, "demo": cmd_demo, "emulator": cmd_emulator, "devices": cmd_devices}
+    handler = {
+        "run": cmd_run,
+        "demo": cmd_demo,
+        "emulator": cmd_emulator,
+        "devices": cmd_devices,
+        "check": cmd_check,
+    }
     try:
         return int(handler[args.command](args))
     except ConfigError as e:
@@ -156,16 +183,76 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
 
 
+def emulator_scenario(args: argparse.Namespace) -> Any:
+    """The scenario file (if any) with the command line's choices on top."""
+    from .emulator import Faults, Scenario, load_scenario
+
+    sc = load_scenario(args.scenario) if args.scenario else Scenario()
+    if args.no_preamble:
+        sc.preambles = []
+    elif args.preamble:
+        sc.preambles = args.preamble
+    for flag, attr in (
+        ("answer", "answer"),
+        ("tool_call", "tool_call"),
+        ("think_ms", "think_ms"),
+        ("speedup", "speedup"),
+        ("burst", "burst"),
+        ("session_delay_ms", "session_delay_ms"),
+    ):
+        if getattr(args, flag) is not None:
+            setattr(sc, attr, getattr(args, flag))
+    faults: Faults = sc.faults
+    for flag, attr in (
+        ("reject", "reject_status"),
+        ("retry_after", "retry_after_s"),
+        ("drop_after", "drop_after"),
+        ("stall_after", "stall_after"),
+        ("error_code", "error_code"),
+        ("expire_after", "expire_after_s"),
+        ("fault_connections", "connections"),
+    ):
+        if getattr(args, flag) is not None:
+            setattr(faults, attr, getattr(args, flag))
+    faults.garbage = faults.garbage or args.garbage
+    faults.huge_event = faults.huge_event or args.huge_event
+    return sc
+
+
 def cmd_emulator(args: argparse.Namespace) -> int:
-    from .emulator import Emulator, Scenario, serve_forever
+    from .emulator import Emulator, serve_forever
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    scenario = Scenario(
-        think_ms=args.think_ms, speedup=args.speedup, session_delay_ms=args.session_delay_ms
-    )
+    try:
+        scenario = emulator_scenario(args)
+    except (ValueError, OSError) as e:
+        print(f"voice-device emulator: {e}", file=sys.stderr)
+        return EX_CONFIG
     emu = Emulator(scenario, api_key=args.api_key, record=args.record, save_audio=args.save_audio)
     asyncio.run(serve_forever(emu, args.host, args.port))
     return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from .adapters.portaudio import pyaudio_instance
+    from .adapters.systemd import setup_logging
+    from .check import run_checks
+
+    overrides = {
+        "cloud.endpoint": args.endpoint,
+        "audio.input_device": args.input_device,
+        "audio.output_device": args.output_device,
+    }
+    setup_logging(False, [])
+    logging.getLogger().setLevel(logging.ERROR)
+    pyaudio_instance()  # PortAudio's start-up chatter is silenced before the report begins
+    print("voice-device check")
+    return run_checks(
+        lambda: load_config(args.config, overrides=overrides),
+        dict(os.environ),
+        cloud=not args.no_cloud,
+        out=print,
+    )
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
@@ -290,7 +377,3 @@ async def _follow(path: Path) -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
-
-
-__all__ = ["main"]
-_ = os

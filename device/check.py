@@ -1,0 +1,221 @@
+"""`voice-device check`: is everything in place? Config, key, devices, wake model, GPIO, cloud.
+
+Each line is ✓ (fine), ! (works, but worth knowing) or ✗ (will not work), with what to do
+about it. The cloud check opens one real session with the configured credentials (the user
+asked for it: this is the only time a session opens without a wake) and closes it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .config import Config, ConfigError, realtime_endpoint, require_cloud
+from .core import realtime as rt
+
+OK, WARN, FAIL = "✓", "!", "✗"
+
+
+@dataclass
+class Line:
+    mark: str
+    what: str
+    detail: str
+
+
+def check_key(cfg: Config, env: dict[str, str]) -> Line:
+    if cfg.cloud.auth == "entra":
+        return Line(OK, "credentials", "Microsoft Entra ID (azure-identity)")
+    if "AZURE_OPENAI_API_KEY" in env:
+        return Line(OK, "api key", "from AZURE_OPENAI_API_KEY")
+    if cfg.api_key:
+        return Line(OK, "api key", "from the azure-openai-api-key credential")
+    return Line(FAIL, "api key", "none: set AZURE_OPENAI_API_KEY or the service credential")
+
+
+def check_mic(spec: str) -> Line:
+    import numpy as np
+    import pyaudio
+
+    from .adapters.portaudio import DeviceNotFound, find_device, pyaudio_instance
+    from .core.audio import FRAME_SAMPLES, MIC_RATE, rms_dbfs
+
+    try:
+        dev = find_device(spec, "input")
+        stream = pyaudio_instance().open(
+            format=pyaudio.paInt16,
+            channels=1,
+            rate=MIC_RATE,
+            input=True,
+            input_device_index=dev.index,
+            frames_per_buffer=FRAME_SAMPLES,
+        )
+    except DeviceNotFound as e:
+        return Line(FAIL, "microphone", str(e))
+    except (OSError, ValueError) as e:
+        return Line(FAIL, "microphone", f"cannot open at {MIC_RATE} Hz mono: {e}")
+    try:
+        pcm = b"".join(stream.read(FRAME_SAMPLES, exception_on_overflow=False) for _ in range(25))
+    finally:
+        stream.close()
+    level = rms_dbfs(pcm)
+    if math.isinf(level) or not np.frombuffer(pcm, "<i2").any():
+        return Line(
+            WARN, "microphone", f"'{dev.name}' gives digital silence: muted, or the wrong card?"
+        )
+    return Line(OK, "microphone", f"'{dev.name}' at {MIC_RATE} Hz, level {level:.0f} dBFS")
+
+
+def check_speaker(spec: str) -> Line:
+    import pyaudio
+
+    from .adapters.portaudio import DeviceNotFound, find_device, pyaudio_instance
+    from .core.audio import CLOUD_RATE
+
+    try:
+        dev = find_device(spec, "output")
+        stream = pyaudio_instance().open(
+            format=pyaudio.paInt16,
+            channels=1,
+            rate=CLOUD_RATE,
+            output=True,
+            output_device_index=dev.index,
+            start=False,
+        )
+        stream.close()
+    except DeviceNotFound as e:
+        return Line(FAIL, "speaker", str(e))
+    except (OSError, ValueError) as e:
+        return Line(FAIL, "speaker", f"cannot open at {CLOUD_RATE} Hz mono: {e}")
+    return Line(OK, "speaker", f"'{dev.name}' opens at {CLOUD_RATE} Hz")
+
+
+def check_wake(cfg: Config) -> Line:
+    from .adapters.wakeword import WakeModelError, load_engine
+
+    try:
+        engine = load_engine(cfg.wake.model, cfg.wake.threshold)
+    except WakeModelError as e:
+        return Line(FAIL, "wake word", str(e))
+    return Line(OK, "wake word", f"'{engine.word}' (threshold {engine.threshold:.2f})")
+
+
+def check_gpio(cfg: Config) -> Line:
+    from gpiozero.pins.mock import MockFactory
+
+    from .adapters.gpio import make_pin_factory
+
+    try:
+        factory = make_pin_factory(cfg.gpio)
+    except ConfigError as e:
+        return Line(FAIL, "gpio", str(e))
+    name = type(factory).__name__
+    factory.close()
+    if isinstance(factory, MockFactory):
+        return Line(WARN, "gpio", "simulated (no GPIO here): the LED and button will not work")
+    return Line(
+        OK,
+        "gpio",
+        f"{name}: LED on BCM {cfg.leds.red_pin}/{cfg.leds.green_pin}/"
+        f"{cfg.leds.blue_pin}, button on BCM {cfg.button.pin}",
+    )
+
+
+async def check_cloud(cfg: Config, credential: Any = None) -> Line:
+    """Open a session with the configured credentials, send session.update, close."""
+    from .adapters.cloud import CloudSession, auth_headers
+    from .adapters.entra import EntraTokens
+    from .app import session_settings
+    from .core.states import SessionFailed, SessionLost, SessionReady
+    from .tools import Toolbox
+
+    endpoint = realtime_endpoint(cfg.cloud)
+    bearer = EntraTokens(credential).bearer if cfg.cloud.auth == "entra" else None
+    status: asyncio.Queue[Any] = asyncio.Queue()
+    answer: asyncio.Queue[Any] = asyncio.Queue()
+
+    def on_event(ev: rt.ServerEvent) -> None:
+        if isinstance(ev, rt.SessionUpdated | rt.ServerError):
+            answer.put_nowait(ev)
+
+    session = CloudSession(
+        endpoint,
+        auth_headers(endpoint.kind, cfg.api_key, bearer),
+        session_settings(cfg, Toolbox(cfg.assistant.tools).declarations),
+        rt.ClientEvents("check"),
+        on_event=on_event,
+        on_status=status.put_nowait,
+        connect_timeout_s=cfg.cloud.connect_timeout_s,
+        keepalive_s=cfg.cloud.keepalive_s,
+    )
+    t0 = time.monotonic()
+    task = asyncio.create_task(session.run())
+    try:
+        first = await status.get()
+        if isinstance(first, SessionFailed | SessionLost):
+            return Line(FAIL, "cloud", f"{first.code}: {first.message}")
+        assert isinstance(first, SessionReady)
+        opened = time.monotonic() - t0
+        try:
+            reply = await asyncio.wait_for(answer.get(), cfg.cloud.connect_timeout_s)
+        except TimeoutError:
+            return Line(
+                WARN, "cloud", f"session opened in {opened:.2f} s, but session.update got no answer"
+            )
+        if isinstance(reply, rt.ServerError):
+            return Line(
+                FAIL, "cloud", f"the service rejected the session settings: {reply.message}"
+            )
+        return Line(
+            OK,
+            "cloud",
+            f"session opened in {opened:.2f} s ({endpoint.kind}, "
+            f"{session.session_id or 'no id'}); settings accepted",
+        )
+    finally:
+        session.close("check done")
+        await asyncio.wait_for(task, 5)
+
+
+def run_checks(
+    load: Callable[[], Config], env: dict[str, str], cloud: bool, out: Callable[[str], None]
+) -> int:
+    """Print every check; 0 when nothing is ✗, 1 otherwise, 78 for a configuration error."""
+    try:
+        cfg = load()
+    except ConfigError as e:
+        out(f"  {FAIL} config       {e}")
+        out("verdict: fix the configuration first")
+        return 78
+    lines = [Line(OK, "config", "valid")]
+    lines.append(check_key(cfg, env))
+    if cfg.cloud.endpoint:
+        ep = realtime_endpoint(cfg.cloud)
+        lines.append(Line(OK, "endpoint", f"{ep.url} ({ep.kind}, {ep.dialect} events)"))
+    else:
+        lines.append(
+            Line(
+                FAIL,
+                "endpoint",
+                "cloud.endpoint is not set (config, AZURE_OPENAI_ENDPOINT or --endpoint)",
+            )
+        )
+    lines.append(check_mic(cfg.audio.input_device))
+    lines.append(check_speaker(cfg.audio.output_device))
+    lines.append(check_wake(cfg))
+    lines.append(check_gpio(cfg))
+    if cloud:
+        try:
+            require_cloud(cfg)
+            lines.append(asyncio.run(check_cloud(cfg)))
+        except ConfigError as e:
+            lines.append(Line(FAIL, "cloud", str(e)))
+    for line in lines:
+        out(f"  {line.mark} {line.what:<12} {line.detail}")
+    failed = [line.what for line in lines if line.mark == FAIL]
+    out("verdict: ready" if not failed else f"verdict: not ready ({', '.join(failed)})")
+    return 1 if failed else 0

@@ -1,0 +1,104 @@
+"""`voice-device check` as a user runs it: ALSA file devices, the emulator as the cloud."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import asoundrc, speech
+
+
+@pytest.fixture
+def emulator_port() -> Iterator[int]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "device", "emulator", "--port", "0", "--api-key", "good-key"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    yield int(proc.stdout.readline().rsplit(":", 1)[1])
+    proc.terminate()
+    proc.wait(10)
+
+
+def check(tmp_path: Path, *args: str, key: str = "good-key") -> subprocess.CompletedProcess[str]:
+    mic = tmp_path / "mic.raw"
+    mic.write_bytes(speech("hello there") * 3)
+    env = {
+        **os.environ,
+        "ALSA_CONFIG_PATH": str(asoundrc(tmp_path, mic, tmp_path / "spk.raw")),
+        "AZURE_OPENAI_API_KEY": key,
+    }
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "device",
+            "check",
+            "--input-device",
+            "testmic",
+            "--output-device",
+            "testspk",
+            *args,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_everything_in_place(tmp_path: Path, emulator_port: int) -> None:
+    r = check(tmp_path, "--endpoint", f"http://127.0.0.1:{emulator_port}")
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = r.stdout
+    assert "✓ microphone   'testmic' at 16000 Hz, level" in out
+    assert "✓ speaker      'testspk' opens at 24000 Hz" in out
+    assert "✓ wake word    'Okay Nabu'" in out
+    assert "! gpio         simulated" in out
+    assert "✓ cloud        session opened in" in out and "settings accepted" in out
+    assert out.rstrip().endswith("verdict: ready")
+    assert "good-key" not in out + r.stderr
+
+
+def test_a_refused_key_is_the_verdict(tmp_path: Path, emulator_port: int) -> None:
+    r = check(tmp_path, "--endpoint", f"http://127.0.0.1:{emulator_port}", key="old-key")
+    assert r.returncode == 1
+    assert "✗ cloud        auth_failed:" in r.stdout
+    assert "verdict: not ready (cloud)" in r.stdout
+
+
+def test_missing_devices_and_no_cloud(tmp_path: Path) -> None:
+    mic = tmp_path / "mic.raw"
+    mic.write_bytes(b"")
+    env = {k: v for k, v in os.environ.items() if k != "AZURE_OPENAI_API_KEY"}
+    env["ALSA_CONFIG_PATH"] = str(asoundrc(tmp_path, mic, tmp_path / "spk.raw"))
+    r = subprocess.run(
+        [sys.executable, "-m", "device", "check", "--no-cloud", "--input-device", "usb-mic"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 1
+    assert "✗ microphone   microphone 'usb-mic' not found; run 'voice-device devices'" in r.stdout
+    assert "✗ api key" in r.stdout and "cloud " not in r.stdout.split("verdict")[0].split("gpio")[1]
+
+
+def test_configuration_errors_exit_78(tmp_path: Path) -> None:
+    bad = tmp_path / "c.toml"
+    bad.write_text("[turn]\ndetection = 'psychic'\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "device", "check", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 78
+    assert "turn.detection must be one of local, server_vad, semantic_vad" in r.stdout
