@@ -103,9 +103,12 @@ EARCON = "earcon:"
 
 
 class App:
-    def __init__(self, cfg: Config, opts: RunOptions) -> None:
+    def __init__(self, cfg: Config, opts: RunOptions, credential: Any = None) -> None:
+        """`credential`: an azure-identity TokenCredential for Entra auth (default: the
+        DefaultAzureCredential chain)."""
         self.cfg = cfg
         self.opts = opts
+        self._credential = credential
         self.machine = st.Machine(machine_settings(cfg))
         self.events = EventLog(opts.events_log)
         self.notifier = Notifier()
@@ -194,7 +197,8 @@ class App:
         )
         if cfg.button.enabled:
             self.button = GpioButton(cfg.button, factory, self._on_button)
-        self._bearer = EntraTokens().bearer if cfg.cloud.auth == "entra" else None
+        entra = cfg.cloud.auth == "entra"
+        self._bearer = EntraTokens(self._credential).bearer if entra else None
 
     # -- running ----------------------------------------------------------------------------
 

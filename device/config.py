@@ -76,7 +76,7 @@ class CloudConfig:
     connect_timeout_s: float = 8.0
     reply_timeout_s: float = 20.0
     keepalive_s: float = 10.0
-    """A connection that stops answering pings is declared dead within this time."""
+    """A connection that stops answering pings is found dead within this many seconds."""
     backoff_initial_s: float = 2.0
     backoff_max_s: float = 30.0
 

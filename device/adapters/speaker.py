@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 PERIOD_MS = 20
 PERIOD_SAMPLES = CLOUD_RATE * PERIOD_MS // 1000
+MAX_QUEUED_S = 300
+"""Reply audio held at most (14 MB): a server sending faster than this is cut, not obeyed."""
 
 Post = Callable[[PlayoutEvent], None]
 
@@ -54,6 +56,7 @@ class Speaker:
         self._lock = threading.Lock()
         self._prefill = ms_to_samples(jitter_ms, CLOUD_RATE)
         self._running = False
+        self._dropping: str | None = None
         self._post: Post | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.underruns = 0
@@ -67,8 +70,14 @@ class Speaker:
 
     def play(self, response_id: str, item_id: str, phase: str, pcm: bytes) -> None:
         with self._lock:
+            queued = self._buffer.buffered_samples
+            if queued + len(pcm) // SAMPLE_BYTES > MAX_QUEUED_S * CLOUD_RATE:
+                if self._dropping != response_id:
+                    self._dropping = response_id
+                    log.warning("reply audio beyond %d s queued; dropping the rest", MAX_QUEUED_S)
+                return
             self._buffer.add(response_id, item_id, phase, pcm)
-            ready = self._buffer.buffered_samples >= self._prefill
+            ready = queued + len(pcm) // SAMPLE_BYTES >= self._prefill
         if ready:
             self._ensure_running()
 
