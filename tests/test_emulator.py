@@ -290,7 +290,10 @@ async def test_fault_drop_cuts_the_connection_without_a_close_frame(emulator: Em
 async def test_fault_stall_keeps_tcp_open_and_stops_answering_pings(emulator: Emulator) -> None:
     await with_faults(emulator, stall_after=1)
     async with connect(
-        url(emulator), additional_headers={"api-key": "right-key"}, ping_interval=None
+        url(emulator),
+        additional_headers={"api-key": "right-key"},
+        ping_interval=None,
+        close_timeout=0.2,
     ) as ws:
         await recv(ws)
         await ws.send(json.dumps(ClientEvents().clear_input()))
