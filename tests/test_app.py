@@ -218,3 +218,38 @@ async def test_button_wakes_and_holding_it_mutes(tmp_path: Path, emulator: Emula
     assert not any(e["event"] == "wake" for e in events)
     record = [r["event"]["type"] for r in read_jsonl(tmp_path / "record.jsonl") if "event" in r]
     assert "input_audio_buffer.commit" not in record  # nothing said, nothing submitted
+
+
+async def test_barge_in_during_the_preamble_deletes_the_unheard_answer(
+    tmp_path: Path, question_pcm: bytes
+) -> None:
+    # the whole reply arrives at once, so the answer is queued, unheard, when the button goes
+    emu = Emulator(Scenario(speedup=100.0, think_ms=100), record=tmp_path / "record.jsonl")
+    await emu.start("127.0.0.1", 0)
+    log = tmp_path / "ev.jsonl"
+    opts = RunOptions(
+        input_wav=write_wav(tmp_path / "q.wav", question_pcm),
+        output_wav=tmp_path / "reply.wav",
+        events_log=log,
+    )
+    app = App(config(endpoint(emu), turn={"no_speech_timeout_ms": 1000}), opts)
+    run = asyncio.create_task(app.run())
+    try:
+        await wait_until(lambda: "preamble" in states(read_jsonl(log)), 30, "the preamble")
+        await asyncio.sleep(0.3)
+        assert app.button is not None
+        await press(app.button.pin, 0.1)
+        assert await asyncio.wait_for(run, 30) == 0
+    finally:
+        run.cancel()
+        await emu.close()
+    events = read_jsonl(log)
+    assert "answering" not in states(events)
+    barge = next(e for e in events if e["event"] == "barge_in")
+    sent = [r["event"] for r in read_jsonl(tmp_path / "record.jsonl") if "event" in r]
+    truncate = next(e for e in sent if e["type"] == "conversation.item.truncate")
+    assert (truncate["item_id"], truncate["audio_end_ms"]) == (barge["item_id"], barge["played_ms"])
+    deleted = [e["item_id"] for e in sent if e["type"] == "conversation.item.delete"]
+    started = [e["item_id"] for e in events if e["event"] == "playback_start"]
+    assert len(deleted) == 1 and deleted[0] not in started  # the answer nobody heard
+    assert "response.cancel" not in [e["type"] for e in sent]  # it had finished arriving

@@ -157,9 +157,13 @@ async def test_configuration_refusals_name_the_cause_and_do_not_back_off(
 
 @pytest.mark.parametrize(("status", "code"), [(429, "rate_limited"), (503, "server_error")])
 async def test_service_refusals_back_off_and_the_next_wake_fails_at_once(
-    tmp_path: Path, twice: bytes, status: int, code: str
+    tmp_path: Path, twice: bytes, status: int, code: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG, logger="device.app")
     r = await run(tmp_path, twice, scenario(Faults(reject_status=status, retry_after_s=30)))
+    # the journal hears of the outage once, not at every failed wake
+    warnings = [rec for rec in caplog.records if rec.levelno >= logging.WARNING]
+    assert [w.getMessage().split(":")[0] for w in warnings] == [code]
     assert r.code == 0 and wakes(r) == 2
     assert r.errors() == [code, "offline"]
     first = next(e for e in r.events if e["event"] == "error")
