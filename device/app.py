@@ -19,9 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from .adapters.cloud import CloudSession, auth_headers
+from .adapters.echo import FAR_FRAME, EchoGuard
 from .adapters.entra import EntraTokens
 from .adapters.gpio import GpioButton, GpioLeds, Leds, NoLeds, TerminalLeds, make_pin_factory
 from .adapters.mic import Mic, PyAudioMic, WavMic
+from .adapters.room import Room
 from .adapters.speaker import PyAudioSpeaker, Speaker, WavSpeaker
 from .adapters.systemd import Notifier
 from .adapters.vad import Vad
@@ -61,6 +63,8 @@ class RunOptions:
     output_wav: Path | None = None
     events_log: Path | None = None
     leds: str | None = None
+    room: Room | None = None
+    """A simulated room (tests, benchmarks): its microphone hears its speaker."""
 
 
 def machine_settings(cfg: Config) -> st.Settings:
@@ -96,6 +100,18 @@ def session_settings(cfg: Config, tools: tuple[rt.Tool, ...]) -> rt.SessionSetti
     )
 
 
+VAD_DEAF_AFTER_PLAYBACK_MS = 150
+"""The VAD ignores the device's own sound, and this much of its echo after it stops."""
+WAKE_STATES = (
+    st.State.IDLE,
+    st.State.ERROR,
+    st.State.FOLLOW_UP,
+    st.State.THINKING,
+    st.State.PREAMBLE,
+    st.State.ANSWERING,
+)
+"""Where a wake word means something: to wake, or to interrupt a reply (barge-in)."""
+VAD_STATES = (st.State.CONNECTING, st.State.LISTENING, st.State.FOLLOW_UP)
 MAX_TOOL_ROUNDS = 4
 """Tool calls answered in a row for one turn; a model stuck calling tools is stopped."""
 EARCON = "earcon:"
@@ -129,6 +145,7 @@ class App:
         self._pending: deque[st.Input] = deque()
         self._handling = False
         self._warned: set[str] = set()
+        self._last_played = -(10**9)
         self.tg: asyncio.TaskGroup | None = None
         self.button: GpioButton | None = None
         self._apply_table: dict[type, Callable[[Any], None]] = {
@@ -172,18 +189,27 @@ class App:
     def build(self) -> None:
         """Load the model and open the devices; raises the user-facing errors of each."""
         cfg, opts = self.cfg, self.opts
-        self.wake: WakeEngine = load_engine(cfg.wake.model, cfg.wake.threshold)
+        w = cfg.wake
+        self.wake: WakeEngine = load_engine(w.engine, w.models, w.thresholds)
+        reference = load_engine(w.engine, w.models) if w.during_playback == "echo-match" else None
+        self.echo = EchoGuard(reference, w.after_playback_ms, cfg.audio.echo_cancellation)
         self.vad = Vad(cfg.turn.vad_aggressiveness)
-        self.mic: Mic = (
-            WavMic(opts.input_wav, paced=not opts.fast)
-            if opts.input_wav
-            else PyAudioMic(cfg.audio.input_device)
-        )
-        self.speaker: Speaker = (
-            WavSpeaker(opts.output_wav, cfg.audio.jitter_ms, paced=not opts.fast)
-            if opts.output_wav
-            else PyAudioSpeaker(cfg.audio.output_device, cfg.audio.jitter_ms)
-        )
+        a = cfg.audio
+        if opts.room is not None:
+            self.mic: Mic = opts.room.mic
+            self.speaker: Speaker = opts.room.speaker
+            self.speaker.volume = a.volume
+        else:
+            self.mic = (
+                WavMic(opts.input_wav, paced=not opts.fast)
+                if opts.input_wav
+                else PyAudioMic(a.input_device)
+            )
+            self.speaker = (
+                WavSpeaker(opts.output_wav, a.jitter_ms, paced=not opts.fast, volume=a.volume)
+                if opts.output_wav
+                else PyAudioSpeaker(a.output_device, a.jitter_ms, a.volume)
+            )
         backend = opts.leds or cfg.leds.backend
         factory = None
         if backend == "gpio" or cfg.button.enabled:
@@ -215,12 +241,12 @@ class App:
             "ready",
             0,
             clock_origin=self.events.origin,
-            wake_word=self.wake.word,
+            wake_word=self._phrases(),
             mic=self.mic.name,
             speaker=self.speaker.name,
         )
         self.notifier.ready(self._status_text())
-        log.info("ready: listening for '%s' on '%s'", self.wake.word, self.mic.name)
+        log.info("ready: listening for %s on '%s'", self._phrases(), self.mic.name)
         try:
             async with asyncio.TaskGroup() as tg:
                 self.tg = tg
@@ -277,27 +303,56 @@ class App:
     def _conversation_over(self) -> bool:
         return self.session is None and self.machine.state in (st.State.IDLE, st.State.MUTED)
 
+    def _phrases(self) -> str:
+        return " or ".join(f"'{w.phrase}'" for w in self.wake.words)
+
     def _on_frame(self, frame: bytes) -> None:
         self.pos += len(frame) // 2
         self.notifier.audio_alive()
+        playing = self.speaker.playing
+        frame = self.echo.process(frame, self.speaker.take_far_end(FAR_FRAME), playing, self.pos)
+        if playing:
+            self._last_played = self.pos
         self.preroll.append(frame)
         if self.uplink is not None and not self.uplink.finished:
             self.uplink.push(frame)
             self._pump_uplink()
-        score = self.wake.process(frame)
-        if self.machine.state in (st.State.IDLE, st.State.ERROR, st.State.FOLLOW_UP):
-            hit = self.wake_filter.offer(self.wake.word, score, self.wake.threshold, self.pos)
-            if hit is not None:
-                self.events.emit("wake", self._audio_ms(), word=hit.word, score=round(hit.score, 3))
-                log.info("wake word '%s' (score %.2f)", hit.word, hit.score)
-                self._handle(st.Wake(hit.word, hit.score, hit.end_sample))
-        wants_vad = self.machine.state in (
-            st.State.CONNECTING,
-            st.State.LISTENING,
-            st.State.FOLLOW_UP,
-        )
-        speech = self.vad.is_speech(frame) if wants_vad else False
-        self._handle(st.Heard(self.pos, speech))
+        scores = self.wake.process(frame)
+        if self.machine.state in WAKE_STATES:
+            self._offer_wake(scores)
+        deaf = self.pos - self._last_played < VAD_DEAF_AFTER_PLAYBACK_MS * MIC_RATE // 1000
+        speech = self.vad.is_speech(frame) if self.machine.state in VAD_STATES else False
+        self._handle(st.Heard(self.pos, speech and not deaf))
+
+    def _offer_wake(self, scores: list[float]) -> None:
+        """The best wake word over its threshold, under the playback rules while the device
+        is (or was just) speaking, and outside the refractory period."""
+        w = self.cfg.wake
+        during_playback = self.echo.active(self.pos)
+        if during_playback and w.during_playback == "off":
+            return
+        best: tuple[int, float] | None = None
+        for i, (word, score) in enumerate(zip(self.wake.words, scores, strict=True)):
+            threshold = word.threshold
+            if during_playback and w.during_playback == "threshold":
+                threshold = max(threshold, w.playback_threshold)
+            if score >= threshold and (best is None or score > best[1]):
+                best = (i, score)
+        if best is None:
+            return
+        i, score = best
+        word = self.wake.words[i]
+        echo_match = during_playback and w.during_playback == "echo-match"
+        if echo_match and self.echo.said_by_device(i, self.pos):
+            log.debug("ignored '%s': the device said it itself", word.phrase)
+            self.wake_filter.quiet_until(self.pos + self.wake_filter.refractory_samples)
+            return
+        hit = self.wake_filter.offer(word.phrase, score, word.threshold, self.pos)
+        if hit is None:
+            return
+        self.events.emit("wake", self._audio_ms(), word=hit.word, score=round(hit.score, 3))
+        log.info("wake word '%s' (score %.2f)", hit.word, hit.score)
+        self._handle(st.Wake(hit.word, hit.score, hit.end_sample))
 
     def _audio_ms(self) -> int:
         return samples_to_ms(self.pos, MIC_RATE)
@@ -323,9 +378,9 @@ class App:
         if outage.ongoing and state in (st.State.IDLE, st.State.ERROR):
             wait = outage.wait(time.monotonic())
             later = f"next try in {wait:.0f} s" if wait else "will try on the next wake"
-            return f"offline: {later}; listening for '{self.wake.word}'"
+            return f"offline: {later}; listening for {self._phrases()}"
         if state is st.State.IDLE:
-            return f"idle, listening for '{self.wake.word}'"
+            return f"idle, listening for {self._phrases()}"
         return str(state.value).replace("_", " ")
 
     def _enter(self, c: st.Enter) -> None:
@@ -349,10 +404,12 @@ class App:
         log.info("the cloud answers again after %.0f s", c.outage_s)
 
     def _play_earcon(self, kind: str) -> None:
+        if ("mute" if kind.startswith("mute") else kind) not in self.cfg.audio.earcons:
+            return
         self._earcons += 1
         name = f"{EARCON}{kind}:{self._earcons}"
         self.events.emit("earcon", self._audio_ms(), kind=kind)
-        self.speaker.play(name, name, "earcon", earcon(kind))
+        self.speaker.play(name, name, "earcon", earcon(kind, self.cfg.audio.earcon_volume))
         self.speaker.end(name)
 
     # -- the session ------------------------------------------------------------------------

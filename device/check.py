@@ -97,11 +97,13 @@ def check_speaker(spec: str) -> Line:
 def check_wake(cfg: Config) -> Line:
     from .adapters.wakeword import WakeModelError, load_engine
 
+    w = cfg.wake
     try:
-        engine = load_engine(cfg.wake.model, cfg.wake.threshold)
+        engine = load_engine(w.engine, w.models, w.thresholds)
     except WakeModelError as e:
         return Line(FAIL, "wake word", str(e))
-    return Line(OK, "wake word", f"'{engine.word}' (threshold {engine.threshold:.2f})")
+    words = ", ".join(f"'{x.phrase}' (threshold {x.threshold:.2f})" for x in engine.words)
+    return Line(OK, "wake word", f"{words}, {w.engine} engine")
 
 
 def check_gpio(cfg: Config) -> Line:

@@ -96,18 +96,40 @@ class AudioConfig:
     input_device: str = ""
     """Name (or part of it) or index of the microphone; empty for the system default."""
     output_device: str = ""
+    input_rate: int = 0
+    """0: 16 kHz if the microphone offers it, else its own rate (resampled to 16 kHz)."""
+    input_channels: int = 0
+    """0: mono if offered, else all the microphone's channels (e.g. a 2-mic HAT)."""
+    input_channel: int = -1
+    """With several channels: -1 mixes them down, 0, 1, … picks one."""
     preroll_ms: int = 300
     jitter_ms: int = 60
     """Reply audio buffered before playback starts, to ride out network jitter."""
+    volume: float = 1.0
+    """Software gain on everything the speaker plays (0 silent, 1 as received, up to 2)."""
+    earcons: list[str] = field(default_factory=lambda: ["wake", "error", "mute"])
+    """Sounds the device makes: wake, end_of_turn, error, mute (on, off, and still muted)."""
+    earcon_volume: float = 0.3
+    echo_cancellation: bool = False
+    """WebRTC AEC3 on the microphone while the device speaks (pip install pywebrtc-audio)."""
 
 
 @dataclass(frozen=True)
 class WakeConfig:
-    model: str = "okay_nabu"
-    """okay_nabu, hey_jarvis, alexa, hey_mycroft, or a path to a microWakeWord .json."""
-    threshold: float | None = None
-    """Probability a detection must reach; None uses the model's own cutoff."""
+    engine: str = "micro"
+    """micro (pymicro-wakeword) or openwakeword (pyopen-wakeword, an optional extra)."""
+    models: list[str] = field(default_factory=lambda: ["okay_nabu"])
+    """Wake words listened for at once: built-in names or paths to model files."""
+    thresholds: dict[str, float] = field(default_factory=dict)
+    """Per model, the score a detection must reach; a model without one uses its own."""
     refractory_ms: int = 2000
+    """After a wake, the same utterance cannot wake the device again for this long."""
+    during_playback: str = "echo-match"
+    """While the device speaks: echo-match (ignore a wake word the device itself is saying),
+    threshold (require playback_threshold), or off (the wake word does not interrupt)."""
+    playback_threshold: float = 0.97
+    after_playback_ms: int = 500
+    """The device's own voice echoes on: playback rules last this long after it stops."""
 
 
 @dataclass(frozen=True)
@@ -179,6 +201,11 @@ def _coerce(key: str, value: Any, t: Any) -> Any:
     """Check a TOML value against a field's annotation; ints are fine where floats are wanted."""
     if isinstance(t, types.UnionType):
         t = next(a for a in typing.get_args(t) if a is not type(None))
+    if typing.get_origin(t) is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a table, got {value!r} ({type(value).__name__})")
+        _, item_type = typing.get_args(t)
+        return {k: _coerce(f"{key}.{k}", v, item_type) for k, v in value.items()}
     if typing.get_origin(t) is list:
         if not isinstance(value, list):
             raise ConfigError(f"{key} must be a list, got {value!r} ({type(value).__name__})")
@@ -250,6 +277,26 @@ def validate(cfg: Config) -> None:
         f"audio.preroll_ms must be between 0 and {MAX_PREROLL_MS} (got {a.preroll_ms})",
     )
     _check(0 <= a.jitter_ms <= 1000, "audio.jitter_ms must be between 0 and 1000")
+    _check(0.0 <= a.volume <= 2.0, "audio.volume must be between 0 and 2")
+    _check(0.0 <= a.earcon_volume <= 1.0, "audio.earcon_volume must be between 0 and 1")
+    for name in a.earcons:
+        _check(
+            name in EARCONS,
+            f"audio.earcons: unknown sound {name!r}; known: {', '.join(EARCONS)}",
+        )
+    _check(
+        a.input_rate in (0, 8000, 16000, 22050, 32000, 44100, 48000, 96000),
+        "audio.input_rate must be 0 (automatic) or a standard rate such as 48000",
+    )
+    _check(0 <= a.input_channels <= 16, "audio.input_channels must be between 0 and 16")
+    _check(a.input_channel >= -1, "audio.input_channel must be -1 (mix) or a channel number")
+    if a.echo_cancellation:
+        try:
+            import pywebrtc_audio  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                "audio.echo_cancellation needs pywebrtc-audio: pip install 'voice-device[aec]'"
+            ) from None
     _check(
         cfg.assistant.reasoning_effort in REASONING_EFFORTS,
         f"assistant.reasoning_effort must be one of {', '.join(REASONING_EFFORTS)} "
@@ -262,10 +309,19 @@ def validate(cfg: Config) -> None:
     _check(t.max_turn_ms >= 2000, "turn.max_turn_ms must be at least 2000")
     _check(t.follow_up_ms >= 0, "turn.follow_up_ms must not be negative")
     _check(
-        w.threshold is None or 0.0 < w.threshold < 1.0,
-        "wake.threshold must be between 0 and 1",
+        w.engine in WAKE_ENGINES, f"wake.engine must be micro or openwakeword (got {w.engine!r})"
     )
+    _check(bool(w.models), "wake.models must name at least one wake word")
+    for name, value in w.thresholds.items():
+        _check(name in w.models, f"wake.thresholds.{name}: {name!r} is not in wake.models")
+        _check(0.0 < value < 1.0, f"wake.thresholds.{name} must be between 0 and 1")
     _check(w.refractory_ms >= 0, "wake.refractory_ms must not be negative")
+    _check(
+        w.during_playback in ("echo-match", "threshold", "off"),
+        "wake.during_playback must be echo-match, threshold or off",
+    )
+    _check(0.0 < w.playback_threshold < 1.0, "wake.playback_threshold must be between 0 and 1")
+    _check(w.after_playback_ms >= 0, "wake.after_playback_ms must not be negative")
     _check(
         cfg.leds.backend in ("gpio", "terminal", "none"),
         f"leds.backend must be gpio, terminal or none (got {cfg.leds.backend!r})",
@@ -382,6 +438,8 @@ def require_cloud(cfg: Config) -> None:
 
 ENDPOINT_KINDS = ("auto", "azure", "azure-preview", "openai")
 TURN_DETECTION = ("local", "server_vad", "semantic_vad")
+WAKE_ENGINES = ("micro", "openwakeword")
+EARCONS = ("wake", "end_of_turn", "error", "mute")
 KNOWN_TOOLS = ("time",)
 
 

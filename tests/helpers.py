@@ -83,14 +83,14 @@ def check_conversation(
     mic_pcm: bytes,
     received_turn: bytes,
     played: bytes,
-    server_sent: bytes,
+    heard: bytes,
     preroll_ms: int = 300,
 ) -> None:
     """What one woken conversation must look like from the outside, whatever the audio path.
 
     `events`: the daemon's events log; `record`: the emulator's record of client events;
     `mic_pcm`: what the microphone heard; `received_turn`: the turn audio the emulator
-    saved; `played`: what reached the speaker; `server_sent`: the reply audio the emulator sent.
+    saved; `played`: what reached the speaker; `heard`: what should have (see `reply_heard`).
     """
     from device.core.audio import CLOUD_RATE, MIC_RATE, resample
     from tests.sdk import validate_client_event
@@ -125,5 +125,17 @@ def check_conversation(
     assert received_turn == expected
     assert next(e["ms"] for e in events if e["event"] == "audio_sent") == len(expected) // 48
 
-    # the speaker got exactly what the server sent (an unpaced output pads gaps with zeros)
-    assert np.array_equal(nonzero(played), nonzero(server_sent))
+    # the speaker got exactly the wake sound and what the server sent (an unpaced output pads
+    # gaps with zeros)
+    assert np.array_equal(nonzero(played), nonzero(heard))
+
+
+def reply_heard(scenario: Any, earcons: tuple[str, ...] = ("wake",)) -> bytes:
+    """What the speaker plays in one default conversation: the wake sound, the preambles and
+    the answer the emulator speaks."""
+    from device.core.earcons import earcon
+    from device.emulator.voice import speak
+
+    sounds = b"".join(earcon(kind) for kind in earcons)
+    preambles = b"".join(speak(t, "commentary") for t in scenario.preambles)
+    return sounds + preambles + speak(scenario.answer, "final_answer")

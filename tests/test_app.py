@@ -15,6 +15,7 @@ import pytest
 
 from device.app import App, RunOptions
 from device.config import Config, Secret, parse_config
+from device.core.earcons import earcon
 from device.emulator import Emulator, Scenario
 from device.emulator.voice import speak
 from tests.helpers import (
@@ -22,6 +23,7 @@ from tests.helpers import (
     nonzero,
     read_jsonl,
     read_wav,
+    reply_heard,
     silence,
     speech,
     states,
@@ -83,8 +85,7 @@ async def test_a_whole_conversation(
         mic_pcm=question_pcm,
         received_turn=read_wav(tmp_path / "turns" / "turn-001-001.wav"),
         played=read_wav(tmp_path / "reply.wav"),
-        server_sent=b"".join(speak(t, "commentary") for t in sc.preambles)
-        + speak(sc.answer, "final_answer"),
+        heard=reply_heard(sc),
     )
     assert events[-1]["event"] == "stopped"
 
@@ -133,7 +134,7 @@ async def test_button_interrupts_the_answer(tmp_path: Path, question_pcm: bytes)
     sc = emu.scenario
     preamble = b"".join(speak(t, "commentary") for t in sc.preambles)
     answer = speak(sc.answer, "final_answer")
-    heard = preamble + answer[: barge["played_ms"] * 48]
+    heard = earcon("wake") + preamble + answer[: barge["played_ms"] * 48]
     assert np.array_equal(nonzero(read_wav(tmp_path / "reply.wav")), nonzero(heard))
 
 
@@ -155,7 +156,7 @@ async def test_unreachable_cloud_shows_an_error_and_the_wake_word_still_works(
     assert errors[0]["message"].startswith("cannot reach 127.0.0.1:9: connection refused")
     assert states(events) == ["connecting", "error", "error", "idle"]
     assert [e["pattern"] for e in events if e["event"] == "led"][-2:] == ["error", "idle"]
-    assert [e["kind"] for e in events if e["event"] == "earcon"] == ["error", "error"]
+    assert [e["kind"] for e in events if e["event"] == "earcon"] == ["wake", "error", "error"]
 
 
 async def test_wrong_key_is_reported_as_such(

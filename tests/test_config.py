@@ -29,7 +29,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_defaults_are_valid_and_sensible() -> None:
     cfg = load_config(path=None, env={})
-    assert cfg.wake.model == "okay_nabu"
+    assert cfg.wake.models == ["okay_nabu"] and cfg.wake.engine == "micro"
     assert cfg.assistant.reasoning_effort == "low"
     assert cfg.turn.silence_ms == 700 and cfg.turn.follow_up_ms == 5000
     assert cfg.audio.preroll_ms <= 500
@@ -39,14 +39,15 @@ def test_file_then_environment_then_flags(tmp_path: Path) -> None:
     path = write(
         tmp_path,
         '[cloud]\nendpoint = "https://a.openai.azure.com"\ndeployment = "file"\n'
-        "[turn]\nsilence_ms = 900\n[wake]\nthreshold = 0.9\n",
+        "[turn]\nsilence_ms = 900\n[wake]\nmodels = ['okay_nabu', 'alexa']\n"
+        "[wake.thresholds]\nalexa = 0.9\n",
     )
     env = {"AZURE_OPENAI_DEPLOYMENT": "env", "AZURE_OPENAI_API_KEY": "k"}
     cfg = load_config(path, env=env, overrides={"cloud.endpoint": "http://127.0.0.1:1"})
     assert cfg.cloud.deployment == "env"
     assert cfg.cloud.endpoint == "http://127.0.0.1:1"
     assert cfg.turn.silence_ms == 900
-    assert cfg.wake.threshold == 0.9
+    assert cfg.wake.thresholds == {"alexa": 0.9}
     assert cfg.api_key.reveal() == "k"
 
 

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 
 from device.emulator import Scenario
-from device.emulator.voice import speak
 from tests.helpers import (
     asoundrc,
     check_conversation,
     read_jsonl,
     read_wav,
+    reply_heard,
     silence,
     speech,
     states,
@@ -126,8 +126,7 @@ def test_conversation_through_alsa(tmp_path: Path, emulator: tuple[int, Path]) -
         mic_pcm=mic_pcm,
         received_turn=read_wav(tmp_path / "turns" / "turn-001-001.wav"),
         played=speaker.read_bytes(),
-        server_sent=b"".join(speak(t, "commentary") for t in sc.preambles)
-        + speak(sc.answer, "final_answer"),
+        heard=reply_heard(sc),
     )
 
     # ALSA and JACK probing noise stays out of the log; the key never appears in it

@@ -24,12 +24,12 @@ import pytest
 from device.app import App, RunOptions
 from device.config import Config, Secret, parse_config
 from device.emulator import Emulator, Faults, Scenario
-from device.emulator.voice import speak
 from tests.helpers import (
     CONVERSATION,
     nonzero,
     read_jsonl,
     read_wav,
+    reply_heard,
     silence,
     speech,
     states,
@@ -170,7 +170,7 @@ async def test_service_refusals_back_off_and_the_next_wake_fails_at_once(
     assert "next try after 30 s" in first["message"]  # Retry-After is honoured
     assert states(r.events) == ["connecting", "error", "error", "idle"]
     assert len(r.handshakes()) == 1  # the second wake did not touch the network
-    assert [e["kind"] for e in r.events if e["event"] == "earcon"] == ["error", "error"]
+    assert [e["kind"] for e in r.events if e["event"] == "earcon"] == ["wake", "error", "error"]
     assert [e["pattern"] for e in r.events if e["event"] == "led"][-2:] == ["error", "idle"]
 
 
@@ -230,7 +230,7 @@ def recovered_after(r: Run, code: str, outage: bool) -> None:
     assert "error" in states(r.events)
     assert states(r.events)[-len(CONVERSATION) :] == CONVERSATION
     assert len([e for e in r.events if e["event"] == "recovered"]) == (1 if outage else 0)
-    assert [e["kind"] for e in r.events if e["event"] == "earcon"] == ["error"]
+    assert [e["kind"] for e in r.events if e["event"] == "earcon"] == ["wake", "error", "wake"]
 
 
 def test_connection_dropped_mid_answer(mid_session: dict[str, tuple[Run, Any]]) -> None:
@@ -311,8 +311,7 @@ async def test_slow_or_bursty_audio_plays_whole_and_in_order(
     sc = scenario(**delivery)
     r = await run(tmp_path, question, sc)
     assert states(r.events) == CONVERSATION
-    sent = speak("One moment.", "commentary") + speak("It is sunny.", "final_answer")
-    assert np.array_equal(nonzero(r.reply), nonzero(sent))
+    assert np.array_equal(nonzero(r.reply), nonzero(reply_heard(sc)))
 
 
 async def test_several_preamble_items(tmp_path: Path, question: bytes) -> None:

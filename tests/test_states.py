@@ -206,6 +206,7 @@ TABLE: list[tuple[str, Callable[[], Machine], Step, State, list[Command]]] = [
         [
             StartTurn(POS - PREROLL, "wake word"),
             OpenSession(),
+            PlayEarcon("wake"),
             Enter(State.CONNECTING, "wake word"),
         ],
     ),
@@ -214,7 +215,12 @@ TABLE: list[tuple[str, Callable[[], Machine], Step, State, list[Command]]] = [
         idle,
         press(),
         State.CONNECTING,
-        [StartTurn(POS, "button"), OpenSession(), Enter(State.CONNECTING, "button")],
+        [
+            StartTurn(POS, "button"),
+            OpenSession(),
+            PlayEarcon("wake"),
+            Enter(State.CONNECTING, "button"),
+        ],
     ),
     ("button down alone does nothing yet", idle, send(ButtonDown(POS)), State.IDLE, []),
     (
@@ -222,14 +228,14 @@ TABLE: list[tuple[str, Callable[[], Machine], Step, State, list[Command]]] = [
         idle,
         send(ButtonDown(POS), ButtonHeld()),
         State.MUTED,
-        [CloseMic(), Enter(State.MUTED, "muted")],
+        [CloseMic(), PlayEarcon("mute_on"), Enter(State.MUTED, "muted")],
     ),
     (
         "release after a hold is not a short press",
         idle,
         send(ButtonDown(POS), ButtonHeld(), ButtonUp()),
         State.MUTED,
-        [CloseMic(), Enter(State.MUTED, "muted")],
+        [CloseMic(), PlayEarcon("mute_on"), Enter(State.MUTED, "muted")],
     ),
     ("stray session event is ignored", idle, send(SessionReady()), State.IDLE, []),
     (
@@ -283,6 +289,7 @@ TABLE: list[tuple[str, Callable[[], Machine], Step, State, list[Command]]] = [
             EndTurn(END_OF_SPEECH, "silence"),
             Enter(State.LISTENING, "session ready"),
             SubmitTurn(),
+            PlayEarcon("end_of_turn"),
             Enter(State.THINKING, "turn ended while connecting"),
         ],
     ),
@@ -308,6 +315,7 @@ TABLE: list[tuple[str, Callable[[], Machine], Step, State, list[Command]]] = [
             DiscardTurn(),
             CloseSession("muted"),
             CloseMic(),
+            PlayEarcon("mute_on"),
             Enter(State.MUTED, "muted"),
         ],
     ),
@@ -317,7 +325,12 @@ TABLE: list[tuple[str, Callable[[], Machine], Step, State, list[Command]]] = [
         listening,
         speak_then_pause(),
         State.THINKING,
-        [EndTurn(END_OF_SPEECH, "silence"), SubmitTurn(), Enter(State.THINKING, "end of speech")],
+        [
+            EndTurn(END_OF_SPEECH, "silence"),
+            SubmitTurn(),
+            PlayEarcon("end_of_turn"),
+            Enter(State.THINKING, "end of speech"),
+        ],
     ),
     ("short pauses between words do not", listening, speak_then_pause(10, 5), State.LISTENING, []),
     (
@@ -325,7 +338,12 @@ TABLE: list[tuple[str, Callable[[], Machine], Step, State, list[Command]]] = [
         listening,
         press(),
         State.THINKING,
-        [EndTurn(POS, "button"), SubmitTurn(), Enter(State.THINKING, "button")],
+        [
+            EndTurn(POS, "button"),
+            SubmitTurn(),
+            PlayEarcon("end_of_turn"),
+            Enter(State.THINKING, "button"),
+        ],
     ),
     (
         "lost connection while listening",
@@ -462,11 +480,17 @@ TABLE: list[tuple[str, Callable[[], Machine], Step, State, list[Command]]] = [
         [Enter(State.FOLLOW_UP, "reply played")],
     ),
     (
-        "own speech does not wake the device",
+        # (the app lets a wake word through during a reply only if it is not the device's own)
+        "the wake word over the answer interrupts it",
         answering,
         send(Wake("okay nabu", 0.99, END_OF_SPEECH)),
-        State.ANSWERING,
-        [],
+        State.LISTENING,
+        [
+            StopPlayback(),
+            CancelResponse(),
+            StartTurn(END_OF_SPEECH - PREROLL, "barge-in"),
+            Enter(State.LISTENING, "barge-in"),
+        ],
     ),
     (
         "what was cut is truncated, what never played deleted",
@@ -489,6 +513,7 @@ TABLE: list[tuple[str, Callable[[], Machine], Step, State, list[Command]]] = [
             DiscardTurn(),
             CloseSession("muted"),
             CloseMic(),
+            PlayEarcon("mute_on"),
             Enter(State.MUTED, "muted"),
         ],
     ),
@@ -512,7 +537,11 @@ TABLE: list[tuple[str, Callable[[], Machine], Step, State, list[Command]]] = [
         follow_up,
         send(Wake("okay nabu", 0.9, END_OF_SPEECH)),
         State.LISTENING,
-        [StartTurn(END_OF_SPEECH - PREROLL, "wake word"), Enter(State.LISTENING, "wake word")],
+        [
+            StartTurn(END_OF_SPEECH - PREROLL, "wake word"),
+            PlayEarcon("wake"),
+            Enter(State.LISTENING, "wake word"),
+        ],
     ),
     (
         "button in the window listens at once",
@@ -534,9 +563,15 @@ TABLE: list[tuple[str, Callable[[], Machine], Step, State, list[Command]]] = [
         muted,
         send(ButtonDown(POS), ButtonHeld()),
         State.IDLE,
-        [OpenMic(), Enter(State.IDLE, "unmuted")],
+        [OpenMic(), PlayEarcon("mute_off"), Enter(State.IDLE, "unmuted")],
     ),
-    ("a short press does not unmute", muted, press(), State.MUTED, []),
+    (
+        "a short press does not unmute; a sound says so",
+        muted,
+        press(),
+        State.MUTED,
+        [PlayEarcon("muted")],
+    ),
     # outages: the next wake inside the backoff window fails at once; the button tries anyway
     (
         "a wake during an outage fails at once",
@@ -561,6 +596,7 @@ TABLE: list[tuple[str, Callable[[], Machine], Step, State, list[Command]]] = [
         [
             StartTurn(POS - PREROLL, "wake word"),
             OpenSession(),
+            PlayEarcon("wake"),
             Enter(State.CONNECTING, "wake word"),
         ],
     ),
@@ -569,7 +605,12 @@ TABLE: list[tuple[str, Callable[[], Machine], Step, State, list[Command]]] = [
         after_an_outage,
         lambda m: m.handle(ButtonDown(POS), 20) + m.handle(ButtonUp(), 20),
         State.CONNECTING,
-        [StartTurn(POS, "button"), OpenSession(), Enter(State.CONNECTING, "button")],
+        [
+            StartTurn(POS, "button"),
+            OpenSession(),
+            PlayEarcon("wake"),
+            Enter(State.CONNECTING, "button"),
+        ],
     ),
     (
         "success ends the outage",
@@ -579,6 +620,7 @@ TABLE: list[tuple[str, Callable[[], Machine], Step, State, list[Command]]] = [
         [
             StartTurn(POS - PREROLL, "wake word"),
             OpenSession(),
+            PlayEarcon("wake"),
             Enter(State.CONNECTING, "wake word"),
             ReportRecovery(31.0),
             Enter(State.LISTENING, "session ready"),
@@ -613,6 +655,7 @@ TABLE: list[tuple[str, Callable[[], Machine], Step, State, list[Command]]] = [
         [
             EndTurn(WAKE_AT + 50 * F, "server"),
             SubmitTurn(commit=False),
+            PlayEarcon("end_of_turn"),
             Enter(State.THINKING, "end of speech"),
         ],
     ),
@@ -680,6 +723,7 @@ TABLE: list[tuple[str, Callable[[], Machine], Step, State, list[Command]]] = [
         [
             StartTurn(POS - PREROLL, "wake word"),
             OpenSession(),
+            PlayEarcon("wake"),
             Enter(State.CONNECTING, "wake word"),
         ],
     ),

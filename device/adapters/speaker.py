@@ -29,6 +29,7 @@ from ..core.audio import (
     PlayoutStopped,
     ResponsePlayed,
     ms_to_samples,
+    scale,
 )
 from .portaudio import DeviceInfo, find_device, pyaudio_instance
 
@@ -38,6 +39,8 @@ PERIOD_MS = 20
 PERIOD_SAMPLES = CLOUD_RATE * PERIOD_MS // 1000
 MAX_QUEUED_S = 300
 """Reply audio held at most (14 MB): a server sending faster than this is cut, not obeyed."""
+FAR_END_S = 1
+"""How much of what was played is kept for echo handling (read back at the mic's pace)."""
 
 Post = Callable[[PlayoutEvent], None]
 
@@ -51,9 +54,13 @@ class Speaker:
 
     name = "speaker"
 
-    def __init__(self, jitter_ms: int) -> None:
+    def __init__(self, jitter_ms: int, volume: float = 1.0) -> None:
         self._buffer = PlayoutBuffer(CLOUD_RATE)
         self._lock = threading.Lock()
+        self.volume = volume
+        """Software gain applied to everything played (0 silent, 1 as received)."""
+        self._far = bytearray()
+        self._underruns_logged = 0
         self._prefill = ms_to_samples(jitter_ms, CLOUD_RATE)
         self._running = False
         self._dropping: str | None = None
@@ -105,6 +112,7 @@ class Speaker:
             idle = self._buffer.idle
         if idle and self._running:
             self._halt(abort=False)
+            self._report_underruns()
 
     def _halt(self, abort: bool) -> None:
         if self._running:
@@ -117,9 +125,28 @@ class Speaker:
         with self._lock:
             pcm, events = self._buffer.pull(samples, pad)
             self.underruns = self._buffer.underruns
+            if self.volume != 1.0 and pcm:
+                pcm = scale(pcm, self.volume)
+            self._far += pcm
+            excess = len(self._far) - FAR_END_S * CLOUD_RATE * SAMPLE_BYTES
+            if excess > 0:
+                del self._far[:excess]
         if events:
             self._emit(events)
         return pcm
+
+    @property
+    def playing(self) -> bool:
+        return self._running
+
+    def take_far_end(self, samples: int) -> bytes:
+        """What was played since the last call, `samples` long (silence where nothing was):
+        the reference an echo path compares the microphone against."""
+        want = samples * SAMPLE_BYTES
+        with self._lock:
+            taken = bytes(self._far[:want])
+            del self._far[:want]
+        return taken + bytes(want - len(taken))
 
     def _emit(self, events: list[PlayoutEvent]) -> None:
         if self._loop is None or self._post is None:
@@ -128,6 +155,12 @@ class Speaker:
             self._loop.call_soon_threadsafe(self._post, ev)
             if isinstance(ev, ResponsePlayed | PlayoutStopped):
                 self._loop.call_soon_threadsafe(self._settle)
+
+    def _report_underruns(self) -> None:
+        new = self.underruns - self._underruns_logged
+        if new:
+            self._underruns_logged = self.underruns
+            log.info("speaker ran dry %d times during the reply (network jitter)", new)
 
     # -- what each kind implements ----------------------------------------------------------
 
@@ -151,8 +184,8 @@ class PyAudioSpeaker(Speaker):
     Starting and stopping happen on one worker thread, in order, off the event loop.
     """
 
-    def __init__(self, spec: str, jitter_ms: int) -> None:
-        super().__init__(jitter_ms)
+    def __init__(self, spec: str, jitter_ms: int, volume: float = 1.0) -> None:
+        super().__init__(jitter_ms, volume)
         self.device: DeviceInfo = find_device(spec, "output")
         self.name = self.device.name
         self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="speaker")
@@ -211,8 +244,8 @@ class WavSpeaker(Speaker):
     Otherwise audio is written as soon as it arrives, and "played" means "written".
     """
 
-    def __init__(self, path: Path, jitter_ms: int, paced: bool) -> None:
-        super().__init__(jitter_ms if paced else 0)
+    def __init__(self, path: Path, jitter_ms: int, paced: bool, volume: float = 1.0) -> None:
+        super().__init__(jitter_ms if paced else 0, volume)
         self.name = str(path)
         self.paced = paced
         self._wav = wave.open(str(path), "wb")  # noqa: SIM115 - open for the daemon's life

@@ -1,65 +1,134 @@
-"""Wake word engines: pymicro-wakeword (default) and, optionally, pyopen-wakeword."""
+"""Wake word engines: pymicro-wakeword (default) and pyopen-wakeword (optional extra).
+
+An engine runs several wake words at once: the audio front end (features, or openWakeWord's
+mel spectrogram and embeddings) is computed once per frame and shared by every model.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 
-BUILTIN_MODELS = ("okay_nabu", "hey_jarvis", "alexa", "hey_mycroft")
+MICRO_MODELS = ("okay_nabu", "hey_jarvis", "alexa", "hey_mycroft")
+OPENWAKEWORD_MODELS = ("okay_nabu", "hey_jarvis", "alexa", "hey_mycroft", "hey_rhasspy")
+ENGINES = ("micro", "openwakeword")
 
 
 class WakeModelError(Exception):
     """The configured wake word model cannot be loaded; the message says which and why."""
 
 
-class WakeEngine(Protocol):
-    word: str
+@dataclass
+class WakeWord:
+    model: str
+    """What the configuration names: a built-in model or a path."""
+    phrase: str
     """The phrase, as the model's author wrote it ("Okay Nabu")."""
     threshold: float
 
-    def process(self, pcm: bytes) -> float:
-        """Feed 16 kHz mono int16 audio; the highest score of the windows it completed."""
+
+class WakeEngine(Protocol):
+    words: list[WakeWord]
+
+    def process(self, pcm: bytes) -> list[float]:
+        """Feed 16 kHz mono int16; per word, the highest score of the windows completed."""
         ...
+
+
+def _best(scores: Iterable[float | None]) -> float:
+    return max((s for s in scores if s is not None), default=0.0)
 
 
 class MicroWakeWordEngine:
     """microWakeWord models through pymicro-wakeword's bundled TFLite runtime."""
 
-    def __init__(self, model: str, threshold: float | None = None) -> None:
+    def __init__(self, models: Sequence[str], thresholds: dict[str, float] | None = None) -> None:
         from pymicro_wakeword import MicroWakeWord, MicroWakeWordFeatures, Model
 
-        try:
-            if model in BUILTIN_MODELS:
-                self._model = MicroWakeWord.from_builtin(Model(model))
-            else:
-                path = Path(model)
-                if path.suffix != ".json" or not path.is_file():
-                    raise WakeModelError(
-                        f"wake.model {model!r} is neither a built-in model "
-                        f"({', '.join(BUILTIN_MODELS)}) nor a microWakeWord .json file"
-                    )
-                self._model = MicroWakeWord.from_config(path)
-        except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
-            raise WakeModelError(f"cannot load wake word model {model!r}: {e}") from e
+        self._models: list[Any] = []
+        self.words: list[WakeWord] = []
+        for name in models:
+            try:
+                if name in MICRO_MODELS:
+                    m = MicroWakeWord.from_builtin(Model(name))
+                else:
+                    path = Path(name)
+                    if path.suffix != ".json" or not path.is_file():
+                        raise WakeModelError(
+                            f"wake word model {name!r} is neither a built-in microWakeWord model "
+                            f"({', '.join(MICRO_MODELS)}) nor a microWakeWord .json file"
+                        )
+                    m = MicroWakeWord.from_config(path)
+            except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
+                raise WakeModelError(f"cannot load wake word model {name!r}: {e}") from e
+            threshold = (thresholds or {}).get(name, float(m.probability_cutoff))
+            self._models.append(m)
+            self.words.append(WakeWord(name, str(m.wake_word), threshold))
         self._features = MicroWakeWordFeatures()
-        self.word = str(self._model.wake_word)
-        self.threshold = (
-            threshold if threshold is not None else float(self._model.probability_cutoff)
-        )
-        log.info("wake word '%s' loaded (threshold %.2f)", self.word, self.threshold)
 
-    def process(self, pcm: bytes) -> float:
-        best = 0.0
+    def process(self, pcm: bytes) -> list[float]:
+        best = [0.0] * len(self._models)
         for features in self._features.process_streaming(pcm):
-            p = self._model.process_streaming_prob(features)
-            if p is not None and p > best:
-                best = p
+            for i, m in enumerate(self._models):
+                best[i] = max(best[i], _best([m.process_streaming_prob(features)]))
         return best
 
 
-def load_engine(model: str, threshold: float | None) -> WakeEngine:
-    return MicroWakeWordEngine(model, threshold)
+class OpenWakeWordEngine:
+    """openWakeWord models through pyopen-wakeword (pip install 'voice-device[openwakeword]')."""
+
+    DEFAULT_THRESHOLD = 0.5
+
+    def __init__(self, models: Sequence[str], thresholds: dict[str, float] | None = None) -> None:
+        try:
+            from pyopen_wakeword import Model, OpenWakeWord, OpenWakeWordFeatures
+        except ImportError:
+            raise WakeModelError(
+                "wake.engine = 'openwakeword' needs pyopen-wakeword: "
+                "pip install 'voice-device[openwakeword]'"
+            ) from None
+        self._models: list[Any] = []
+        self.words: list[WakeWord] = []
+        for name in models:
+            try:
+                if name in OPENWAKEWORD_MODELS:
+                    m = OpenWakeWord.from_builtin(Model(name))
+                elif Path(name).suffix == ".tflite" and Path(name).is_file():
+                    m = OpenWakeWord.from_model(Path(name))
+                else:
+                    raise WakeModelError(
+                        f"wake word model {name!r} is neither a built-in openWakeWord model "
+                        f"({', '.join(OPENWAKEWORD_MODELS)}) nor an openWakeWord .tflite file"
+                    )
+            except (OSError, ValueError) as e:
+                raise WakeModelError(f"cannot load wake word model {name!r}: {e}") from e
+            phrase = Path(name).stem.replace("_", " ").title()
+            threshold = (thresholds or {}).get(name, self.DEFAULT_THRESHOLD)
+            self._models.append(m)
+            self.words.append(WakeWord(name, phrase, threshold))
+        self._features = OpenWakeWordFeatures.from_builtin()
+
+    def process(self, pcm: bytes) -> list[float]:
+        best = [0.0] * len(self._models)
+        for embeddings in self._features.process_streaming(pcm):
+            for i, m in enumerate(self._models):
+                best[i] = max(best[i], _best(m.process_streaming(embeddings)))
+        return best
+
+
+def load_engine(
+    engine: str, models: Sequence[str], thresholds: dict[str, float] | None = None
+) -> WakeEngine:
+    if engine == "openwakeword":
+        e: WakeEngine = OpenWakeWordEngine(models, thresholds)
+    else:
+        e = MicroWakeWordEngine(models, thresholds)
+    for w in e.words:
+        log.info("wake word '%s' (%s, threshold %.2f)", w.phrase, engine, w.threshold)
+    return e

@@ -294,6 +294,18 @@ class PlayoutBuffer:
         return PlayoutStopped(current, samples_to_ms(played, self.rate), tuple(unplayed))
 
 
+def scale(pcm: bytes, gain: float) -> bytes:
+    """Software volume: `gain` times the samples, clipped to int16."""
+    x = np.frombuffer(pcm, dtype="<i2").astype(np.float32) * gain
+    return bytes(np.clip(np.rint(x), -32768, 32767).astype("<i2").tobytes())
+
+
+def mix(a: bytes, b: bytes) -> bytes:
+    """The sum of two equally long int16 blocks, clipped (two sounds in one room)."""
+    x = np.frombuffer(a, "<i2").astype(np.int32) + np.frombuffer(b, "<i2").astype(np.int32)
+    return bytes(np.clip(x, -32768, 32767).astype("<i2").tobytes())
+
+
 def rms_dbfs(pcm: bytes) -> float:
     """Loudness of a block relative to full scale; -inf for digital silence."""
     if not pcm:

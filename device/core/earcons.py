@@ -20,8 +20,16 @@ def _tone_sequence(notes: list[tuple[float, float]], volume: float, rate: int) -
 
 
 EARCONS = {
+    # two quick rising notes: I'm listening
+    "wake": [(660.0, 0.06), (880.0, 0.08)],
+    # one soft low note: got it, thinking
+    "end_of_turn": [(523.0, 0.09)],
     # two falling notes: something went wrong
     "error": [(660.0, 0.12), (0.0, 0.04), (440.0, 0.18)],
+    # falling, rising, and a single low blip while still muted
+    "mute_on": [(784.0, 0.07), (523.0, 0.1)],
+    "mute_off": [(523.0, 0.07), (784.0, 0.1)],
+    "muted": [(392.0, 0.12)],
 }
 
 

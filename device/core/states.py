@@ -388,7 +388,7 @@ class Machine:
     def _submit(self, reason: str, commit: bool = True) -> list[Command]:
         self.turn = Turn.NONE
         self.response_expected = True
-        return [SubmitTurn(commit), Enter(State.THINKING, reason)]
+        return [SubmitTurn(commit), PlayEarcon("end_of_turn"), Enter(State.THINKING, reason)]
 
     def _teardown(self, reason: str) -> list[Command]:
         """Abandon whatever conversation is going on."""
@@ -431,6 +431,7 @@ class Machine:
         return [
             *self._start_turn(start_sample, reason, wait_for_speech=True),
             OpenSession(),
+            PlayEarcon("wake"),
             Enter(State.CONNECTING, reason),
         ]
 
@@ -451,7 +452,11 @@ class Machine:
     def on_wake_in_session(self, e: Input, now: float) -> list[Command]:
         assert isinstance(e, Wake)
         start = e.end_sample - self._samples(self.s.preroll_ms)
-        return [*self._start_turn(start, "wake word", True), Enter(State.LISTENING, "wake word")]
+        return [
+            *self._start_turn(start, "wake word", True),
+            PlayEarcon("wake"),
+            Enter(State.LISTENING, "wake word"),
+        ]
 
     # -- the user's turn --------------------------------------------------------------------
 
@@ -572,18 +577,27 @@ class Machine:
         self.press_consumed = False
         return []
 
-    def on_barge_in(self, e: Input, now: float) -> list[Command]:
-        """Button pressed during a reply: silence it now, on the press, not the release."""
-        assert isinstance(e, ButtonDown)
-        self.press_sample = e.sample
-        self.press_consumed = True
+    def _interrupt(self, start_sample: int) -> list[Command]:
+        """Silence the reply, cancel what is still being generated, and listen."""
         cmds: list[Command] = [StopPlayback()]
         if self.response_id or self.response_expected:
             cmds.append(CancelResponse())
         self.response_id = None
         self.response_expected = False
-        cmds += self._start_turn(e.sample, "barge-in", wait_for_speech=True)
+        cmds += self._start_turn(start_sample, "barge-in", wait_for_speech=True)
         return [*cmds, Enter(State.LISTENING, "barge-in")]
+
+    def on_barge_in(self, e: Input, now: float) -> list[Command]:
+        """Button pressed during a reply: silence it now, on the press, not the release."""
+        assert isinstance(e, ButtonDown)
+        self.press_sample = e.sample
+        self.press_consumed = True
+        return self._interrupt(e.sample)
+
+    def on_wake_barge_in(self, e: Input, now: float) -> list[Command]:
+        """The wake word said over a reply interrupts it, like the button."""
+        assert isinstance(e, Wake)
+        return self._interrupt(e.end_sample - self._samples(self.s.preroll_ms))
 
     def _take_short_press(self) -> int | None:
         """The press's sample if this release ends a short press nobody has acted on yet."""
@@ -613,11 +627,20 @@ class Machine:
         self._take_short_press()
         return []
 
+    def on_press_while_muted(self, e: Input, now: float) -> list[Command]:
+        """A short press while muted wakes nothing; a sound says why."""
+        return [] if self._take_short_press() is None else [PlayEarcon("muted")]
+
     def on_hold(self, e: Input, now: float) -> list[Command]:
         self.press_consumed = True
         if self.state is State.MUTED:
-            return [OpenMic(), Enter(State.IDLE, "unmuted")]
-        return [*self._teardown("muted"), CloseMic(), Enter(State.MUTED, "muted")]
+            return [OpenMic(), PlayEarcon("mute_off"), Enter(State.IDLE, "unmuted")]
+        return [
+            *self._teardown("muted"),
+            CloseMic(),
+            PlayEarcon("mute_on"),
+            Enter(State.MUTED, "muted"),
+        ]
 
     # -- time -------------------------------------------------------------------------------
 
@@ -647,6 +670,7 @@ TRANSITIONS: dict[tuple[State, type], Handler] = {
     (S.IDLE, Wake): M.on_wake,
     (S.ERROR, Wake): M.on_wake,
     (S.FOLLOW_UP, Wake): M.on_wake_in_session,
+    **{(s, Wake): M.on_wake_barge_in for s in _REPLY},
     # the user's turn
     (S.CONNECTING, Heard): M.on_heard_in_turn,
     (S.LISTENING, Heard): M.on_heard_in_turn,
@@ -674,7 +698,8 @@ TRANSITIONS: dict[tuple[State, type], Handler] = {
     (S.CONNECTING, ButtonUp): M.on_press_to_end_turn,
     (S.LISTENING, ButtonUp): M.on_press_to_end_turn,
     (S.FOLLOW_UP, ButtonUp): M.on_press_to_speak_again,
-    **{(s, ButtonUp): M.on_release_ignored for s in (*_REPLY, S.MUTED)},
+    **{(s, ButtonUp): M.on_release_ignored for s in _REPLY},
+    (S.MUTED, ButtonUp): M.on_press_while_muted,
     # time
     **{(s, Tick): M.on_tick_in_reply for s in _REPLY},
     (S.ERROR, Tick): M.on_tick_error,
