@@ -100,8 +100,8 @@ def session_settings(cfg: Config, tools: tuple[rt.Tool, ...]) -> rt.SessionSetti
     )
 
 
-VAD_DEAF_AFTER_PLAYBACK_MS = 150
-"""The VAD ignores the device's own sound, and this much of its echo after it stops."""
+EARCON_TAIL_MS = 150
+"""While listening, the VAD ignores the device's own sounds and this much of their echo."""
 WAKE_STATES = (
     st.State.IDLE,
     st.State.ERROR,
@@ -146,6 +146,7 @@ class App:
         self._handling = False
         self._warned: set[str] = set()
         self._last_played = -(10**9)
+        self._vad_fed = False
         self.tg: asyncio.TaskGroup | None = None
         self.button: GpioButton | None = None
         self._apply_table: dict[type, Callable[[Any], None]] = {
@@ -192,7 +193,7 @@ class App:
         w = cfg.wake
         self.wake: WakeEngine = load_engine(w.engine, w.models, w.thresholds)
         reference = load_engine(w.engine, w.models) if w.during_playback == "echo-match" else None
-        self.echo = EchoGuard(reference, w.after_playback_ms, cfg.audio.echo_cancellation)
+        self.echo = EchoGuard(reference, cfg.audio.echo_tail_ms, cfg.audio.echo_cancellation)
         self.vad = Vad(cfg.turn.vad_aggressiveness)
         a = cfg.audio
         if opts.room is not None:
@@ -320,9 +321,17 @@ class App:
         scores = self.wake.process(frame)
         if self.machine.state in WAKE_STATES:
             self._offer_wake(scores)
-        deaf = self.pos - self._last_played < VAD_DEAF_AFTER_PLAYBACK_MS * MIC_RATE // 1000
-        speech = self.vad.is_speech(frame) if self.machine.state in VAD_STATES else False
-        self._handle(st.Heard(self.pos, speech and not deaf))
+        state = self.machine.state
+        # The VAD ignores the device's own sound: a beep while someone is already talking
+        # costs a few frames; a reply's echo must never open a follow-up turn.
+        tail_ms = self.cfg.audio.echo_tail_ms if state is st.State.FOLLOW_UP else EARCON_TAIL_MS
+        deaf = self.pos - self._last_played < tail_ms * MIC_RATE // 1000
+        listening = state in VAD_STATES and not deaf
+        if listening and not self._vad_fed:
+            self.vad.reset()  # no stale hangover from before the gap
+        self._vad_fed = listening
+        speech = self.vad.is_speech(frame) if listening else False
+        self._handle(st.Heard(self.pos, speech))
 
     def _offer_wake(self, scores: list[float]) -> None:
         """The best wake word over its threshold, under the playback rules while the device

@@ -125,6 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
     chk.add_argument("--output-device")
     chk.add_argument("--no-cloud", action="store_true", help="skip opening a test session")
 
+    bench = sub.add_parser("bench", help="measurements: echo handling, accuracy, endpointing")
+    bench.add_argument("what", choices=["echo"], help="which measurement")
+    bench.add_argument("--quick", action="store_true", help="a smaller run")
+    bench.add_argument("--out", type=Path, help="also write the results as JSON")
+
     dev = sub.add_parser("devices", help="list audio inputs and outputs")
     dev.add_argument("--config", type=Path)
     return p
@@ -138,6 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "emulator": cmd_emulator,
         "devices": cmd_devices,
         "check": cmd_check,
+        "bench": cmd_bench,
     }
     try:
         return int(handler[args.command](args))
@@ -253,6 +259,18 @@ def cmd_check(args: argparse.Namespace) -> int:
         cloud=not args.no_cloud,
         out=print,
     )
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .adapters.portaudio import pyaudio_instance
+
+    logging.basicConfig(level=logging.ERROR)
+    pyaudio_instance()
+    if args.what == "echo":
+        from .bench import echo
+
+        return echo.run(args.quick, args.out)
+    return 2
 
 
 def cmd_devices(args: argparse.Namespace) -> int:

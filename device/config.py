@@ -110,8 +110,12 @@ class AudioConfig:
     earcons: list[str] = field(default_factory=lambda: ["wake", "error", "mute"])
     """Sounds the device makes: wake, end_of_turn, error, mute (on, off, and still muted)."""
     earcon_volume: float = 0.3
-    echo_cancellation: bool = False
-    """WebRTC AEC3 on the microphone while the device speaks (pip install pywebrtc-audio)."""
+    echo_cancellation: bool = True
+    """WebRTC AEC3 (pywebrtc-audio) on the microphone while the device speaks, so a user's
+    wake word is heard over the device's voice (see `voice-device bench echo`)."""
+    echo_tail_ms: int = 500
+    """How long the room keeps echoing the device after it stops: the wake word's playback
+    rules last this long, and a follow-up turn cannot start on the echo."""
 
 
 @dataclass(frozen=True)
@@ -128,8 +132,6 @@ class WakeConfig:
     """While the device speaks: echo-match (ignore a wake word the device itself is saying),
     threshold (require playback_threshold), or off (the wake word does not interrupt)."""
     playback_threshold: float = 0.97
-    after_playback_ms: int = 500
-    """The device's own voice echoes on: playback rules last this long after it stops."""
 
 
 @dataclass(frozen=True)
@@ -290,13 +292,7 @@ def validate(cfg: Config) -> None:
     )
     _check(0 <= a.input_channels <= 16, "audio.input_channels must be between 0 and 16")
     _check(a.input_channel >= -1, "audio.input_channel must be -1 (mix) or a channel number")
-    if a.echo_cancellation:
-        try:
-            import pywebrtc_audio  # noqa: F401
-        except ImportError:
-            raise ConfigError(
-                "audio.echo_cancellation needs pywebrtc-audio: pip install 'voice-device[aec]'"
-            ) from None
+
     _check(
         cfg.assistant.reasoning_effort in REASONING_EFFORTS,
         f"assistant.reasoning_effort must be one of {', '.join(REASONING_EFFORTS)} "
@@ -321,7 +317,7 @@ def validate(cfg: Config) -> None:
         "wake.during_playback must be echo-match, threshold or off",
     )
     _check(0.0 < w.playback_threshold < 1.0, "wake.playback_threshold must be between 0 and 1")
-    _check(w.after_playback_ms >= 0, "wake.after_playback_ms must not be negative")
+    _check(0 <= a.echo_tail_ms <= 3000, "audio.echo_tail_ms must be between 0 and 3000")
     _check(
         cfg.leds.backend in ("gpio", "terminal", "none"),
         f"leds.backend must be gpio, terminal or none (got {cfg.leds.backend!r})",

@@ -15,6 +15,7 @@ import pytest
 
 from device.app import App, RunOptions
 from device.config import Config, Secret, parse_config
+from device.core.audio import CLOUD_RATE, MIC_RATE, resample
 from device.core.earcons import earcon
 from device.emulator import Emulator, Scenario
 from device.emulator.voice import speak
@@ -75,7 +76,9 @@ async def test_a_whole_conversation(
         output_wav=tmp_path / "reply.wav",
         events_log=tmp_path / "ev.jsonl",
     )
-    assert await asyncio.wait_for(App(config(endpoint(emulator)), opts).run(), 60) == 0
+    # without echo cancellation, what is sent is the microphone's audio, bit for bit
+    cfg = config(endpoint(emulator), audio={"echo_cancellation": False})
+    assert await asyncio.wait_for(App(cfg, opts).run(), 60) == 0
 
     events = read_jsonl(tmp_path / "ev.jsonl")
     sc = emulator.scenario
@@ -254,3 +257,30 @@ async def test_barge_in_during_the_preamble_deletes_the_unheard_answer(
     started = [e["item_id"] for e in events if e["event"] == "playback_start"]
     assert len(deleted) == 1 and deleted[0] not in started  # the answer nobody heard
     assert "response.cancel" not in [e["type"] for e in sent]  # it had finished arriving
+
+
+async def test_echo_cancellation_touches_only_what_overlaps_the_devices_own_sound(
+    tmp_path: Path, emulator: Emulator, question_pcm: bytes
+) -> None:
+    """With the default AEC, the turn sent equals the microphone's audio except while the
+    wake chime (and its echo tail) played: there the canceller has worked on it."""
+    opts = RunOptions(
+        input_wav=write_wav(tmp_path / "q.wav", question_pcm),
+        fast=True,
+        output_wav=tmp_path / "reply.wav",
+        events_log=tmp_path / "ev.jsonl",
+    )
+    assert await asyncio.wait_for(App(config(endpoint(emulator)), opts).run(), 60) == 0
+    events = read_jsonl(tmp_path / "ev.jsonl")
+    turn = next(e for e in events if e["event"] == "turn_end")
+    wake = next(e for e in events if e["event"] == "wake")["audio_ms"] * 16
+    start, end = turn["start_sample"], turn["end_sample"]
+    raw = np.frombuffer(resample(question_pcm[2 * start : 2 * end], MIC_RATE, CLOUD_RATE), "<i2")
+    sent = np.frombuffer(read_wav(tmp_path / "turns" / "turn-001-001.wav"), "<i2")
+    assert len(sent) == len(raw)
+    at = lambda sample: (sample - start) * 3 // 2  # noqa: E731 - mic sample → 24 kHz index
+    margin = 240  # 10 ms: the resampler's filter reaches a little either side of a change
+    chime_and_tail = slice(at(wake) - margin, at(wake + 16 * (150 + 500 + 100)) + margin)
+    assert np.array_equal(sent[: chime_and_tail.start], raw[: chime_and_tail.start])
+    assert np.array_equal(sent[chime_and_tail.stop :], raw[chime_and_tail.stop :])
+    assert not np.array_equal(sent[chime_and_tail], raw[chime_and_tail])

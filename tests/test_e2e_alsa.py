@@ -77,7 +77,8 @@ def test_conversation_through_alsa(tmp_path: Path, emulator: tuple[int, Path]) -
     speaker = tmp_path / "speaker.raw"
     alsa = asoundrc(tmp_path, tmp_path / "mic.raw", speaker)
     cfg = tmp_path / "config.toml"
-    cfg.write_text('[gpio]\npin_factory = "mock"\n')
+    # echo cancellation off: the server must get the microphone's audio bit for bit
+    cfg.write_text('[gpio]\npin_factory = "mock"\n[audio]\necho_cancellation = false\n')
     log = tmp_path / "events.jsonl"
     env = {**os.environ, "ALSA_CONFIG_PATH": str(alsa), "AZURE_OPENAI_API_KEY": KEY}
     daemon = subprocess.Popen(

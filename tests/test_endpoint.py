@@ -72,3 +72,21 @@ def test_onset_never_precedes_the_start_of_listening() -> None:
     for k in range(3):
         ev = e.feed(1000 * F + (k + 1) * F, True)
     assert ev == SpeechStarted(1000 * F)
+
+
+def test_faint_sound_is_never_speech_however_speech_like() -> None:
+    """Echo cancellation leaves a faint residue of the device's voice (about -68 dBFS);
+    webrtcvad alone may call it speech, the energy floor does not."""
+    import numpy as np
+
+    from device.adapters.vad import Vad
+    from device.core.audio import rms_dbfs
+    from tests.helpers import speech
+
+    talk = np.frombuffer(speech("what's the weather like today"), "<i2").astype(np.float64)
+    faint = (talk * 10 ** (-48 / 20)).astype("<i2").tobytes()  # the same words, 48 dB down
+    loud = talk.astype("<i2").tobytes()
+    frames = lambda pcm: [pcm[i : i + 640] for i in range(0, len(pcm) - 640, 640)]  # noqa: E731
+    voiced = [f for f in frames(loud) if rms_dbfs(f) > -40]
+    assert sum(Vad(2).is_speech(f) for f in voiced) > 0.8 * len(voiced)
+    assert not any(Vad(2).is_speech(f) for f in frames(faint))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -20,15 +21,21 @@ FRAME_BYTES = FRAME_SAMPLES * SAMPLE_BYTES
 SPEAKER_FRAME = FRAME_SAMPLES * CLOUD_RATE // MIC_RATE
 
 
+DIRECT_TO_REVERB_DB = 3.0
+"""A speaker a metre or so from the microphone in a furnished room."""
+
+
 def room_response(delay_ms: float, reverb_ms: float, gain: float, seed: int = 0) -> np.ndarray:
-    """An impulse response: a direct path after `delay_ms`, then a decaying diffuse tail."""
+    """An impulse response: a direct path of `gain` after `delay_ms`, then a diffuse tail
+    decaying with time constant `reverb_ms`, carrying DIRECT_TO_REVERB_DB less energy."""
     rng = np.random.default_rng(seed)
     delay = int(delay_ms * MIC_RATE / 1000)
     length = delay + int(reverb_ms * MIC_RATE / 1000 * 5) + 1
     ir = np.zeros(length, dtype=np.float32)
     ir[delay] = 1.0
     t = np.arange(length - delay - 1)
-    tail = rng.standard_normal(len(t)) * np.exp(-t / (reverb_ms * MIC_RATE / 1000)) * 0.25
+    tail = rng.standard_normal(len(t)) * np.exp(-t / (reverb_ms * MIC_RATE / 1000))
+    tail *= np.sqrt(10 ** (-DIRECT_TO_REVERB_DB / 10) / np.sum(tail**2))
     ir[delay + 1 :] = tail
     return ir * gain
 
@@ -58,6 +65,9 @@ class Room:
     ) -> None:
         self.speaker = RoomSpeaker(jitter_ms)
         self.mic = RoomMic(self, user, paced)
+        self.cue: Callable[[int], bytes | None] | None = None
+        """Called with the frame count before each frame: return speech to start saying then
+        (a user who answers what the device does, not a fixed timeline)."""
         self._ir = room_response(delay_ms, reverb_ms, echo_gain, seed)
         self._tail = np.zeros(len(self._ir) - 1, dtype=np.float32)
         self._resampler = Resampler(CLOUD_RATE, MIC_RATE)
@@ -111,6 +121,12 @@ class RoomMic:
         else:
             await asyncio.sleep(0)
         self._frames += 1
+        if self._room.cue is not None:
+            said = self._room.cue(self._frames)
+            if said:  # from now on, instead of what the recording holds here
+                head = self._user[: self._pos].ljust(self._pos, b"\0")
+                self._user = head + said + self._user[self._pos + len(said) :]
+                self.eof = False
         chunk = self._user[self._pos : self._pos + FRAME_BYTES]
         self._pos += FRAME_BYTES
         if len(chunk) < FRAME_BYTES:
