@@ -19,10 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from .adapters.cloud import CloudSession, auth_headers
+from .adapters.denoise import denoiser
 from .adapters.echo import FAR_FRAME, EchoGuard
 from .adapters.entra import EntraTokens
 from .adapters.gpio import GpioButton, GpioLeds, Leds, NoLeds, TerminalLeds, make_pin_factory
-from .adapters.mic import Mic, PyAudioMic, WavMic
+from .adapters.mic import Mic, MicFailure, PyAudioMic, WavMic
+from .adapters.portaudio import DeviceNotFound, reinitialize
 from .adapters.room import Room
 from .adapters.speaker import PyAudioSpeaker, Speaker, WavSpeaker
 from .adapters.systemd import Notifier
@@ -65,6 +67,8 @@ class RunOptions:
     leds: str | None = None
     room: Room | None = None
     """A simulated room (tests, benchmarks): its microphone hears its speaker."""
+    wait_for_devices: bool = False
+    """A microphone missing at start-up is waited for (the service) instead of fatal."""
 
 
 def machine_settings(cfg: Config) -> st.Settings:
@@ -146,6 +150,7 @@ class App:
         self._handling = False
         self._warned: set[str] = set()
         self._last_played = -(10**9)
+        self._mic_failure: Exception | None = None
         self._vad_fed = False
         self.tg: asyncio.TaskGroup | None = None
         self.button: GpioButton | None = None
@@ -195,6 +200,7 @@ class App:
         reference = load_engine(w.engine, w.models) if w.during_playback == "echo-match" else None
         self.echo = EchoGuard(reference, cfg.audio.echo_tail_ms, cfg.audio.echo_cancellation)
         self.vad = Vad(cfg.turn.vad_aggressiveness)
+        self.denoise = denoiser(cfg.audio.noise_suppression)
         a = cfg.audio
         if opts.room is not None:
             self.mic: Mic = opts.room.mic
@@ -204,7 +210,7 @@ class App:
             self.mic = (
                 WavMic(opts.input_wav, paced=not opts.fast)
                 if opts.input_wav
-                else PyAudioMic(a.input_device)
+                else PyAudioMic(a.input_device, a.input_rate, a.input_channels, a.input_channel)
             )
             self.speaker = (
                 WavSpeaker(opts.output_wav, a.jitter_ms, paced=not opts.fast, volume=a.volume)
@@ -233,7 +239,13 @@ class App:
         self.build()
         loop = asyncio.get_running_loop()
         self.speaker.attach(self._on_playout)
-        await self.mic.open()
+        mic_missing: Exception | None = None
+        try:
+            await self.mic.open()
+        except (DeviceNotFound, OSError) as e:
+            if not self.opts.wait_for_devices:
+                raise
+            mic_missing = e
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_stop)
@@ -248,6 +260,8 @@ class App:
         )
         self.notifier.ready(self._status_text())
         log.info("ready: listening for %s on '%s'", self._phrases(), self.mic.name)
+        if mic_missing is not None:
+            self._mic_failure = MicFailure(str(mic_missing))
         try:
             async with asyncio.TaskGroup() as tg:
                 self.tg = tg
@@ -294,12 +308,51 @@ class App:
 
     async def _audio_loop(self) -> None:
         while True:
-            frame = await self.mic.read()
+            if self._mic_failure is not None:
+                await self._recover_mic(self._mic_failure)
+                self._mic_failure = None
+            try:
+                frame = await self.mic.read()
+            except MicFailure as e:
+                self._mic_failure = e
+                continue
             self._on_frame(frame)
             if self.mic.eof and self._conversation_over():
                 log.info("input file ended and the device is idle: exiting")
                 self.request_stop()
                 return
+
+    async def _recover_mic(self, failure: Exception) -> None:
+        """Error state, then try to get the microphone back, with backoff, until it is."""
+        log.warning("%s; trying to get it back", failure)
+        self._handle(st.MicLost(str(failure)))
+        t0, delay = time.monotonic(), 0.5
+        while not self.stopped.is_set():
+            if not getattr(self.mic, "stuck", False):
+                self.notifier.audio_alive()  # recovering, not wedged: no restart needed
+            try:
+                await self.mic.reopen(self._refresh_devices)
+                break
+            except (MicFailure, DeviceNotFound, OSError) as e:
+                log.debug("microphone not back yet: %s", e)
+                self.notifier.status(f"error: {failure}; retrying")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+        else:
+            return
+        log.info("microphone '%s' back after %.0f s", self.mic.name, time.monotonic() - t0)
+        self._handle(st.MicBack())
+
+    async def _refresh_devices(self) -> None:
+        """Re-enumerate PortAudio's devices so a re-plugged microphone is found again."""
+        if not isinstance(self.speaker, PyAudioSpeaker):
+            await asyncio.to_thread(reinitialize)
+            return
+        await asyncio.to_thread(self.speaker.suspend)
+        try:
+            await asyncio.to_thread(reinitialize)
+        finally:
+            await asyncio.to_thread(self.speaker.resume)
 
     def _conversation_over(self) -> bool:
         return self.session is None and self.machine.state in (st.State.IDLE, st.State.MUTED)
@@ -318,7 +371,8 @@ class App:
         if self.uplink is not None and not self.uplink.finished:
             self.uplink.push(frame)
             self._pump_uplink()
-        scores = self.wake.process(frame)
+        heard = self.denoise.process(frame)  # what the device's own detectors listen to
+        scores = self.wake.process(heard)
         if self.machine.state in WAKE_STATES:
             self._offer_wake(scores)
         state = self.machine.state
@@ -330,7 +384,7 @@ class App:
         if listening and not self._vad_fed:
             self.vad.reset()  # no stale hangover from before the gap
         self._vad_fed = listening
-        speech = self.vad.is_speech(frame) if listening else False
+        speech = self.vad.is_speech(heard) if listening else False
         self._handle(st.Heard(self.pos, speech))
 
     def _offer_wake(self, scores: list[float]) -> None:

@@ -64,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--debug", action="store_true", help="verbose logs (secrets and audio are never logged)"
     )
+    run.add_argument(
+        "--wait-for-devices",
+        action="store_true",
+        help="a missing microphone is waited for (error LED) instead of ending the program",
+    )
 
     demo = sub.add_parser(
         "demo", help="the whole loop against the local emulator, on a recorded question"
@@ -126,7 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
     chk.add_argument("--no-cloud", action="store_true", help="skip opening a test session")
 
     bench = sub.add_parser("bench", help="measurements: echo handling, accuracy, endpointing")
-    bench.add_argument("what", choices=["echo"], help="which measurement")
+    bench.add_argument("what", choices=["echo", "accuracy"], help="which measurement")
+    bench.add_argument(
+        "--engine",
+        action="append",
+        choices=["micro", "openwakeword"],
+        help="accuracy: only this wake word engine (repeat for both; default both)",
+    )
     bench.add_argument("--quick", action="store_true", help="a smaller run")
     bench.add_argument("--out", type=Path, help="also write the results as JSON")
 
@@ -178,6 +189,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         output_wav=args.output_wav,
         events_log=args.events_log,
         leds=args.leds,
+        wait_for_devices=args.wait_for_devices,
     )
     try:
         return asyncio.run(App(cfg, opts).run())
@@ -270,11 +282,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from .bench import echo
 
         return echo.run(args.quick, args.out)
+    if args.what == "accuracy":
+        from .bench import accuracy
+
+        return accuracy.run(args.quick, args.out, args.engine)
     return 2
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
-    from .adapters.portaudio import DeviceNotFound, find_device, list_devices
+    from .adapters.portaudio import DeviceNotFound, find_device, list_devices, supported
 
     cfg = load_config(args.config)
     devices = list_devices()
@@ -288,14 +304,32 @@ def cmd_devices(args: argparse.Namespace) -> int:
     if not devices:
         print("no audio devices found (is the sound card enabled? see README 'Troubleshooting')")
         return 1
-    print(f"{'index':>5}  {'in':>3}  {'out':>3}  {'rate':>6}  name")
+    rates = (16_000, 24_000, 44_100, 48_000)
+
+    def works(d: Any, direction: str, most: int) -> str:
+        if most == 0:
+            return "-"
+        parts = []
+        counts = {1, 2, most} if most <= 8 else {1, 2}  # (virtual devices claim 128)
+        for channels in sorted(c for c in counts if c <= most):
+            ok = [
+                f"{r // 1000}k" if r % 1000 == 0 else f"{r / 1000:g}k"
+                for r in rates
+                if supported(d, direction, r, channels)
+            ]
+            if ok:
+                parts.append(f"{channels}ch {','.join(ok)}")
+        return "; ".join(parts) or "none of the usual rates"
+
+    print(f"{'index':>5}  {'name':<28} {'in (channels, rates that work)':<34} out")
     for d in devices:
-        mark = chosen.get(d.index, "")
+        name = d.name + chosen.get(d.index, "")
         print(
-            f"{d.index:>5}  {d.max_input_channels:>3}  {d.max_output_channels:>3}  "
-            f"{d.default_rate:>6.0f}  {d.name}{mark}"
+            f"{d.index:>5}  {name:<28} {works(d, 'input', d.max_input_channels):<34} "
+            f"{works(d, 'output', d.max_output_channels)}"
         )
-    print("\nselect with --input-device/--output-device NAME (or part of it) or INDEX")
+    print("\nselect with --input-device/--output-device NAME (or part of it) or INDEX;")
+    print("a microphone without 16 kHz is captured at its own rate and converted")
     return 0
 
 

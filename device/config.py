@@ -113,6 +113,9 @@ class AudioConfig:
     echo_cancellation: bool = True
     """WebRTC AEC3 (pywebrtc-audio) on the microphone while the device speaks, so a user's
     wake word is heard over the device's voice (see `voice-device bench echo`)."""
+    noise_suppression: int = 3
+    """WebRTC noise suppression (0 off, 1 to 3 stronger) on what the wake word and the VAD
+    hear; the audio sent to the cloud is not denoised (the service does that itself)."""
     echo_tail_ms: int = 500
     """How long the room keeps echoing the device after it stops: the wake word's playback
     rules last this long, and a follow-up turn cannot start on the echo."""
@@ -318,6 +321,7 @@ def validate(cfg: Config) -> None:
     )
     _check(0.0 < w.playback_threshold < 1.0, "wake.playback_threshold must be between 0 and 1")
     _check(0 <= a.echo_tail_ms <= 3000, "audio.echo_tail_ms must be between 0 and 3000")
+    _check(a.noise_suppression in (0, 1, 2, 3), "audio.noise_suppression must be 0, 1, 2 or 3")
     _check(
         cfg.leds.backend in ("gpio", "terminal", "none"),
         f"leds.backend must be gpio, terminal or none (got {cfg.leds.backend!r})",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import wave
@@ -139,3 +140,81 @@ def reply_heard(scenario: Any, earcons: tuple[str, ...] = ("wake",)) -> bytes:
     sounds = b"".join(earcon(kind) for kind in earcons)
     preambles = b"".join(speak(t, "commentary") for t in scenario.preambles)
     return sounds + preambles + speak(scenario.answer, "final_answer")
+
+
+class FifoMic:
+    """A real-time microphone for the ALSA tests: an ALSA `file` device reads a FIFO that a
+    thread keeps fed at the pace of a real microphone (silence unless told to `say`
+    something), and that can `stall` (stop feeding, keep it open) like a failing device.
+
+    PortAudio opens and closes every device when it starts; the writer simply reopens the
+    FIFO whenever its reader goes away.
+    """
+
+    FRAME = 640  # 20 ms at 16 kHz
+
+    def __init__(self, path: Path) -> None:
+        import os
+        import queue
+        import threading
+
+        self.path = path
+        os.mkfifo(path)
+        self._pending: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+        self.stalled = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def say(self, pcm: bytes) -> None:
+        for i in range(0, len(pcm), self.FRAME):
+            self._pending.put(pcm[i : i + self.FRAME].ljust(self.FRAME, b"\0"))
+
+    def _next(self) -> bytes:
+        try:
+            return self._pending.get_nowait()
+        except Exception:
+            return bytes(self.FRAME)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                f = open(self.path, "wb")  # noqa: SIM115 - reopened whenever the reader leaves
+            except OSError:
+                time.sleep(0.05)
+                continue
+            t0, n = time.monotonic(), 0
+            try:
+                while not self._stop.is_set():
+                    if self.stalled.is_set():
+                        time.sleep(0.02)
+                        t0, n = time.monotonic(), 0
+                        continue
+                    f.write(self._next())
+                    f.flush()
+                    n += 1
+                    time.sleep(max(0.0, t0 + n * 0.02 - time.monotonic()))
+            except (BrokenPipeError, ValueError):
+                pass
+            finally:
+                with contextlib.suppress(OSError):
+                    f.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        import os
+
+        with contextlib.suppress(OSError):  # unblock a writer waiting in open()
+            os.close(os.open(self.path, os.O_RDONLY | os.O_NONBLOCK))
+
+
+def fifo_asoundrc(tmp: Path, fifo: Path, speaker_raw: Path) -> Path:
+    path = tmp / "asoundrc"
+    path.write_text(
+        "</usr/share/alsa/alsa.conf>\n"
+        f'pcm.livemic {{ type file; slave.pcm "null"; file "/dev/null"; infile "{fifo}"; '
+        'format "raw"; hint { show on description "real-time test mic" } }\n'
+        f'pcm.testspk {{ type file; slave.pcm "null"; file "{speaker_raw}"; format "raw"; '
+        'hint { show on description "test speaker" } }\n'
+    )
+    return path

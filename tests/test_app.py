@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from device.adapters.mic import WavMic
 from device.app import App, RunOptions
 from device.config import Config, Secret, parse_config
 from device.core.audio import CLOUD_RATE, MIC_RATE, resample
@@ -284,3 +285,80 @@ async def test_echo_cancellation_touches_only_what_overlaps_the_devices_own_soun
     assert np.array_equal(sent[: chime_and_tail.start], raw[: chime_and_tail.start])
     assert np.array_equal(sent[chime_and_tail.stop :], raw[chime_and_tail.stop :])
     assert not np.array_equal(sent[chime_and_tail], raw[chime_and_tail])
+
+
+@pytest.mark.parametrize("delay_ms", [0, 300, 2000])
+async def test_the_turn_is_sample_exact_whatever_the_connect_time(
+    tmp_path: Path, question_pcm: bytes, delay_ms: int
+) -> None:
+    emu = Emulator(Scenario(session_delay_ms=delay_ms), save_audio=tmp_path / "turns")
+    await emu.start("127.0.0.1", 0)
+    opts = RunOptions(
+        input_wav=write_wav(tmp_path / "q.wav", question_pcm),
+        fast=False,  # real time: the user keeps talking while the session is opening
+        output_wav=tmp_path / "reply.wav",
+        events_log=tmp_path / "ev.jsonl",
+    )
+    cfg = config(endpoint(emu), audio={"echo_cancellation": False}, turn={"follow_up_ms": 0})
+    try:
+        assert await asyncio.wait_for(App(cfg, opts).run(), 60) == 0
+    finally:
+        await emu.close()
+    events = read_jsonl(tmp_path / "ev.jsonl")
+    wake = next(e for e in events if e["event"] == "wake")
+    opened = next(e for e in events if e["event"] == "session_open")
+    assert opened["audio_ms"] - wake["audio_ms"] >= delay_ms - 20  # speech waited in RAM
+    turn = next(e for e in events if e["event"] == "turn_end")
+    mic = question_pcm + bytes(2 * turn["end_sample"])
+    expected = resample(
+        mic[2 * turn["start_sample"] : 2 * turn["end_sample"]], MIC_RATE, CLOUD_RATE
+    )
+    assert read_wav(tmp_path / "turns" / "turn-001-001.wav") == expected
+
+
+async def test_a_follow_up_question_needs_no_wake_word(tmp_path: Path, question_pcm: bytes) -> None:
+    emu = Emulator(
+        Scenario(preambles=[], answer="It is sunny.", speedup=20.0), record=tmp_path / "r.jsonl"
+    )
+    await emu.start("127.0.0.1", 0)
+    follow_up = speech("and what about tomorrow?")
+    # the follow-up comes 1 s after the first answer ends; the device decides when that is
+    log = tmp_path / "ev.jsonl"
+    opts = RunOptions(
+        input_wav=write_wav(tmp_path / "q.wav", question_pcm + silence(8.0)),
+        fast=False,
+        output_wav=tmp_path / "reply.wav",
+        events_log=log,
+    )
+    app = App(config(endpoint(emu)), opts)
+    run = asyncio.create_task(app.run())
+    try:
+        await wait_until(lambda: "follow_up" in states(read_jsonl(log)), 30, "the follow-up window")
+        await asyncio.sleep(1.0)
+        assert isinstance(app.mic, WavMic)
+        app.mic.say(follow_up)
+        assert await asyncio.wait_for(run, 60) == 0
+    finally:
+        run.cancel()
+        await emu.close()
+    events = read_jsonl(log)
+    assert len([e for e in events if e["event"] == "wake"]) == 1
+    assert states(events) == [
+        "connecting",
+        "listening",
+        "thinking",
+        "answering",
+        "follow_up",
+        "listening",
+        "thinking",
+        "answering",
+        "follow_up",
+        "idle",
+    ]
+    follow = [e for e in events if e["event"] == "state" and e["reason"] == "follow-up"]
+    assert len(follow) == 1
+    record = read_jsonl(tmp_path / "r.jsonl")
+    assert len([r for r in record if r.get("connection") == "open"]) == 1  # one session, two turns
+    assert [r["event"]["type"] for r in record if "event" in r].count(
+        "input_audio_buffer.commit"
+    ) == 2

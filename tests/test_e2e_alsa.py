@@ -172,3 +172,74 @@ def test_devices_lists_the_alsa_devices(tmp_path: Path) -> None:
     )
     assert r.returncode == 0, r.stderr
     assert "testmic" in r.stdout and "testspk" in r.stdout
+
+
+def test_a_48k_stereo_microphone_with_the_voice_on_one_channel(
+    tmp_path: Path, emulator: tuple[int, Path]
+) -> None:
+    """Like a 2-mic HAT: 48 kHz, two channels, the useful one chosen by audio.input_channel.
+    Channel 0 carries other speech, which must not be what the server hears."""
+    import numpy as np
+
+    from device.core.audio import resample as rs
+
+    port, _ = emulator
+    voice16 = silence(0.5) + speech(QUESTION) + silence(2.0)
+    other16 = speech("the quick brown fox jumps over the lazy dog, again and again") + silence(3.0)
+    voice = np.frombuffer(rs(voice16, 16_000, 48_000), "<i2")
+    other = np.frombuffer(rs(other16, 16_000, 48_000), "<i2")[: len(voice)]
+    other = np.pad(other, (0, len(voice) - len(other)))
+    (tmp_path / "mic.raw").write_bytes(np.stack([other, voice], axis=1).astype("<i2").tobytes())
+    alsa = asoundrc(tmp_path, tmp_path / "mic.raw", tmp_path / "speaker.raw")
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(
+        '[gpio]\npin_factory = "mock"\n'
+        "[audio]\necho_cancellation = false\n"
+        "input_rate = 48000\ninput_channels = 2\ninput_channel = 1\n"
+    )
+    log = tmp_path / "events.jsonl"
+    env = {**os.environ, "ALSA_CONFIG_PATH": str(alsa), "AZURE_OPENAI_API_KEY": KEY}
+    daemon = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "device",
+            "run",
+            "--config",
+            str(cfg),
+            "--endpoint",
+            f"http://127.0.0.1:{port}",
+            "--input-device",
+            "testmic",
+            "--output-device",
+            "testspk",
+            "--events-log",
+            str(log),
+            "--leds",
+            "none",
+        ],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        events = wait_for(
+            log,
+            lambda ev: (
+                any(e["event"] == "session_closed" for e in ev) and states(ev)[-1:] == ["idle"]
+            ),
+            90,
+        )
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(10) == 0
+    finally:
+        daemon.kill()
+    stderr = daemon.stderr.read() if daemon.stderr else ""
+    assert "captured at 48000 Hz x2" in stderr
+    assert [e["word"] for e in events if e["event"] == "wake"] == ["Okay Nabu"]
+    # what the server got is channel 1, converted 48 → 16 → 24 kHz, sample for sample
+    heard16 = rs(np.ascontiguousarray(voice).tobytes(), 48_000, 16_000)
+    turn = next(e for e in events if e["event"] == "turn_end")
+    heard16 += bytes(2 * turn["end_sample"])
+    expected = rs(heard16[2 * turn["start_sample"] : 2 * turn["end_sample"]], 16_000, 24_000)
+    assert read_wav(tmp_path / "turns" / "turn-001-001.wav") == expected

@@ -27,6 +27,8 @@ from device.core.states import (
     Heard,
     Input,
     Machine,
+    MicBack,
+    MicLost,
     OpenMic,
     OpenSession,
     PlaybackFinished,
@@ -855,3 +857,20 @@ def test_random_inputs_keep_the_machine_coherent(
             State.ANSWERING,
         ):
             assert m.session_open
+
+
+def test_a_lost_microphone_ends_the_conversation_and_shows_until_it_is_back() -> None:
+    m = answering()
+    cmds = m.handle(MicLost("no audio for 2 s"), 10)
+    assert cmds == [
+        StopPlayback(),
+        CloseSession("mic_lost"),
+        ReportError("mic_lost", "no audio for 2 s"),
+        PlayEarcon("error"),
+        Enter(State.ERROR, "mic_lost"),
+    ]
+    assert m.handle(Tick(), 100) == []  # long past the usual error time: still an error
+    assert m.handle(MicBack(), 101) == [Enter(State.IDLE, "microphone back")]
+    assert m.handle(MicLost("x"), 102)[-1] == Enter(State.ERROR, "mic_lost")
+    muted_machine = muted()
+    assert muted_machine.handle(MicLost("x"), 0) == []  # closed on purpose

@@ -235,7 +235,8 @@ class CloudSession:
     async def run(self) -> None:
         try:
             try:
-                ws = await asyncio.wait_for(self._connect(), self._connect_timeout)
+                async with asyncio.timeout(self._connect_timeout):
+                    ws = await self._connect()
             except asyncio.CancelledError:
                 if self._closing:
                     return  # abandoned on purpose
@@ -247,6 +248,8 @@ class CloudSession:
                     self._closing = True
                     self._on_status(SessionFailed(f.code, f.message, f.retryable, f.retry_after_s))
                 return
+            if self._closing:
+                return  # let go of while connecting; the finally below closes the socket
             self.ready = True
             self._on_status(SessionReady())
             writer = asyncio.create_task(self._write(ws))

@@ -11,11 +11,13 @@ import logging
 import threading
 import time
 import wave
+from collections import deque
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..core.audio import FRAME_MS, FRAME_SAMPLES, MIC_RATE, SAMPLE_BYTES, resample
-from .portaudio import DeviceInfo, find_device, pyaudio_instance
+from ..core.audio import FRAME_MS, FRAME_SAMPLES, MIC_RATE, SAMPLE_BYTES, MicConverter, resample
+from .portaudio import DeviceInfo, capture_format, find_device, pyaudio_instance
 
 log = logging.getLogger(__name__)
 
@@ -30,33 +32,49 @@ class Mic(Protocol):
 
     async def open(self) -> None: ...
     async def close(self) -> None: ...
+    async def reopen(self, refresh: Callable[[], Awaitable[None]] | None = None) -> None: ...
     async def read(self) -> bytes: ...
+
+
+class MicFailure(Exception):
+    """The microphone stopped delivering audio; the message says how."""
 
 
 class PyAudioMic:
     """Capture through a PortAudio callback stream.
 
-    The callback only hands bytes to the event loop. It takes a credit per frame, so when the
+    The callback only hands bytes to the event loop. It takes a credit per chunk, so when the
     loop falls behind the callback waits (briefly) instead of piling up audio: a real device
     then reports an input overflow, which is counted; a file device simply slows down, so
-    tests that read a file through ALSA lose nothing.
+    tests that read a file through ALSA lose nothing. The device is opened at 16 kHz mono
+    when it offers that, else at its own rate and channels, converted in software.
+
+    `read()` raises MicFailure when no audio has come for STALL_S, or the stream died;
+    `reopen()` tries to get it back (see App._recover_mic).
     """
 
-    CREDITS = 50  # frames = 1 s of audio in flight at most
+    CREDITS = 50  # chunks = 1 s of audio in flight at most
     CREDIT_WAIT_S = 0.5
+    STALL_S = 2.0
 
-    def __init__(self, spec: str) -> None:
-        self.device: DeviceInfo = find_device(spec, "input")
-        self.name = self.device.name
+    def __init__(self, spec: str, rate: int = 0, channels: int = 0, channel: int = -1) -> None:
+        self.spec = spec
+        self._want = (rate, channels, channel)
+        self.device: DeviceInfo | None = None
+        self.name = spec or "default microphone"
         self.eof = False
         self.overflows = 0
         self.dropped = 0
         self._stream: Any = None
+        self._converter: MicConverter | None = None
+        self._frames: deque[bytes] = deque()
         self._queue: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue()
         self._generation = 0
         self._credits = threading.BoundedSemaphore(self.CREDITS)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._opened = asyncio.Event()
+        self._closing: asyncio.Future[None] | None = None
+        self._closed: asyncio.Future[None] | None = None
 
     def _callback(self, data: bytes, frames: int, time_info: Any, status: int) -> tuple[None, int]:
         import pyaudio
@@ -78,26 +96,33 @@ class PyAudioMic:
         self._loop = asyncio.get_running_loop()
         self._generation += 1
         pa = pyaudio_instance()
+        self.device = find_device(self.spec, "input")  # DeviceNotFound names it
+        self.name = self.device.name
+        want_rate, want_channels, channel = self._want
+        rate, channels = capture_format(self.device, want_rate, want_channels)
+        self._converter = MicConverter(rate, channels, channel if channels > 1 else -1)
+        self._frames.clear()
+
+        index = self.device.index
 
         def _open() -> Any:
             return pa.open(
                 format=pyaudio.paInt16,
-                channels=1,
-                rate=MIC_RATE,
+                channels=channels,
+                rate=rate,
                 input=True,
-                input_device_index=self.device.index,
-                frames_per_buffer=FRAME_SAMPLES,
+                input_device_index=index,
+                frames_per_buffer=rate * FRAME_MS // 1000,
                 stream_callback=self._callback,
             )
 
         try:
             self._stream = await asyncio.to_thread(_open)
         except (OSError, ValueError) as e:
-            raise OSError(
-                f"could not open microphone '{self.name}' at {MIC_RATE} Hz mono: {e}"
-            ) from e
+            raise OSError(f"could not open microphone '{self.name}': {e}") from e
         self._opened.set()
-        log.info("microphone '%s' open (%d Hz, %d ms frames)", self.name, MIC_RATE, FRAME_MS)
+        how = "" if (rate, channels) == (MIC_RATE, 1) else f", captured at {rate} Hz x{channels}"
+        log.info("microphone '%s' open (%d Hz, %d ms frames%s)", self.name, MIC_RATE, FRAME_MS, how)
 
     def _drain(self) -> None:
         while not self._queue.empty():
@@ -115,21 +140,60 @@ class PyAudioMic:
             stream.close()
 
         # Stopping waits for a running callback; one waiting for a credit gets it from _drain.
-        closing = asyncio.ensure_future(asyncio.to_thread(_close))
-        while not closing.done():
+        # A device that hangs inside PortAudio can hang this too: it runs in a thread, and
+        # reopen() does not wait for it for ever (the systemd watchdog has the last word).
+        self._closing = asyncio.ensure_future(asyncio.to_thread(_close))
+        while not self._closing.done():
             self._drain()
             await asyncio.sleep(0.01)
-        await closing
+        await self._closing
         self._drain()
         log.info("microphone '%s' closed", self.name)
 
+    @property
+    def stuck(self) -> bool:
+        """A close is still waiting inside PortAudio: the audio stack is wedged."""
+        return self._closed is not None and not self._closed.done()
+
+    async def reopen(self, refresh: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Close what is left of the stream and open the device again (found by its name).
+
+        `refresh` re-enumerates PortAudio's devices once the stream is closed, so a device
+        plugged back in is seen. Raises OSError, MicFailure or DeviceNotFound to be retried.
+        """
+        if self._stream is not None:
+            self._closed = asyncio.ensure_future(self.close())
+        if self._closed is not None and not self._closed.done():
+            try:
+                async with asyncio.timeout(self.STALL_S):
+                    await asyncio.shield(self._closed)
+            except TimeoutError:
+                stuck = f"microphone '{self.name}' does not let go of its stream"
+                raise MicFailure(stuck) from None
+        if refresh is not None:
+            await refresh()
+        await self.open()
+
     async def read(self) -> bytes:
-        while True:
+        while not self._frames:
             await self._opened.wait()
-            generation, data = await self._queue.get()
+            try:
+                # (not wait_for: on Python 3.11 it can swallow a cancellation when the item is
+                # already there, which with a fast source is always, and the daemon won't stop)
+                async with asyncio.timeout(self.STALL_S):
+                    generation, data = await self._queue.get()
+            except TimeoutError:
+                if self._stream is None:
+                    continue  # closed meanwhile (mute)
+                state = "stopped" if not self._stream.is_active() else "stalled"
+                raise MicFailure(
+                    f"microphone '{self.name}' {state}: no audio for {self.STALL_S:g} s"
+                ) from None
             self._credits.release()
             if generation == self._generation and self._stream is not None:
-                return data
+                assert self._converter is not None
+                self._frames.extend(self._converter.push(data))
+        return self._frames.popleft()
 
 
 class WavMic:
@@ -156,6 +220,16 @@ class WavMic:
 
     async def close(self) -> None:
         self._open.clear()
+
+    async def reopen(self, refresh: Callable[[], Awaitable[None]] | None = None) -> None:
+        await self.open()
+
+    def say(self, pcm: bytes) -> None:
+        """From the next frame on, `pcm` instead of what the file holds there (tests: a user
+        who speaks when the device is ready, not at a fixed time)."""
+        head = self._pcm[: self._pos].ljust(self._pos, b"\0")
+        self._pcm = head + pcm + self._pcm[self._pos + len(pcm) :]
+        self.eof = False
 
     async def read(self) -> bytes:
         await self._open.wait()

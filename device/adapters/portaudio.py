@@ -72,6 +72,63 @@ def pyaudio_instance() -> Any:
     return _pa
 
 
+def reinitialize() -> None:
+    """Enumerate devices afresh (a USB microphone plugged back in gets a new entry).
+
+    PortAudio lists devices only when it starts, so it is stopped and started again;
+    every stream must be closed first.
+    """
+    global _pa
+    if _pa is not None:
+        _pa.terminate()
+        _pa = None
+    pyaudio_instance()
+
+
+RATES = (16_000, 48_000, 44_100, 32_000, 24_000, 22_050, 8_000)
+
+
+def supported(device: DeviceInfo, direction: str, rate: int, channels: int) -> bool:
+    import pyaudio
+
+    pa = pyaudio_instance()
+    try:
+        if direction == "input":
+            return bool(
+                pa.is_format_supported(
+                    rate,
+                    input_device=device.index,
+                    input_channels=channels,
+                    input_format=pyaudio.paInt16,
+                )
+            )
+        return bool(
+            pa.is_format_supported(
+                rate,
+                output_device=device.index,
+                output_channels=channels,
+                output_format=pyaudio.paInt16,
+            )
+        )
+    except ValueError:
+        return False
+
+
+def capture_format(device: DeviceInfo, rate: int = 0, channels: int = 0) -> tuple[int, int]:
+    """What to open a microphone at: 16 kHz mono if it offers that, else its own rate
+    (resampled in software) and mono if possible, else all its channels."""
+    rates = [rate] if rate else [16_000, int(device.default_rate), *RATES]
+    counts = [channels] if channels else [1, device.max_input_channels]
+    for c in counts:
+        for r in rates:
+            if c <= device.max_input_channels and supported(device, "input", r, c):
+                return r, c
+    raise OSError(
+        f"microphone '{device.name}' accepts none of {sorted(set(rates))} Hz with "
+        f"{'/'.join(map(str, counts))} channel(s) in 16-bit"
+    )
+
+
 class DeviceNotFound(Exception):
     """A configured audio device is not there; the message tells how to list the ones that are."""
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import numpy as np
 
@@ -48,7 +48,7 @@ class RoomSpeaker(Speaker):
     def _start(self) -> None:
         pass
 
-    def _stop(self, abort: bool) -> None:
+    def _stop(self) -> None:
         pass
 
 
@@ -111,6 +111,9 @@ class RoomMic:
 
     async def close(self) -> None:
         self._open.clear()
+
+    async def reopen(self, refresh: Callable[[], Awaitable[None]] | None = None) -> None:
+        await self.open()
 
     async def read(self) -> bytes:
         await self._open.wait()

@@ -99,7 +99,7 @@ class Speaker:
         with self._lock:
             stopped = self._buffer.flush()
         self._emit([stopped])
-        self._halt(abort=True)
+        self._halt()
 
     def _ensure_running(self) -> None:
         if not self._running:
@@ -111,13 +111,13 @@ class Speaker:
         with self._lock:
             idle = self._buffer.idle
         if idle and self._running:
-            self._halt(abort=False)
+            self._halt()
             self._report_underruns()
 
-    def _halt(self, abort: bool) -> None:
+    def _halt(self) -> None:
         if self._running:
             self._running = False
-            self._stop(abort)
+            self._stop()
 
     # -- called where audio is rendered (callback thread or writer task) --------------------
 
@@ -167,7 +167,7 @@ class Speaker:
     def _start(self) -> None:
         raise NotImplementedError
 
-    def _stop(self, abort: bool) -> None:
+    def _stop(self) -> None:
         raise NotImplementedError
 
     async def run(self) -> None:
@@ -186,6 +186,7 @@ class PyAudioSpeaker(Speaker):
 
     def __init__(self, spec: str, jitter_ms: int, volume: float = 1.0) -> None:
         super().__init__(jitter_ms, volume)
+        self.spec = spec
         self.device: DeviceInfo = find_device(spec, "output")
         self.name = self.device.name
         self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="speaker")
@@ -211,7 +212,13 @@ class PyAudioSpeaker(Speaker):
             raise OSError(
                 f"could not open speaker '{self.name}' at {CLOUD_RATE} Hz mono: {e}"
             ) from e
-        log.info("speaker '%s' ready (%d Hz, %d ms periods)", self.name, CLOUD_RATE, PERIOD_MS)
+        log.info(
+            "speaker '%s' ready (%d Hz, %d ms periods, %.0f ms output latency)",
+            self.name,
+            CLOUD_RATE,
+            PERIOD_MS,
+            self._stream.get_output_latency() * 1000,
+        )
 
     def _callback(self, data: Any, frames: int, time_info: Any, status: int) -> tuple[bytes, int]:
         import pyaudio
@@ -221,19 +228,30 @@ class PyAudioSpeaker(Speaker):
     def _start(self) -> None:
         self._worker.submit(self._stream.start_stream)
 
-    def _stop(self, abort: bool) -> None:
-        # abort drops what PortAudio still holds (a barge-in must be silent at once);
-        # stop lets the last period of a finished reply play out.
-        fn = self._stream.abort_stream if abort else self._stream.stop_stream
-        self._worker.submit(fn)
+    def _stop(self) -> None:
+        # The buffer is already empty (flushed or played out), so from the next callback on
+        # PortAudio gets silence; stopping plays what it still holds, at most the output
+        # latency. (PyAudio offers no Pa_AbortStream to drop even that.)
+        self._worker.submit(self._stream.stop_stream)
 
-    def close(self) -> None:
+    def suspend(self) -> None:
+        """Close the stream (PortAudio is about to be restarted); `resume()` reopens it."""
+        self._halt()
+
         def _close() -> None:
             if self._stream.is_active():
-                self._stream.abort_stream()
+                self._stream.stop_stream()
             self._stream.close()
 
         self._worker.submit(_close).result(timeout=5)
+
+    def resume(self) -> None:
+        self.device = find_device(self.spec, "output")
+        self.name = self.device.name
+        self._worker.submit(self._open).result(timeout=5)
+
+    def close(self) -> None:
+        self.suspend()
         self._worker.shutdown()
 
 
@@ -266,7 +284,7 @@ class WavSpeaker(Speaker):
     def _start(self) -> None:
         self._wake.set()
 
-    def _stop(self, abort: bool) -> None:
+    def _stop(self) -> None:
         self._wake.set()
 
     async def run(self) -> None:

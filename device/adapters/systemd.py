@@ -43,7 +43,9 @@ class Notifier:
         self._send("STOPPING=1\nSTATUS=stopping")
 
     def audio_alive(self) -> None:
-        """Called as microphone frames arrive: the watchdog is fed only while audio flows."""
+        """Called as microphone frames arrive, and at each attempt to get a failed microphone
+        back: the watchdog is fed only while audio flows or its recovery is making progress,
+        so a capture or a PortAudio call that hangs gets the service restarted."""
         if self.watchdog_interval is None:
             return
         now = time.monotonic()
@@ -97,9 +99,12 @@ class RedactSecrets(logging.Filter):
 
     HEADER = re.compile(r"(?im)^(\W*(?:api-key|authorization)\s*:\s*)\S.*$")
 
+    MIN_SECRET = 8
+    """Shorter strings are not replaced: a one-letter test key would garble every line."""
+
     def __init__(self, secrets: list[str]) -> None:
         super().__init__()
-        self.secrets = [s for s in secrets if s]
+        self.secrets = [s for s in secrets if len(s) >= self.MIN_SECRET]
 
     def _clean(self, text: str) -> str:
         for s in self.secrets:

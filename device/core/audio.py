@@ -113,6 +113,40 @@ def resample(pcm: bytes, in_rate: int, out_rate: int) -> bytes:
     return r.push(pcm, last=True)
 
 
+class MicConverter:
+    """Whatever the microphone delivers (rate, channels) → 16 kHz mono 20 ms frames.
+
+    A 2-mic HAT gives interleaved stereo at 48 kHz; the wake word wants 16 kHz mono. One
+    channel is picked (`channel` ≥ 0) or all are averaged (`channel` = -1), then resampled
+    by a streaming soxr, then cut into exact frames: no sample lost or repeated at any edge.
+    """
+
+    def __init__(self, rate: int, channels: int, channel: int = -1) -> None:
+        if channel >= channels:
+            raise ValueError(f"channel {channel} does not exist (the device has {channels})")
+        self.rate = rate
+        self.channels = channels
+        self.channel = channel
+        self._resampler = Resampler(rate, MIC_RATE) if rate != MIC_RATE else None
+        self._pending = bytearray()
+
+    def push(self, raw: bytes) -> list[bytes]:
+        if self.channels > 1:
+            x = np.frombuffer(raw, "<i2").reshape(-1, self.channels)
+            mono = x[:, self.channel] if self.channel >= 0 else x.astype(np.int32).mean(axis=1)
+            raw = bytes(np.rint(mono).astype("<i2").tobytes())
+        if self._resampler is not None:
+            raw = self._resampler.push(raw)
+        self._pending += raw
+        size = FRAME_SAMPLES * SAMPLE_BYTES
+        frames = [
+            bytes(self._pending[i : i + size])
+            for i in range(0, len(self._pending) - size + 1, size)
+        ]
+        del self._pending[: len(frames) * size]
+        return frames
+
+
 class Uplink:
     """One user turn on its way to the cloud.
 

@@ -149,6 +149,18 @@ class PlaybackStopped:
 
 
 @dataclass(frozen=True)
+class MicLost:
+    """The microphone stopped delivering audio (unplugged, failed, stalled)."""
+
+    message: str
+
+
+@dataclass(frozen=True)
+class MicBack:
+    """The microphone delivers audio again."""
+
+
+@dataclass(frozen=True)
 class Tick:
     server_quiet_s: float | None = None
     """Seconds since the session last heard from the server (None: no session)."""
@@ -170,6 +182,8 @@ Input = (
     | PlaybackStarted
     | PlaybackFinished
     | PlaybackStopped
+    | MicLost
+    | MicBack
     | Tick
 )
 
@@ -349,6 +363,8 @@ class Machine:
         """A turn was submitted and its response has not been created yet."""
         self.press_sample: int | None = None
         self.press_consumed = False
+        self.mic_down = False
+        """The microphone failed: the error shows until it is back."""
         self.ignored = 0
 
     # -- entry point ------------------------------------------------------------------------
@@ -655,9 +671,22 @@ class Machine:
         )
 
     def on_tick_error(self, e: Input, now: float) -> list[Command]:
-        if now - self.entered_at < self.s.error_hold_s:
+        if self.mic_down or now - self.entered_at < self.s.error_hold_s:
             return []
         return [Enter(State.IDLE, "error shown")]
+
+    # -- the microphone ---------------------------------------------------------------------
+
+    def on_mic_lost(self, e: Input, now: float) -> list[Command]:
+        assert isinstance(e, MicLost)
+        self.mic_down = True
+        return self._fail("mic_lost", e.message, now, retryable=False)
+
+    def on_mic_back(self, e: Input, now: float) -> list[Command]:
+        self.mic_down = False
+        if self.state is State.ERROR:
+            return [Enter(State.IDLE, "microphone back")]
+        return []
 
 
 S = State
@@ -702,5 +731,8 @@ TRANSITIONS: dict[tuple[State, type], Handler] = {
     (S.MUTED, ButtonUp): M.on_press_while_muted,
     # time
     **{(s, Tick): M.on_tick_in_reply for s in _REPLY},
+    # the microphone (a muted one is closed on purpose and cannot fail)
+    **{(s, MicLost): M.on_mic_lost for s in State if s is not S.MUTED},
+    **{(s, MicBack): M.on_mic_back for s in State},
     (S.ERROR, Tick): M.on_tick_error,
 }

@@ -1,0 +1,288 @@
+"""Wake word accuracy and endpointing on a synthetic corpus (`voice-device bench accuracy`).
+
+Positives: each wake word said by 8 espeak-ng voices at 3 speeds and 3 pitches (72
+utterances), half of them followed by a command, in quiet, with sox reverb, with sox noise
+(white, pink or brown in turn) at 20, 10 and 5 dB SNR, and with babble (other voices) at
+10 dB. Negatives: over an hour of ordinary household sentences in the same voices, babble
+and sox noise, streamed through each detector as the device hears them; every detection is
+a false accept (one per 2 s refractory period). Near misses ("okay now", "alexander"…)
+are scored apart: how often a phrase chosen to sound alike is taken for the wake word.
+Everything goes through the device's own detection path (WebRTC noise suppression at
+audio.noise_suppression), so the numbers are the device's, not the bare model's.
+
+Endpointing: the commands, with and without pauses between their parts, through the
+device's VAD and endpointer: how long after the true end of speech the turn ends, and
+whether a pause ever ends it early.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import statistics
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..adapters.denoise import denoiser
+from ..adapters.vad import Vad
+from ..adapters.wakeword import MICRO_MODELS, OPENWAKEWORD_MODELS, WakeEngine, load_engine
+from ..core.endpoint import Endpointer, EndpointSettings, TurnEnded
+from . import corpus as C
+
+CONDITIONS = ["quiet", "reverb", "20 dB", "10 dB", "5 dB", "babble"]
+THRESHOLDS = [0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95]
+NOISE_KINDS = ["white", "pink", "brown"]
+NOISE_SUPPRESSION = 3
+GAP = np.zeros(C.RATE, "<i2")  # a second of silence: the detector's window empties
+
+
+def in_condition(x: np.ndarray, condition: str, seed: int) -> np.ndarray:
+    return in_condition_padded(C.padded(x), condition, seed)
+
+
+def in_condition_padded(clip: np.ndarray, condition: str, seed: int) -> np.ndarray:
+    if condition == "quiet":
+        return clip
+    if condition == "reverb":
+        return C.reverberate(clip)
+    if condition == "babble":
+        return C.with_noise(clip, 10.0, "babble", seed)
+    snr = float(condition.split()[0])
+    return C.with_noise(clip, snr, NOISE_KINDS[seed % len(NOISE_KINDS)], seed)
+
+
+def scores_per_clip(engine: WakeEngine, clips: list[np.ndarray]) -> np.ndarray:
+    """Highest score of each word in each clip: clips go through one detector, a second of
+    silence apart, as they would through the device (no model reloads in between)."""
+    heard = denoiser(NOISE_SUPPRESSION)
+    out = np.zeros((len(clips), len(engine.words)))
+    for c, clip in enumerate(clips):
+        pcm = np.concatenate([clip, GAP]).tobytes()
+        for i in range(0, len(pcm), 640):
+            out[c] = np.maximum(out[c], engine.process(heard.process(pcm[i : i + 640])))
+    return out
+
+
+def false_accepts(engine: WakeEngine, stream: np.ndarray, thresholds: list[float]) -> np.ndarray:
+    """Detections per word and threshold in a long stream, one per 2 s refractory period."""
+    heard = denoiser(NOISE_SUPPRESSION)
+    count = np.zeros((len(engine.words), len(thresholds)), dtype=int)
+    quiet_until = np.zeros_like(count)
+    pcm = stream.tobytes()
+    for frame, i in enumerate(range(0, len(pcm), 640), start=1):
+        scores = engine.process(heard.process(pcm[i : i + 640]))
+        for w, s in enumerate(scores):
+            for t, th in enumerate(thresholds):
+                if s >= th and frame >= quiet_until[w, t]:
+                    count[w, t] += 1
+                    quiet_until[w, t] = frame + 100
+    return count
+
+
+@dataclass
+class WakeResult:
+    engine: str
+    word: str
+    default_threshold: float
+    accepted: dict[str, dict[str, float]]
+    """condition → threshold (as str) → share of utterances accepted."""
+    false_accepts_per_hour: dict[str, float]
+    negative_minutes: float
+    near_misses_accepted: dict[str, float]
+    """threshold → share of near-miss utterances taken for a wake word."""
+
+
+def measure_wake(
+    engine_name: str, models: list[str], negatives: np.ndarray, progress: Callable[[str], None]
+) -> list[WakeResult]:
+    engine = load_engine(engine_name, models)
+    thresholds = sorted({*THRESHOLDS, *(round(w.threshold, 2) for w in engine.words)})
+    per_word: dict[str, dict[str, np.ndarray]] = {m: {} for m in models}
+    for word_index, model in enumerate(models):
+        utterances = C.positive_utterances(model)
+        for condition in CONDITIONS:
+            clips = [in_condition(C.say(u), condition, n) for n, u in enumerate(utterances)]
+            progress(f"{engine_name} {model}: {condition} ({len(clips)} utterances)")
+            per_word[model][condition] = scores_per_clip(engine, clips)[:, word_index]
+    progress(f"{engine_name}: near misses")
+    near = scores_per_clip(load_engine(engine_name, models), C.near_miss_clips())
+    progress(f"{engine_name}: {len(negatives) / C.RATE / 60:.0f} min of negative audio")
+    fa = false_accepts(load_engine(engine_name, models), negatives, thresholds)
+    hours = len(negatives) / C.RATE / 3600
+    results = []
+    for w, (model, word) in enumerate(zip(models, engine.words, strict=True)):
+        results.append(
+            WakeResult(
+                engine_name,
+                model,
+                word.threshold,
+                {
+                    cond: {
+                        f"{t:.2f}": float(np.mean(per_word[model][cond] >= t)) for t in thresholds
+                    }
+                    for cond in CONDITIONS
+                },
+                {f"{t:.2f}": float(fa[w, i] / hours) for i, t in enumerate(thresholds)},
+                len(negatives) / C.RATE / 60,
+                {f"{t:.2f}": float(np.mean(near[:, w] >= t)) for t in thresholds},
+            )
+        )
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# Endpointing
+
+
+@dataclass
+class EndpointResult:
+    condition: str
+    turns: int
+    late_ms_median: float
+    late_ms_p95: float
+    cut_short: int
+    """Turns ended before the speech did (a pause mistaken for the end)."""
+    never_ended: int
+
+
+def run_endpointer(audio: np.ndarray, settings: EndpointSettings) -> int | None:
+    """Where the device would end this turn: denoised audio, webrtcvad, the endpointer."""
+    heard, vad, ep = denoiser(NOISE_SUPPRESSION), Vad(2), Endpointer(settings)
+    ep.wait_for_speech(0, 5000)
+    pcm = audio.tobytes()
+    for i in range(0, len(pcm) - 639, 640):
+        ev = ep.feed(i // 2 + 320, vad.is_speech(heard.process(pcm[i : i + 640])))
+        if isinstance(ev, TurnEnded):
+            return ev.end_sample
+    return None
+
+
+def endpoint_turns() -> Iterable[tuple[np.ndarray, int]]:
+    """(clean audio, true end) for commands said plainly and with pauses of 0.2 to 0.5 s."""
+    for n, (voice, wpm) in enumerate(itertools.product(C.VOICES, C.SPEEDS)):
+        command = C.COMMANDS[n % len(C.COMMANDS)]
+        plain = C.say(C.Utterance(command, voice, wpm, 50))
+        yield C.padded(plain, 0.3, 3.0), C.speech_end(C.padded(plain, 0.3, 0))
+        first, second = command.split(" ", 2)[:2], command.split(" ", 2)[2:]
+        if second:
+            a = C.say(C.Utterance(" ".join(first), voice, wpm, 50))
+            b = C.say(C.Utterance(second[0], voice, wpm, 50))
+            pause = np.zeros(int((0.2 + 0.1 * (n % 4)) * C.RATE), "<i2")
+            a = a[: C.speech_end(a)]  # espeak's own trailing silence would lengthen the pause
+            joined = np.concatenate([a, pause, b])
+            yield C.padded(joined, 0.3, 3.0), C.speech_end(C.padded(joined, 0.3, 0))
+
+
+def measure_endpointing(silence_ms: int, progress: Callable[[str], None]) -> list[EndpointResult]:
+    settings = EndpointSettings(silence_ms=silence_ms)
+    turns = list(endpoint_turns())
+    results = []
+    for condition in ["quiet", "reverb", "20 dB", "10 dB", "babble"]:
+        progress(f"endpointing: {condition} ({len(turns)} turns)")
+        late, cut, never = [], 0, 0
+        for n, (clean, true_end) in enumerate(turns):
+            audio = in_condition_padded(clean, condition, n)
+            end = run_endpointer(audio, settings)
+            if end is None:
+                never += 1
+                continue
+            ms = (end - true_end) * 1000 / C.RATE
+            if ms < 0:
+                cut += 1
+            late.append(ms)
+        results.append(
+            EndpointResult(
+                condition,
+                len(turns),
+                statistics.median(late) if late else float("nan"),
+                float(np.percentile(late, 95)) if late else float("nan"),
+                cut,
+                never,
+            )
+        )
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def run(quick: bool = False, out: Path | None = None, engines: list[str] | None = None) -> int:
+    t0 = time.monotonic()
+
+    def progress(msg: str) -> None:
+        print(f"  [{time.monotonic() - t0:5.0f} s] {msg}", flush=True)
+
+    minutes = 6 if quick else 50
+    negatives = np.concatenate(
+        [
+            C.negative_speech(minutes),
+            *(C.noise(k, 30 if quick else 180, 1) for k in ("white", "pink", "brown", "babble")),
+        ]
+    )
+    wake: list[WakeResult] = []
+    engines = engines or ["micro", "openwakeword"]
+    for name in engines:
+        models = list(MICRO_MODELS if name == "micro" else OPENWAKEWORD_MODELS[:4])
+        if quick:
+            models = models[:1]
+        wake += measure_wake(name, models, negatives, progress)
+    endpointing = measure_endpointing(700, progress)
+    report(wake, endpointing)
+    if out is not None:
+        out.write_text(
+            json.dumps(
+                {
+                    "wake": [r.__dict__ for r in wake],
+                    "endpointing": [r.__dict__ for r in endpointing],
+                },
+                indent=2,
+            )
+        )
+    return 0
+
+
+def report(wake: list[WakeResult], endpointing: list[EndpointResult]) -> None:
+    if wake:
+        n = len(C.positive_utterances("alexa"))
+        minutes = wake[0].negative_minutes
+        print(
+            f"\nWake words: share of {n} utterances accepted per condition (sox noise at "
+            "20/10/5 dB SNR;\nbabble = other voices at 10 dB), near-miss phrases taken for the "
+            f"wake word, and false accepts\nper hour over {minutes:.0f} min of other speech and "
+            "noise"
+        )
+        cols = "".join(f"{c:>8}" for c in CONDITIONS)
+        print(f"{'engine':<13}{'wake word':<13}{'threshold':>9}{cols}{'near':>7}{'FA/h':>7}")
+        for r in wake:
+            t = f"{r.default_threshold:.2f}"
+            row = "".join(f"{r.accepted[c][t]:>8.0%}" for c in CONDITIONS)
+            print(
+                f"{r.engine:<13}{r.word:<13}{t:>9}{row}"
+                f"{r.near_misses_accepted[t]:>7.0%}{r.false_accepts_per_hour[t]:>7.1f}"
+            )
+        print("\nBy threshold: quiet / 10 dB / near misses / false accepts per hour")
+        for r in wake:
+            cells = [
+                f"{t}: {r.accepted['quiet'][t]:.0%} / {r.accepted['10 dB'][t]:.0%} / "
+                f"{r.near_misses_accepted[t]:.0%} / {r.false_accepts_per_hour[t]:.1f}"
+                for t in (f"{x:.2f}" for x in THRESHOLDS)
+            ]
+            print(f"  {r.engine} {r.word}:\n    " + "\n    ".join(cells))
+    print("\nEndpointing (turn.silence_ms = 700): turn end minus true end of speech")
+    print(
+        f"{'condition':<10}{'turns':>6}{'median':>9}{'p95':>9}{'cut short':>11}{'never ended':>13}"
+    )
+    for e in endpointing:
+        print(
+            f"{e.condition:<10}{e.turns:>6}{e.late_ms_median:>7.0f}ms{e.late_ms_p95:>7.0f}ms"
+            f"{e.cut_short:>11}{e.never_ended:>13}"
+        )
+
+
+def as_json(results: Any) -> str:
+    return json.dumps(results, indent=2, default=lambda o: o.__dict__)

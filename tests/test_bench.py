@@ -1,0 +1,37 @@
+"""The measurement suites, in miniature: they keep working, and what they found stays true."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from device.adapters.wakeword import load_engine
+from device.bench import corpus as C
+from device.bench.accuracy import in_condition, run_endpointer, scores_per_clip
+from device.bench.echo import PLAIN_ANSWER, ROOMS, SELF_ANSWER, SETUPS, one_run
+from device.core.endpoint import EndpointSettings
+
+
+async def test_the_device_does_not_wake_itself_but_hears_the_user(tmp_path: Path) -> None:
+    """In a simulated room the device's answer contains 'okay nabu'. Without a guard it wakes
+    on its own voice; with the defaults (echo-match and AEC) it does not, and still hears a
+    user who says the wake word over it."""
+    room = ROOMS[2]  # echo at 0.3 of the user's level, short reverberation
+    unguarded = next(s for s in SETUPS if s.name == "no guard")
+    default = next(s for s in SETUPS if s.name == "echo-match + AEC")
+    assert await one_run(unguarded, room, SELF_ANSWER, False, tmp_path / "a") is True
+    assert await one_run(default, room, SELF_ANSWER, False, tmp_path / "b") is False
+    assert await one_run(default, ROOMS[0], PLAIN_ANSWER, True, tmp_path / "c") is True
+
+
+def test_accuracy_and_endpointing_pieces_on_a_few_utterances() -> None:
+    utterances = C.positive_utterances("okay_nabu")[:4]
+    clips = [in_condition(C.say(u), "quiet", n) for n, u in enumerate(utterances)]
+    scores = scores_per_clip(load_engine("micro", ["okay_nabu"]), clips)
+    assert scores.shape == (4, 1) and (scores[:, 0] >= 0.85).sum() >= 3
+    x = C.padded(C.say(C.Utterance("set a timer for ten minutes", "en-us", 165, 50)), 0.3, 2.0)
+    end = run_endpointer(x, EndpointSettings(silence_ms=700))
+    true_end = C.speech_end(x)
+    assert end is not None and 600 <= (end - true_end) / 16 <= 800
+    assert np.all(C.with_noise(x, 10, "pink", 1).shape == x.shape)

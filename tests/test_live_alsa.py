@@ -1,0 +1,189 @@
+"""The daemon on a real-time ALSA microphone (a FIFO fed at the pace of a real one): voice
+barge-in through the real speaker path, and a microphone that stalls and comes back."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import FifoMic, fifo_asoundrc, read_jsonl, silence, speech, states
+
+KEY = "live-alsa-test-key"
+
+
+@pytest.fixture
+def emulator() -> Iterator[int]:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "device",
+            "emulator",
+            "--port",
+            "0",
+            "--speedup",
+            "1.0",
+            "--no-preamble",
+            "--answer",
+            "Here is a long answer about the history of bread, which goes on for quite a while.",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    yield int(proc.stdout.readline().rsplit(":", 1)[1])
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture
+def live(tmp_path: Path) -> Iterator[FifoMic]:
+    mic = FifoMic(tmp_path / "mic.fifo")
+    yield mic
+    mic.close()
+
+
+def start(
+    tmp_path: Path, port: int, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    alsa = fifo_asoundrc(tmp_path, tmp_path / "mic.fifo", tmp_path / "speaker.raw")
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(
+        '[gpio]\npin_factory = "mock"\n[turn]\nno_speech_timeout_ms = 2000\nfollow_up_ms = 1000\n'
+    )
+    env = {
+        **os.environ,
+        "ALSA_CONFIG_PATH": str(alsa),
+        "AZURE_OPENAI_API_KEY": KEY,
+        **(extra_env or {}),
+    }
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "device",
+            "run",
+            "--config",
+            str(cfg),
+            "--endpoint",
+            f"http://127.0.0.1:{port}",
+            "--input-device",
+            "livemic",
+            "--output-device",
+            "testspk",
+            "--events-log",
+            str(tmp_path / "events.jsonl"),
+            "--leds",
+            "none",
+        ],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for(path: Path, done, timeout: float) -> list[dict]:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        events = read_jsonl(path)
+        if done(events):
+            return events
+        time.sleep(0.05)
+    raise AssertionError(f"timed out; states so far: {states(read_jsonl(path))}")
+
+
+def stop(daemon: subprocess.Popen[str]) -> str:
+    daemon.send_signal(signal.SIGTERM)
+    try:
+        assert daemon.wait(15) == 0
+    finally:
+        daemon.kill()
+    return daemon.stderr.read() if daemon.stderr else ""
+
+
+def test_saying_the_wake_word_over_the_answer_interrupts_it(
+    tmp_path: Path, emulator: int, live: FifoMic
+) -> None:
+    daemon = start(tmp_path, emulator)
+    log = tmp_path / "events.jsonl"
+    try:
+        wait_for(log, lambda ev: any(e["event"] == "ready" for e in ev), 30)
+        live.say(speech("okay nabu, tell me about bread") + silence(1.0))
+        wait_for(log, lambda ev: "answering" in states(ev), 30)
+        time.sleep(1.0)
+        live.say(speech("okay nabu, stop"))
+        events = wait_for(log, lambda ev: any(e["event"] == "barge_in" for e in ev), 20)
+    finally:
+        stderr = stop(daemon)
+    reasons = [(e["state"], e["reason"]) for e in events if e["event"] == "state"]
+    assert ("listening", "barge-in") in reasons
+    wakes = [e for e in events if e["event"] == "wake"]
+    assert len(wakes) == 2  # the question, then the interruption
+    barge = next(e for e in events if e["event"] == "barge_in")
+    assert barge["played_ms"] > 500  # it had been talking for a while
+    assert "Traceback" not in stderr
+
+
+def test_a_microphone_that_stalls_and_comes_back(
+    tmp_path: Path, emulator: int, live: FifoMic
+) -> None:
+    notify = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(notify))
+    sock.settimeout(0.1)
+    daemon = start(tmp_path, emulator, {"NOTIFY_SOCKET": str(notify), "WATCHDOG_USEC": "1000000"})
+    log = tmp_path / "events.jsonl"
+    messages: list[tuple[float, str]] = []
+    listening = threading.Event()
+    listening.set()
+
+    def receive() -> None:  # timestamp each datagram as it arrives
+        while listening.is_set():
+            try:
+                messages.append((time.monotonic(), sock.recv(4096).decode()))
+            except (TimeoutError, BlockingIOError, OSError):
+                continue
+
+    receiver = threading.Thread(target=receive, daemon=True)
+    receiver.start()
+
+    try:
+        wait_for(log, lambda ev: any(e["event"] == "ready" for e in ev), 30)
+        live.stalled.set()  # the device stops delivering audio; its stream stays open
+        stalled_at = time.monotonic()
+        events = wait_for(log, lambda ev: "error" in states(ev), 15)
+        error = next(e for e in events if e["event"] == "error")
+        assert error["code"] == "mic_lost" and "livemic" in error["message"]
+        time.sleep(3.0)
+        watchdog_during_stall = [
+            t for t, m in messages if "WATCHDOG=1" in m and t > stalled_at + 2.5
+        ]
+        live.stalled.clear()  # it comes back
+        resumed_at = time.monotonic()
+        wait_for(log, lambda ev: states(ev)[-1:] == ["idle"], 30)
+        live.say(speech("okay nabu, what time is it?") + silence(1.0))
+        events = wait_for(log, lambda ev: "thinking" in states(ev), 30)
+        time.sleep(0.5)
+    finally:
+        stderr = stop(daemon)
+        listening.clear()
+        receiver.join(2)
+        sock.close()
+    assert states(events)[:3] == ["error", "idle", "connecting"]
+    idle = next(e for e in events if e["event"] == "state" and e["state"] == "idle")
+    assert idle["reason"] == "microphone back"
+    # the watchdog went unfed while the capture was wedged, and is fed again now
+    assert watchdog_during_stall == []
+    assert [t for t, m in messages if "WATCHDOG=1" in m and t > resumed_at]
+    assert "microphone 'livemic' back" in stderr
+    assert stderr.count("trying to get it back") == 1  # logged once, not per attempt
