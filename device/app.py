@@ -151,6 +151,8 @@ class App:
         self._warned: set[str] = set()
         self._last_played = -(10**9)
         self._mic_failure: Exception | None = None
+        self._overflows_logged = 0
+        self._overflow_log_t = -60.0
         self._vad_fed = False
         self.tg: asyncio.TaskGroup | None = None
         self.button: GpioButton | None = None
@@ -299,9 +301,18 @@ class App:
         assert self.tg is not None
         self.tg.create_task(coro)
 
+    def _report_overflows(self) -> None:
+        """Audio the microphone lost because the loop fell behind: counted, logged at most
+        once a minute, never fatal."""
+        lost = self.mic.overflows + getattr(self.mic, "dropped", 0)
+        if lost > self._overflows_logged and time.monotonic() - self._overflow_log_t > 60:
+            log.warning("microphone overflowed %d times so far (the CPU fell behind)", lost)
+            self._overflows_logged, self._overflow_log_t = lost, time.monotonic()
+
     async def _ticker(self) -> None:
         while True:
             await asyncio.sleep(TICK_S)
+            self._report_overflows()
             quiet = self.session.quiet_s(time.monotonic()) if self.session else None
             self._handle(st.Tick(quiet))
             self.notifier.status(self._status_text())

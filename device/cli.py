@@ -321,11 +321,12 @@ def cmd_devices(args: argparse.Namespace) -> int:
                 parts.append(f"{channels}ch {','.join(ok)}")
         return "; ".join(parts) or "none of the usual rates"
 
-    print(f"{'index':>5}  {'name':<28} {'in (channels, rates that work)':<34} out")
+    print(f"{'index':>5}  {'name':<28} {'default':>7}  {'in: channels rates':<34} out")
     for d in devices:
         name = d.name + chosen.get(d.index, "")
         print(
-            f"{d.index:>5}  {name:<28} {works(d, 'input', d.max_input_channels):<34} "
+            f"{d.index:>5}  {name:<28} {d.default_rate:>7.0f}  "
+            f"{works(d, 'input', d.max_input_channels):<34} "
             f"{works(d, 'output', d.max_output_channels)}"
         )
     print("\nselect with --input-device/--output-device NAME (or part of it) or INDEX;")
