@@ -12,6 +12,7 @@ from hypothesis import strategies as hst
 from device.core.backoff import BackoffPolicy
 from device.core.endpoint import EndpointSettings
 from device.core.states import (
+    AskText,
     ButtonDown,
     ButtonHeld,
     ButtonUp,
@@ -35,19 +36,23 @@ from device.core.states import (
     PlaybackStarted,
     PlaybackStopped,
     PlayEarcon,
+    ReplayAnswer,
     ReportError,
     ReportRecovery,
     ResponseEnded,
     ResponseStarted,
+    SendText,
     ServerCommitted,
     SessionFailed,
     SessionLost,
     SessionReady,
+    SetMute,
     Settings,
     StartTurn,
     State,
     StopPlayback,
     SubmitTurn,
+    Summon,
     Tick,
     Truncate,
     Turn,
@@ -812,16 +817,26 @@ inputs = hst.one_of(
     hst.builds(PlaybackFinished, hst.just("r1")),
     hst.builds(PlaybackStopped, hst.sampled_from([None, "i1"]), hst.integers(0, 5000)),
     hst.builds(Tick, hst.one_of(hst.none(), hst.floats(0, 60))),
+    hst.builds(SetMute, hst.booleans()),
+    hst.builds(Summon, hst.just(0)),
+    hst.builds(AskText, hst.just("what time is it?")),
 )
+VARIANTS = {
+    "local turns": SETTINGS,
+    "server turns": dataclasses.replace(SETTINGS, server_turns=True),
+    "hold-to-talk": dataclasses.replace(SETTINGS, hold_to_talk=True, double_press="cancel"),
+    "double press repeats": dataclasses.replace(SETTINGS, double_press="repeat"),
+    "double press mutes": dataclasses.replace(SETTINGS, double_press="mute"),
+}
 
 
 @settings(max_examples=300, deadline=None)
 @given(hst.lists(hst.tuples(inputs, hst.integers(1, 20)), max_size=60))
-@pytest.mark.parametrize("server_turns", [False, True])
+@pytest.mark.parametrize("variant", list(VARIANTS))
 def test_random_inputs_keep_the_machine_coherent(
-    server_turns: bool, steps: list[tuple[Input, int]]
+    variant: str, steps: list[tuple[Input, int]]
 ) -> None:
-    m = Machine(dataclasses.replace(SETTINGS, server_turns=server_turns))
+    m = Machine(VARIANTS[variant])
     now = 0.0
     pos = 0
     for event, frames_later in steps:
@@ -833,6 +848,8 @@ def test_random_inputs_keep_the_machine_coherent(
             event = Wake(event.word, event.score, pos)
         elif isinstance(event, ButtonDown):
             event = ButtonDown(pos)
+        elif isinstance(event, Summon):
+            event = Summon(pos)
         m.handle(Heard(pos, False), now)
         was_open = m.session_open
         commands = m.handle(event, now)
@@ -856,7 +873,10 @@ def test_random_inputs_keep_the_machine_coherent(
             State.PREAMBLE,
             State.ANSWERING,
         ):
-            assert m.session_open
+            # (a repeated answer plays from memory: it needs no session)
+            assert m.session_open or m.replay_from is not None
+        if m.state is State.MUTED:
+            assert m.pending_text is None
 
 
 def test_a_lost_microphone_ends_the_conversation_and_shows_until_it_is_back() -> None:
@@ -874,3 +894,315 @@ def test_a_lost_microphone_ends_the_conversation_and_shows_until_it_is_back() ->
     assert m.handle(MicLost("x"), 102)[-1] == Enter(State.ERROR, "mic_lost")
     muted_machine = muted()
     assert muted_machine.handle(MicLost("x"), 0) == []  # closed on purpose
+
+
+# ---------------------------------------------------------------------------------------------
+# Button modes, double presses and the control socket's commands
+
+HOLD = dataclasses.replace(SETTINGS, hold_to_talk=True)
+
+
+def with_settings(settings: Settings, prepare: Callable[[], Machine]) -> Callable[[], Machine]:
+    def make() -> Machine:
+        m = prepare()
+        m.s = settings
+        return m
+
+    return make
+
+
+def double(action: str, prepare: Callable[[], Machine]) -> Callable[[], Machine]:
+    return with_settings(
+        dataclasses.replace(SETTINGS, double_press=action, double_press_s=0.4), prepare
+    )
+
+
+def held_listening() -> Machine:
+    m = with_settings(HOLD, idle)()
+    m.handle(ButtonDown(m.audio_pos), 0)
+    m.handle(SessionReady(), 0)
+    return m
+
+
+def typed_connecting() -> Machine:
+    m = idle()
+    m.handle(AskText("what time is it?"), 0)
+    return m
+
+
+def replaying() -> Machine:
+    m = double("repeat", idle)()
+    press(0.0)(m)
+    press(0.2)(m)
+    return m
+
+
+def down_up(at: float, up_at: float | None = None) -> Step:
+    def step(m: Machine) -> list[Command]:
+        return m.handle(ButtonDown(m.audio_pos), at) + m.handle(
+            ButtonUp(), at if up_at is None else up_at
+        )
+
+    return step
+
+
+def steps(*parts: Step) -> Step:
+    return lambda m: [c for part in parts for c in part(m)]
+
+
+HELD_END = WAKE_AT + 60 * F
+
+MODES = [
+    # hold-to-talk: the turn is exactly as long as the button is held
+    (
+        "hold-to-talk: pressing wakes and streams from the press",
+        with_settings(HOLD, idle),
+        send(ButtonDown(POS)),
+        State.CONNECTING,
+        [
+            StartTurn(POS, "hold"),
+            OpenSession(),
+            PlayEarcon("wake"),
+            Enter(State.CONNECTING, "hold"),
+        ],
+    ),
+    (
+        "hold-to-talk: pauses do not end the turn, and holding does not mute",
+        held_listening,
+        steps(speak_then_pause(10, 50), send(ButtonHeld())),
+        State.LISTENING,
+        [],
+    ),
+    (
+        "hold-to-talk: releasing ends the turn and asks for the answer",
+        held_listening,
+        steps(speak_then_pause(10, 50), send(ButtonUp())),
+        State.THINKING,
+        [
+            EndTurn(HELD_END, "released"),
+            SubmitTurn(),
+            PlayEarcon("end_of_turn"),
+            Enter(State.THINKING, "released"),
+        ],
+    ),
+    (
+        "hold-to-talk: pressing during the answer interrupts it and streams",
+        with_settings(HOLD, answering),
+        send(ButtonDown(END_OF_SPEECH)),
+        State.LISTENING,
+        [
+            StopPlayback(),
+            CancelResponse(),
+            StartTurn(END_OF_SPEECH, "hold"),
+            Enter(State.LISTENING, "hold"),
+        ],
+    ),
+    (
+        "hold-to-talk: a muted device plays the muted sound",
+        with_settings(HOLD, muted),
+        send(ButtonDown(POS)),
+        State.MUTED,
+        [PlayEarcon("muted")],
+    ),
+    # double press
+    (
+        "with a double-press action, a single press waits to see",
+        double("repeat", idle),
+        press(0.0),
+        State.IDLE,
+        [],
+    ),
+    (
+        "…and wakes once the double-press time has passed",
+        double("repeat", idle),
+        steps(press(0.0), send(Tick(), now=0.3), send(Tick(), now=0.41)),
+        State.CONNECTING,
+        [
+            StartTurn(POS, "button"),
+            OpenSession(),
+            PlayEarcon("wake"),
+            Enter(State.CONNECTING, "button"),
+        ],
+    ),
+    (
+        "a press overtaken by the wake word is dropped",
+        double("repeat", idle),
+        steps(press(0.0), send(Wake("okay nabu", 0.9, POS)), send(Tick(), now=0.5)),
+        State.CONNECTING,
+        [
+            StartTurn(POS - PREROLL, "wake word"),
+            OpenSession(),
+            PlayEarcon("wake"),
+            Enter(State.CONNECTING, "wake word"),
+        ],
+    ),
+    (
+        "double press: repeat the last answer, without a session",
+        double("repeat", idle),
+        steps(press(0.0), press(0.2)),
+        State.ANSWERING,
+        [ReplayAnswer(), Enter(State.ANSWERING, "repeat")],
+    ),
+    (
+        "the repeat over, the device is idle again",
+        replaying,
+        send(PlaybackFinished("replay:1"), now=5),
+        State.IDLE,
+        [Enter(State.IDLE, "repeated")],
+    ),
+    (
+        "a press during the repeat wakes the device",
+        replaying,
+        down_up(1.0),
+        State.CONNECTING,
+        [
+            StopPlayback(),
+            StartTurn(POS, "barge-in"),
+            OpenSession(),
+            PlayEarcon("wake"),
+            Enter(State.CONNECTING, "barge-in"),
+        ],
+    ),
+    (
+        "double press: repeat in the follow-up window, which then reopens",
+        double("repeat", follow_up),
+        steps(press(3.0), press(3.2), send(PlaybackFinished("replay:1"), now=6)),
+        State.FOLLOW_UP,
+        [
+            ReplayAnswer(),
+            Enter(State.ANSWERING, "repeat"),
+            Enter(State.FOLLOW_UP, "repeated"),
+        ],
+    ),
+    (
+        "double press: cancel everything while listening",
+        double("cancel", listening),
+        steps(press(0.0), press(0.2)),
+        State.IDLE,
+        [
+            EndTurn(POS, "cancelled"),
+            DiscardTurn(),
+            CloseSession("cancelled"),
+            Enter(State.IDLE, "cancelled"),
+        ],
+    ),
+    (
+        "double press: cancel during the answer (the first press already interrupted)",
+        double("cancel", answering),
+        steps(down_up(2.0), down_up(2.2)),
+        State.IDLE,
+        [
+            StopPlayback(),
+            CancelResponse(),
+            StartTurn(END_OF_SPEECH, "barge-in"),
+            Enter(State.LISTENING, "barge-in"),
+            EndTurn(END_OF_SPEECH, "cancelled"),
+            DiscardTurn(),
+            CloseSession("cancelled"),
+            Enter(State.IDLE, "cancelled"),
+        ],
+    ),
+    (
+        "double press: mute",
+        double("mute", idle),
+        steps(press(0.0), press(0.2)),
+        State.MUTED,
+        [CloseMic(), PlayEarcon("mute_on"), Enter(State.MUTED, "muted")],
+    ),
+    (
+        "two presses further apart are two single presses",
+        double("mute", idle),
+        steps(press(0.0), send(Tick(), now=0.5), press(0.6), send(Tick(), now=1.1)),
+        State.CONNECTING,  # woken by the first, turn ended by the second
+        [
+            StartTurn(POS, "button"),
+            OpenSession(),
+            PlayEarcon("wake"),
+            Enter(State.CONNECTING, "button"),
+            EndTurn(POS, "button"),
+        ],
+    ),
+    # the control socket
+    (
+        "mute on from the command line",
+        idle,
+        send(SetMute(True)),
+        State.MUTED,
+        [CloseMic(), PlayEarcon("mute_on"), Enter(State.MUTED, "muted")],
+    ),
+    ("mute on when muted changes nothing", muted, send(SetMute(True)), State.MUTED, []),
+    (
+        "mute off from the command line",
+        muted,
+        send(SetMute(False)),
+        State.IDLE,
+        [OpenMic(), PlayEarcon("mute_off"), Enter(State.IDLE, "unmuted")],
+    ),
+    ("`wake` is ignored while muted", muted, send(Summon(POS)), State.MUTED, []),
+    (
+        "`wake` wakes at once (no double-press wait)",
+        double("repeat", idle),
+        send(Summon(POS)),
+        State.CONNECTING,
+        [
+            StartTurn(POS, "button"),
+            OpenSession(),
+            PlayEarcon("wake"),
+            Enter(State.CONNECTING, "button"),
+        ],
+    ),
+    (
+        "`wake` during an answer interrupts it",
+        answering,
+        send(Summon(END_OF_SPEECH)),
+        State.LISTENING,
+        [
+            StopPlayback(),
+            CancelResponse(),
+            StartTurn(END_OF_SPEECH, "barge-in"),
+            Enter(State.LISTENING, "barge-in"),
+        ],
+    ),
+    (
+        "`ask` opens a session of its own; nothing is captured",
+        idle,
+        steps(send(AskText("what time is it?")), silence(100)),
+        State.CONNECTING,
+        [OpenSession(), Enter(State.CONNECTING, "typed question")],
+    ),
+    (
+        "…and sends the text when the session is ready",
+        typed_connecting,
+        send(SessionReady()),
+        State.THINKING,
+        [SendText("what time is it?"), Enter(State.THINKING, "typed question")],
+    ),
+    (
+        "`ask` in the follow-up window starts a new session",
+        follow_up,
+        send(AskText("and tomorrow?")),
+        State.CONNECTING,
+        [CloseSession("typed question"), OpenSession(), Enter(State.CONNECTING, "typed question")],
+    ),
+    ("`ask` is refused while listening", listening, send(AskText("x")), State.LISTENING, []),
+]
+
+
+@pytest.mark.parametrize(
+    ("prepare", "step", "state", "commands"),
+    [row[1:] for row in MODES],
+    ids=[row[0] for row in MODES],
+)
+def test_modes_and_commands(
+    prepare: Callable[[], Machine], step: Step, state: State, commands: list[Command]
+) -> None:
+    m = prepare()
+    assert step(m) == commands
+    assert m.state is state
+
+
+def test_a_device_muted_when_it_stopped_starts_muted() -> None:
+    m = Machine(SETTINGS, muted=True)
+    assert m.state is State.MUTED
+    assert m.handle(Wake("okay nabu", 0.99, POS), 0) == []
+    assert m.handle(ButtonDown(POS), 0) + m.handle(ButtonUp(), 0) == [PlayEarcon("muted")]

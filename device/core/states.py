@@ -149,6 +149,27 @@ class PlaybackStopped:
 
 
 @dataclass(frozen=True)
+class SetMute:
+    """`voice-device mute on|off`."""
+
+    on: bool
+
+
+@dataclass(frozen=True)
+class Summon:
+    """`voice-device wake`: like a short press of the button, from the command line."""
+
+    sample: int
+
+
+@dataclass(frozen=True)
+class AskText:
+    """`voice-device ask "…"`: a typed question, answered aloud."""
+
+    text: str
+
+
+@dataclass(frozen=True)
 class MicLost:
     """The microphone stopped delivering audio (unplugged, failed, stalled)."""
 
@@ -182,6 +203,9 @@ Input = (
     | PlaybackStarted
     | PlaybackFinished
     | PlaybackStopped
+    | SetMute
+    | Summon
+    | AskText
     | MicLost
     | MicBack
     | Tick
@@ -287,6 +311,18 @@ class ReportRecovery:
 
 
 @dataclass(frozen=True)
+class SendText:
+    """Add a typed user message to the conversation and ask for a response."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class ReplayAnswer:
+    """Play the last answer again, from memory; report it played like a response."""
+
+
+@dataclass(frozen=True)
 class PlayEarcon:
     """A short sound that needs no words: `error` for now."""
 
@@ -310,6 +346,8 @@ Command = (
     | ReportError
     | ReportRecovery
     | PlayEarcon
+    | SendText
+    | ReplayAnswer
 )
 
 
@@ -331,6 +369,11 @@ class Settings:
     """The server's VAD ends turns (server_vad / semantic_vad); the local VAD only guards."""
     backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
     endpoint: EndpointSettings = field(default_factory=EndpointSettings)
+    hold_to_talk: bool = False
+    """The button streams while held and ends the turn when released (no mute on hold)."""
+    double_press: str = "none"
+    """none, repeat, cancel or mute; other than none, short presses wait double_press_s."""
+    double_press_s: float = 0.4
 
 
 class Turn(enum.Enum):
@@ -345,11 +388,16 @@ Handler = Callable[["Machine", Input, float], list[Command]]
 
 
 class Machine:
-    def __init__(self, settings: Settings | None = None, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        rng: random.Random | None = None,
+        muted: bool = False,
+    ) -> None:
         self.s = settings or Settings()
         self.outage = Outage(self.s.backoff, (rng or random.Random()).random)
         self.session_opened_at = 0.0
-        self.state = State.IDLE
+        self.state = State.MUTED if muted else State.IDLE
         self.entered_at = 0.0
         self.endpointer = Endpointer(self.s.endpoint)
         self.audio_pos = 0
@@ -365,6 +413,17 @@ class Machine:
         self.press_consumed = False
         self.mic_down = False
         """The microphone failed: the error shows until it is back."""
+        self.held_turn = False
+        """This turn lasts as long as the button is held (hold-to-talk)."""
+        self.pending_press: tuple[int, State] | None = None
+        """A short press held back (its sample, and the state it was meant for): a second
+        press may yet make it a double press."""
+        self.double_until = -1.0
+        """A press before this time (`now`) is the second of a double press."""
+        self.pending_text: str | None = None
+        """A typed question waiting for the session to be ready."""
+        self.replay_from: State | None = None
+        """Replaying the last answer; where to return when it is over."""
         self.ignored = 0
 
     # -- entry point ------------------------------------------------------------------------
@@ -391,6 +450,7 @@ class Machine:
 
     def _start_turn(self, start_sample: int, reason: str, wait_for_speech: bool) -> list[Command]:
         self.turn = Turn.OPEN
+        self.held_turn = reason == "hold"
         self.turn_start = max(0, start_sample)
         if wait_for_speech:
             self.endpointer.wait_for_speech(self.audio_pos, self.s.no_speech_ms)
@@ -412,6 +472,8 @@ class Machine:
         if self.state in (State.THINKING, State.PREAMBLE, State.ANSWERING):
             cmds.append(StopPlayback())
         # No response.cancel: closing the session ends any response with it.
+        self.pending_text = None
+        self.replay_from = None
         self.response_id = None
         self.response_expected = False
         if self.turn is Turn.OPEN:
@@ -478,11 +540,13 @@ class Machine:
 
     def on_heard_in_turn(self, e: Input, now: float) -> list[Command]:
         assert isinstance(e, Heard)
+        if self.turn is not Turn.OPEN:
+            return []  # connecting for a typed question, or the turn already ended
         ev = self.endpointer.feed(e.end_sample, e.speech)
         if isinstance(ev, NoSpeech):
             return [*self._teardown("no speech"), Enter(State.IDLE, "no speech")]
-        if self.s.server_turns:
-            # The server ends the turn; locally only a turn that goes on and on is cut.
+        if self.s.server_turns or self.held_turn:
+            # The server (or the button) ends the turn; locally only an endless one is cut.
             limit = self._samples(self.s.endpoint.max_turn_ms + self.s.no_speech_ms)
             if e.end_sample - self.turn_start < limit:
                 return []
@@ -505,6 +569,10 @@ class Machine:
         if lasted is not None:
             cmds.append(ReportRecovery(lasted))
         self.session_opened_at = now
+        if self.pending_text is not None:
+            text, self.pending_text = self.pending_text, None
+            self.response_expected = True
+            return [*cmds, SendText(text), Enter(State.THINKING, "typed question")]
         cmds.append(Enter(State.LISTENING, "session ready"))
         if self.turn is Turn.ENDED:
             cmds += self._submit("turn ended while connecting")
@@ -554,6 +622,12 @@ class Machine:
         return [Enter(target, e.phase)]
 
     def on_playback_finished(self, e: Input, now: float) -> list[Command]:
+        if self.replay_from is not None:
+            back, self.replay_from = self.replay_from, None
+            if back is State.FOLLOW_UP and self.session_open:
+                self.endpointer.wait_for_speech(self.audio_pos, self.s.follow_up_ms)
+                return [Enter(State.FOLLOW_UP, "repeated")]
+            return [Enter(State.IDLE, "repeated")]
         if self.response_expected or self.response_id:
             # A tool ran and the rest of the reply is coming: nothing audible meanwhile.
             if self.state is State.THINKING:
@@ -589,68 +663,140 @@ class Machine:
 
     def on_button_down(self, e: Input, now: float) -> list[Command]:
         assert isinstance(e, ButtonDown)
+        if now <= self.double_until:
+            self.pending_press, self.double_until = None, -1.0
+            self.press_sample = e.sample
+            self.press_consumed = True
+            return self._double_press(now)
+        self.pending_press = None
         self.press_sample = e.sample
         self.press_consumed = False
+        if self.s.hold_to_talk:
+            return self._hold_to_talk_down(e.sample)
         return []
 
-    def _interrupt(self, start_sample: int) -> list[Command]:
+    def _hold_to_talk_down(self, sample: int) -> list[Command]:
+        self.press_consumed = True
+        if self.state in (State.IDLE, State.ERROR):
+            return self._wake(sample, "hold")
+        if self.state is State.FOLLOW_UP:
+            return [*self._start_turn(sample, "hold", True), Enter(State.LISTENING, "hold")]
+        if self.state is State.MUTED:
+            return [PlayEarcon("muted")]
+        return []
+
+    def _interrupt(self, start_sample: int, reason: str = "barge-in") -> list[Command]:
         """Silence the reply, cancel what is still being generated, and listen."""
         cmds: list[Command] = [StopPlayback()]
+        if self.replay_from is not None:
+            # A repeated answer: nothing is being generated, and there may be no session.
+            self.replay_from = None
+            if not self.session_open:
+                return [*cmds, *self._wake(start_sample, reason)]
         if self.response_id or self.response_expected:
             cmds.append(CancelResponse())
         self.response_id = None
         self.response_expected = False
-        cmds += self._start_turn(start_sample, "barge-in", wait_for_speech=True)
-        return [*cmds, Enter(State.LISTENING, "barge-in")]
+        cmds += self._start_turn(start_sample, reason, wait_for_speech=True)
+        return [*cmds, Enter(State.LISTENING, reason)]
 
     def on_barge_in(self, e: Input, now: float) -> list[Command]:
         """Button pressed during a reply: silence it now, on the press, not the release."""
         assert isinstance(e, ButtonDown)
         self.press_sample = e.sample
         self.press_consumed = True
-        return self._interrupt(e.sample)
+        if self.s.double_press != "none":
+            self.double_until = now + self.s.double_press_s  # a second press may follow
+        return self._interrupt(e.sample, "hold" if self.s.hold_to_talk else "barge-in")
 
     def on_wake_barge_in(self, e: Input, now: float) -> list[Command]:
         """The wake word said over a reply interrupts it, like the button."""
         assert isinstance(e, Wake)
         return self._interrupt(e.end_sample - self._samples(self.s.preroll_ms))
 
-    def _take_short_press(self) -> int | None:
-        """The press's sample if this release ends a short press nobody has acted on yet."""
+    def _take_short_press(self, now: float) -> int | None:
+        """The press's sample if this release ends a short press nobody has acted on yet.
+
+        With a double-press action configured, the press is held back instead, to be acted
+        on by a Tick once the double-press window has passed (or replaced by a double press).
+        """
         sample, consumed = self.press_sample, self.press_consumed
         self.press_sample = None
-        return None if consumed or sample is None else sample
+        if consumed or sample is None:
+            return None
+        if self.s.double_press != "none":
+            self.pending_press = (sample, self.state)
+            self.double_until = now + self.s.double_press_s
+            return None
+        return sample
 
-    def on_press_to_wake(self, e: Input, now: float) -> list[Command]:
-        sample = self._take_short_press()
-        return [] if sample is None else self._wake(sample, "button")
-
-    def on_press_to_end_turn(self, e: Input, now: float) -> list[Command]:
-        if self._take_short_press() is None:
-            return []
-        cmds = self._end_turn(self.audio_pos, "button")
-        if self.state is State.LISTENING:
-            cmds += self._submit("button")
-        return cmds
-
-    def on_press_to_speak_again(self, e: Input, now: float) -> list[Command]:
-        sample = self._take_short_press()
-        if sample is None:
-            return []
-        return [*self._start_turn(sample, "button", True), Enter(State.LISTENING, "button")]
-
-    def on_release_ignored(self, e: Input, now: float) -> list[Command]:
-        self._take_short_press()
+    def _short_press(self, sample: int) -> list[Command]:
+        """What a short press means in the current state."""
+        if self.state in (State.IDLE, State.ERROR):
+            return self._wake(sample, "button")
+        if self.state in (State.CONNECTING, State.LISTENING):
+            if self.turn is not Turn.OPEN:
+                return []
+            cmds = self._end_turn(self.audio_pos, "button")
+            if self.state is State.LISTENING:
+                cmds += self._submit("button")
+            return cmds
+        if self.state is State.FOLLOW_UP:
+            return [*self._start_turn(sample, "button", True), Enter(State.LISTENING, "button")]
+        if self.state is State.MUTED:
+            return [PlayEarcon("muted")]
         return []
 
-    def on_press_while_muted(self, e: Input, now: float) -> list[Command]:
-        """A short press while muted wakes nothing; a sound says why."""
-        return [] if self._take_short_press() is None else [PlayEarcon("muted")]
+    def on_button_up(self, e: Input, now: float) -> list[Command]:
+        if self.s.hold_to_talk and self.held_turn and self.turn is Turn.OPEN:
+            self.press_sample = None
+            cmds = self._end_turn(self.audio_pos, "released")
+            if self.state is State.LISTENING:
+                cmds += self._submit("released")
+            return cmds
+        sample = self._take_short_press(now)
+        return [] if sample is None else self._short_press(sample)
+
+    def on_tick_pending_press(self, now: float) -> list[Command]:
+        if self.pending_press is None or now <= self.double_until:
+            return []
+        (sample, meant_for), self.pending_press = self.pending_press, None
+        if meant_for is not self.state:
+            return []  # overtaken (the wake word, the reply ended…): the press meant that
+        return self._short_press(sample)
+
+    def _double_press(self, now: float) -> list[Command]:
+        action = self.s.double_press
+        if action == "mute":
+            return self._toggle_mute(self.state is not State.MUTED)
+        if action == "cancel":
+            if self.state in (State.IDLE, State.MUTED, State.ERROR):
+                return []
+            return [*self._teardown("cancelled"), Enter(State.IDLE, "cancelled")]
+        if action == "repeat" and self.state in (State.IDLE, State.FOLLOW_UP, State.ERROR):
+            self.replay_from = self.state
+            self.endpointer.stop()
+            return [ReplayAnswer(), Enter(State.ANSWERING, "repeat")]
+        return []
+
+    def on_release_ignored(self, e: Input, now: float) -> list[Command]:
+        self.press_sample = None
+        return []
 
     def on_hold(self, e: Input, now: float) -> list[Command]:
+        if self.s.hold_to_talk:
+            return []  # holding is talking
         self.press_consumed = True
-        if self.state is State.MUTED:
+        return self._toggle_mute(self.state is not State.MUTED)
+
+    def _toggle_mute(self, on: bool) -> list[Command]:
+        if not on:
+            if self.state is not State.MUTED:
+                return []
             return [OpenMic(), PlayEarcon("mute_off"), Enter(State.IDLE, "unmuted")]
+        if self.state is State.MUTED:
+            return []
+        self.pending_press = None
         return [
             *self._teardown("muted"),
             CloseMic(),
@@ -658,10 +804,42 @@ class Machine:
             Enter(State.MUTED, "muted"),
         ]
 
+    def on_set_mute(self, e: Input, now: float) -> list[Command]:
+        assert isinstance(e, SetMute)
+        return self._toggle_mute(e.on)
+
+    def on_summon(self, e: Input, now: float) -> list[Command]:
+        """`voice-device wake`: as a short press, acted on at once."""
+        assert isinstance(e, Summon)
+        if self.state in (State.THINKING, State.PREAMBLE, State.ANSWERING):
+            return self._interrupt(e.sample)
+        return self._short_press(e.sample)
+
+    def on_ask(self, e: Input, now: float) -> list[Command]:
+        """A typed question is asked in a session of its own, like a new conversation."""
+        assert isinstance(e, AskText)
+        cmds = self._teardown("typed question") if self.state is State.FOLLOW_UP else []
+        self.session_open = True
+        self.pending_text = e.text
+        return [*cmds, OpenSession(), Enter(State.CONNECTING, "typed question")]
+
     # -- time -------------------------------------------------------------------------------
+
+    def on_tick(self, e: Input, now: float) -> list[Command]:
+        """Time passes: deferred short presses, and the state's own timers."""
+        cmds = self.on_tick_pending_press(now)
+        if cmds:
+            return cmds
+        if self.state in (State.THINKING, State.PREAMBLE, State.ANSWERING):
+            return self.on_tick_in_reply(e, now)
+        if self.state is State.ERROR:
+            return self.on_tick_error(e, now)
+        return []
 
     def on_tick_in_reply(self, e: Input, now: float) -> list[Command]:
         assert isinstance(e, Tick)
+        if self.replay_from is not None:
+            return []
         waiting = self.response_id is not None or self.response_expected
         quiet = e.server_quiet_s
         if not waiting or quiet is None or quiet < self.s.reply_timeout_s:
@@ -717,22 +895,20 @@ TRANSITIONS: dict[tuple[State, type], Handler] = {
     **{(s, PlaybackFinished): M.on_playback_finished for s in _REPLY},
     **{(s, PlaybackStopped): M.on_playback_stopped for s in State},
     (S.FOLLOW_UP, Heard): M.on_heard_in_follow_up,
-    # the button: down records the press (or interrupts a reply at once), up acts on a short
-    # press, held toggles mute
+    # the button: down records the press (or interrupts a reply at once, or starts talking in
+    # hold-to-talk), up acts on a short press (or ends a held turn), held toggles mute
     **{(s, ButtonDown): M.on_button_down for s in State if s not in _REPLY},
     **{(s, ButtonDown): M.on_barge_in for s in _REPLY},
     **{(s, ButtonHeld): M.on_hold for s in State},
-    (S.IDLE, ButtonUp): M.on_press_to_wake,
-    (S.ERROR, ButtonUp): M.on_press_to_wake,
-    (S.CONNECTING, ButtonUp): M.on_press_to_end_turn,
-    (S.LISTENING, ButtonUp): M.on_press_to_end_turn,
-    (S.FOLLOW_UP, ButtonUp): M.on_press_to_speak_again,
+    **{(s, ButtonUp): M.on_button_up for s in State if s not in _REPLY},
     **{(s, ButtonUp): M.on_release_ignored for s in _REPLY},
-    (S.MUTED, ButtonUp): M.on_press_while_muted,
+    # commands from `voice-device` on the control socket
+    **{(s, SetMute): M.on_set_mute for s in State},
+    **{(s, Summon): M.on_summon for s in State if s is not S.MUTED},
+    **{(s, AskText): M.on_ask for s in (S.IDLE, S.ERROR, S.FOLLOW_UP)},
     # time
-    **{(s, Tick): M.on_tick_in_reply for s in _REPLY},
+    **{(s, Tick): M.on_tick for s in State},
     # the microphone (a muted one is closed on purpose and cannot fail)
     **{(s, MicLost): M.on_mic_lost for s in State if s is not S.MUTED},
     **{(s, MicBack): M.on_mic_back for s in State},
-    (S.ERROR, Tick): M.on_tick_error,
 }
