@@ -119,12 +119,22 @@ def check_gpio(cfg: Config) -> Line:
     factory.close()
     if isinstance(factory, MockFactory):
         return Line(WARN, "gpio", "simulated (no GPIO here): the LED and button will not work")
-    return Line(
-        OK,
-        "gpio",
-        f"{name}: LED on BCM {cfg.leds.red_pin}/{cfg.leds.green_pin}/"
-        f"{cfg.leds.blue_pin}, button on BCM {cfg.button.pin}",
-    )
+    return Line(OK, "gpio", f"{name}, {describe_board(cfg)}")
+
+
+def describe_board(cfg: Config) -> str:
+    """'respeaker-2mic: 3 APA102 pixels on SPI0, button on BCM 17', and so on."""
+    leds, b = cfg.leds, cfg.button
+    if leds.kind == "rgb":
+        what = f"RGB LED on BCM {leds.red_pin}/{leds.green_pin}/{leds.blue_pin}"
+    elif leds.kind == "single":
+        what = f"LED on BCM {leds.pin}"
+    else:
+        what = f"{leds.pixels} APA102 pixels on SPI0"
+        if leds.power_pin >= 0:
+            what += f" (powered from BCM {leds.power_pin})"
+    button = f"button on BCM {b.pin} ({b.mode})" if b.enabled else "no button"
+    return f"{cfg.gpio.profile}: {what}, {button}"
 
 
 async def check_cloud(cfg: Config, credential: Any = None) -> Line:

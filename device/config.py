@@ -20,7 +20,9 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from .core.audio import MAX_PREROLL_MS
+from .core.leds import with_overrides
 from .core.realtime import REASONING_EFFORTS
+from .core.states import State
 
 DEFAULT_PATH = Path("/etc/voice-device/config.toml")
 EX_CONFIG = 78
@@ -152,10 +154,19 @@ class TurnConfig:
 class LedConfig:
     backend: str = "gpio"
     """gpio, terminal or none."""
+    kind: str = "rgb"
+    """rgb (three pins), single (one pin) or apa102 (a pixel ring on SPI); set by gpio.profile."""
     red_pin: int = 5
     green_pin: int = 6
     blue_pin: int = 13
+    pin: int = 25
+    pixels: int = 3
+    power_pin: int = -1
+    """A GPIO that powers the pixels (the ReSpeaker 4-mic array's is 5); -1 for none."""
     active_high: bool = True
+    brightness: float = 1.0
+    patterns: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per pattern name, any of color ('#rrggbb'), effect and period_s to change."""
 
 
 @dataclass(frozen=True)
@@ -164,12 +175,29 @@ class ButtonConfig:
     pin: int = 17
     hold_ms: int = 1000
     pull_up: bool = True
+    mode: str = "press"
+    """press: a short press wakes, a long one mutes; hold-to-talk: talk while it is held."""
+    double_press: str = "none"
+    """none, repeat (the last answer), cancel (everything) or mute. Other than none, a
+    short press waits double_press_ms to see whether a second one follows."""
+    double_press_ms: int = 400
 
 
 @dataclass(frozen=True)
 class GpioConfig:
+    profile: str = "generic-rgb"
+    """Hardware: generic-rgb, respeaker-2mic, respeaker-4mic or aiy-voice. It sets the LED
+    kind and pins and the button pin; keys set in [leds] or [button] win."""
     pin_factory: str = "auto"
     """auto (real pins on a Pi, simulated elsewhere), mock, or a gpiozero factory name."""
+
+
+@dataclass(frozen=True)
+class HooksConfig:
+    command: str = ""
+    """Run on state changes with VOICE_DEVICE_STATE and VOICE_DEVICE_REASON set."""
+    states: list[str] = field(default_factory=list)
+    """Only these states (empty: all)."""
 
 
 @dataclass(frozen=True)
@@ -182,6 +210,7 @@ class Config:
     leds: LedConfig = field(default_factory=LedConfig)
     button: ButtonConfig = field(default_factory=ButtonConfig)
     gpio: GpioConfig = field(default_factory=GpioConfig)
+    hooks: HooksConfig = field(default_factory=HooksConfig)
     api_key: Secret = field(default_factory=lambda: Secret(""), repr=False)
 
 
@@ -204,6 +233,8 @@ def _type_name(t: Any) -> str:
 
 def _coerce(key: str, value: Any, t: Any) -> Any:
     """Check a TOML value against a field's annotation; ints are fine where floats are wanted."""
+    if t is Any:
+        return value
     if isinstance(t, types.UnionType):
         t = next(a for a in typing.get_args(t) if a is not type(None))
     if typing.get_origin(t) is dict:
@@ -243,8 +274,46 @@ def _build_section(name: str, cls: Any, table: Mapping[str, Any], origin: str) -
     return cls(**values)
 
 
+PROFILES: dict[str, dict[str, dict[str, Any]]] = {
+    "generic-rgb": {
+        "leds": {"kind": "rgb", "red_pin": 5, "green_pin": 6, "blue_pin": 13},
+        "button": {"enabled": True, "pin": 17},
+    },
+    "respeaker-2mic": {
+        "leds": {"kind": "apa102", "pixels": 3, "power_pin": -1},
+        "button": {"enabled": True, "pin": 17},
+    },
+    "respeaker-4mic": {
+        "leds": {"kind": "apa102", "pixels": 12, "power_pin": 5},
+        "button": {"enabled": False},
+    },
+    "aiy-voice": {
+        "leds": {"kind": "single", "pin": 25},
+        "button": {"enabled": True, "pin": 23},
+    },
+}
+"""Pins from the boards' documentation: ReSpeaker HATs drive APA102 pixels on SPI0 (the
+2-mic HAT's button is GPIO17; the 4-mic array has none and powers its 12 pixels from GPIO5);
+Google's AIY Voice HAT has its button on GPIO23 and the button's LED on GPIO25."""
+
+
+def _with_profile(data: Mapping[str, Any], origin: str) -> dict[str, Any]:
+    gpio = data.get("gpio") if isinstance(data.get("gpio"), dict) else {}
+    profile = (gpio or {}).get("profile", "generic-rgb")
+    if profile not in PROFILES:
+        raise ConfigError(
+            f"gpio.profile in {origin} must be one of {', '.join(PROFILES)} (got {profile!r})"
+        )
+    merged: dict[str, Any] = dict(data)
+    for section, defaults in PROFILES[profile].items():
+        own = data.get(section)
+        merged[section] = {**defaults, **own} if isinstance(own, dict) else dict(defaults)
+    return merged
+
+
 def parse_config(data: Mapping[str, Any], origin: str = "the configuration") -> Config:
     sections: dict[str, Any] = {}
+    data = _with_profile(data, origin)
     for name, table in data.items():
         if name not in SECTIONS:
             raise ConfigError(
@@ -326,7 +395,26 @@ def validate(cfg: Config) -> None:
         cfg.leds.backend in ("gpio", "terminal", "none"),
         f"leds.backend must be gpio, terminal or none (got {cfg.leds.backend!r})",
     )
-    _check(cfg.button.hold_ms >= 200, "button.hold_ms must be at least 200")
+    b, leds = cfg.button, cfg.leds
+    _check(b.hold_ms >= 200, "button.hold_ms must be at least 200")
+    _check(b.mode in ("press", "hold-to-talk"), "button.mode must be press or hold-to-talk")
+    _check(
+        b.double_press in ("none", "repeat", "cancel", "mute"),
+        "button.double_press must be none, repeat, cancel or mute",
+    )
+    _check(100 <= b.double_press_ms <= 1000, "button.double_press_ms must be 100 to 1000")
+    _check(leds.kind in ("rgb", "single", "apa102"), "leds.kind must be rgb, single or apa102")
+    _check(1 <= leds.pixels <= 255, "leds.pixels must be between 1 and 255")
+    _check(0.0 < leds.brightness <= 1.0, "leds.brightness must be between 0 and 1")
+    try:
+        with_overrides(leds.patterns)
+    except ValueError as e:
+        raise ConfigError(f"leds.patterns: {e}") from None
+    for name in cfg.hooks.states:
+        _check(
+            name in [s.value for s in State],
+            f"hooks.states: {name!r} is not a state ({', '.join(s.value for s in State)})",
+        )
     c = cfg.cloud
     _check(c.connect_timeout_s > 0, "cloud.connect_timeout_s must be positive")
     _check(c.reply_timeout_s > 0, "cloud.reply_timeout_s must be positive")

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from device.config import (
+    SECTIONS,
     ConfigError,
     Secret,
     load_config,
@@ -143,3 +144,10 @@ def test_the_shipped_example_config_is_valid_and_documents_the_defaults() -> Non
     defaults = load_config(None, env={})
     assert cfg.cloud.endpoint == "https://my-resource.openai.azure.com"  # the one example value
     assert dataclasses.replace(cfg, cloud=defaults.cloud) == defaults
+    # and every key is there, with a word about it
+    text = example.read_text()
+    for section, cls in SECTIONS.items():
+        assert f"[{section}]" in text
+        for f in dataclasses.fields(cls):
+            documented = rf"^(# )?({f.name} = |\[{section}\.{f.name}[\].])"
+            assert re.search(documented, text, re.M), f"{section}.{f.name}"

@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable
 from typing import Any, Protocol, TextIO
 
 from ..config import ButtonConfig, ConfigError, GpioConfig, LedConfig
-from ..core.leds import Effect, Pattern
+from ..core.leds import PATTERNS, Effect, Pattern, render
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +67,8 @@ class NoLeds:
         pass
 
 
-class GpioLeds:
-    """An RGB LED (common cathode by default) on three PWM-capable pins."""
+class RgbLed:
+    """An RGB LED (common cathode by default) on three PWM-capable pins; gpiozero animates."""
 
     def __init__(self, cfg: LedConfig, factory: Any) -> None:
         from gpiozero import RGBLED
@@ -79,20 +80,123 @@ class GpioLeds:
             active_high=cfg.active_high,
             pin_factory=factory,
         )
+        self.brightness = cfg.brightness
 
     def show(self, pattern: Pattern) -> None:
         half = pattern.period_s / 2
+        color = tuple(c * self.brightness for c in pattern.color)
         if pattern.effect is Effect.OFF:
             self.led.off()
         elif pattern.effect is Effect.SOLID:
-            self.led.color = pattern.color
-        elif pattern.effect is Effect.PULSE:
-            self.led.pulse(fade_in_time=half, fade_out_time=half, on_color=pattern.color)
+            self.led.color = color
+        elif pattern.effect in (Effect.PULSE, Effect.SPIN):
+            period = half if pattern.effect is Effect.SPIN else pattern.period_s
+            self.led.pulse(fade_in_time=period / 2, fade_out_time=period / 2, on_color=color)
         elif pattern.effect is Effect.BLINK:
-            self.led.blink(on_time=half, off_time=half, on_color=pattern.color)
+            self.led.blink(on_time=half, off_time=half, on_color=color)
 
     def close(self) -> None:
         self.led.close()
+
+
+class SingleLed:
+    """One LED (the AIY Voice Kit's button light): motion alone tells the states apart."""
+
+    def __init__(self, cfg: LedConfig, factory: Any) -> None:
+        from gpiozero import PWMLED
+
+        self.led = PWMLED(cfg.pin, active_high=cfg.active_high, pin_factory=factory)
+        self.brightness = cfg.brightness
+
+    def show(self, pattern: Pattern) -> None:
+        half = pattern.period_s / 2
+        lit = any(pattern.color)
+        if pattern.effect is Effect.OFF or not lit:
+            self.led.off()
+        elif pattern.effect is Effect.SOLID:
+            self.led.value = self.brightness
+        elif pattern.effect in (Effect.PULSE, Effect.SPIN):
+            period = half if pattern.effect is Effect.SPIN else pattern.period_s
+            self.led.pulse(fade_in_time=period / 2, fade_out_time=period / 2)
+        elif pattern.effect is Effect.BLINK:
+            self.led.blink(on_time=half, off_time=half)
+
+    def close(self) -> None:
+        self.led.close()
+
+
+class PixelRing:
+    """APA102 (DotStar) pixels on SPI, as on ReSpeaker HATs. gpiozero has SPI but no APA102
+    device, so this draws the frames itself: 4 zero bytes, then per pixel 0xE0 | 5-bit
+    brightness, blue, green, red, then 0xFF bytes to clock the data through. Animated
+    patterns are redrawn by one small thread at 30 frames a second; still ones once."""
+
+    FPS = 30
+
+    def __init__(self, cfg: LedConfig, factory: Any) -> None:
+        from gpiozero import LED, Device, SPIDevice
+
+        Device.pin_factory = factory  # gpiozero's software SPI bus asks the global factory
+        self.pixels = cfg.pixels
+        self.brightness = cfg.brightness
+        self.power = LED(cfg.power_pin, pin_factory=factory) if cfg.power_pin >= 0 else None
+        if self.power is not None:
+            self.power.on()  # the ReSpeaker 4-mic array powers its LEDs from a GPIO
+        self.spi = SPIDevice(port=0, device=0, pin_factory=factory)
+        self._pattern = PATTERNS["idle"]
+        self._changed = threading.Event()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="pixel-ring", daemon=True)
+        self._thread.start()
+
+    def frame(self, colors: list[tuple[float, float, float]]) -> list[int]:
+        level = 0xE0 | max(1, round(31 * self.brightness))
+        data = [0, 0, 0, 0]
+        for r, g, b in colors:
+            data += [level, round(b * 255), round(g * 255), round(r * 255)]
+        return data + [0xFF] * (4 + self.pixels // 16)
+
+    def show(self, pattern: Pattern) -> None:
+        with self._lock:
+            self._pattern = pattern
+        self._changed.set()
+
+    def _run(self) -> None:
+        t0 = time.monotonic()
+        while not self._stop.is_set():
+            with self._lock:
+                pattern = self._pattern
+            self._changed.clear()
+            colors = render(pattern, time.monotonic() - t0, self.pixels)
+            self.spi._spi.transfer(self.frame(colors))
+            if pattern.effect in (Effect.OFF, Effect.SOLID):
+                self._changed.wait()
+            else:
+                self._changed.wait(1 / self.FPS)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._changed.set()
+        self._thread.join(2)
+        self.spi._spi.transfer(self.frame([(0.0, 0.0, 0.0)] * self.pixels))
+        self.spi.close()
+        if self.power is not None:
+            self.power.off()
+            self.power.close()
+
+
+def make_leds(cfg: LedConfig, factory: Any, backend: str) -> Leds:
+    if backend == "none":
+        return NoLeds()
+    if backend == "terminal":
+        return TerminalLeds()
+    kinds: dict[str, Callable[[LedConfig, Any], Leds]] = {
+        "rgb": RgbLed,
+        "single": SingleLed,
+        "apa102": PixelRing,
+    }
+    return kinds[cfg.kind](cfg, factory)
 
 
 class TerminalLeds:
@@ -117,11 +221,8 @@ class TerminalLeds:
         how = pattern.effect.value
         if pattern.period_s:
             how += f" {pattern.period_s:g}s"
-        print(
-            f"  LED {t:7.2f}s  {dot} {pattern.name:<11} {pattern.hex} {how}",
-            file=self.out,
-            flush=True,
-        )
+        line = f"  LED {t:7.2f}s  {dot} {pattern.name:<11} {pattern.hex} {how}"
+        print(line, file=self.out, flush=True)
 
     def close(self) -> None:
         if self.inner is not None:
