@@ -352,3 +352,40 @@ def test_scenario_files_toml_and_json(tmp_path: Path) -> None:
     bad.write_text("speedupp = 2\n")
     with pytest.raises(ValueError, match="unknown key 'speedupp'"):
         load_scenario(bad)
+
+
+@pytest.mark.parametrize("beta", [False, True])
+async def test_a_typed_question_is_answered_aloud(emulator: Emulator, beta: bool) -> None:
+    """`voice-device ask`: a user message of input_text, then response.create."""
+    c = ClientEvents()
+    path = (
+        "/openai/realtime?api-version=2025-04-01-preview&deployment=gpt-realtime-2"
+        if beta
+        else "/openai/v1/realtime?model=gpt-realtime-2"
+    )
+    async with connect(url(emulator, path), additional_headers={"api-key": "right-key"}) as ws:
+        validate_server_event(json.loads(await ws.recv()), beta=beta)
+        question = c.user_text("what is the weather like?")
+        validate_client_event(question, beta=beta)
+        await ws.send(json.dumps(question))
+        await ws.send(json.dumps(c.create_response()))
+        seen = []
+        while not seen or seen[-1]["type"] != "response.done":
+            ev = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            validate_server_event(ev, beta=beta)
+            seen.append(ev)
+    added = next(e for e in seen if e["type"].startswith("conversation.item."))
+    assert added["item"]["role"] == "user"
+    assert added["item"]["content"][0]["text"] == "what is the weather like?"
+    assert seen[-1]["response"]["status"] == "completed"
+    audio = "response.audio.delta" if beta else "response.output_audio.delta"
+    assert any(e["type"] == audio for e in seen)
+
+
+async def test_other_items_are_refused_with_an_error(emulator: Emulator) -> None:
+    async with connect(url(emulator), additional_headers={"api-key": "right-key"}) as ws:
+        await recv(ws)
+        item = {"type": "message", "role": "assistant", "content": [{"type": "text", "text": "x"}]}
+        await ws.send(json.dumps({"type": "conversation.item.create", "item": item}))
+        ev = await recv(ws)
+    assert ev["type"] == "error" and ev["error"]["param"] == "item"

@@ -172,6 +172,15 @@ class ClientEvents:
     def delete_item(self, item_id: str) -> dict[str, Any]:
         return self._event("conversation.item.delete", item_id=item_id)
 
+    def user_text(self, text: str) -> dict[str, Any]:
+        """A typed user message (`voice-device ask`); answered aloud like a spoken turn."""
+        item = {
+            "type": "message",
+            "role": "user",
+            "content": [{"type": "input_text", "text": text}],
+        }
+        return self._event("conversation.item.create", item=item)
+
     def function_output(self, call_id: str, output: str) -> dict[str, Any]:
         item = {"type": "function_call_output", "call_id": call_id, "output": output}
         return self._event("conversation.item.create", item=item)

@@ -466,16 +466,22 @@ class _Session:
 
     async def on_conversation_item_create(self, ev: dict[str, Any], _: bytes) -> None:
         item = ev.get("item")
-        if not isinstance(item, dict) or item.get("type") != "function_call_output":
+        if not isinstance(item, dict):
+            item = {}
+        if item.get("type") == "message" and _is_typed_user_message(item):
+            role: dict[str, Any] = {"role": "user", "audio_ms": 0, "text": _text_of(item)}
+        elif item.get("type") == "function_call_output":
+            role = {"role": "tool", "audio_ms": 0, "output": item.get("output", "")}
+        else:
             await self.error(
                 "invalid_value",
-                "only function_call_output items are emulated",
+                "only function_call_output items and user input_text messages are emulated",
                 ev.get("event_id"),
                 "item",
             )
             return
         item_id = self.new_id("item")
-        self.items[item_id] = {"role": "tool", "audio_ms": 0, "output": item.get("output", "")}
+        self.items[item_id] = role
         previous, self.last_item = self.last_item, item_id
         added = {"id": item_id, "object": "realtime.item", "status": "completed", **item}
         await self.send("conversation.item.added", item=added, previous_item_id=previous)
@@ -743,3 +749,18 @@ async def serve_forever(
         await server.serve_forever()
     finally:
         await emu.close()
+
+
+def _is_typed_user_message(item: dict[str, Any]) -> bool:
+    content = item.get("content")
+    return (
+        item.get("role") == "user"
+        and isinstance(content, list)
+        and bool(content)
+        and all(isinstance(c, dict) and c.get("type") == "input_text" for c in content)
+        and all(isinstance(c.get("text"), str) for c in content)
+    )
+
+
+def _text_of(item: dict[str, Any]) -> str:
+    return " ".join(c["text"] for c in item["content"])
