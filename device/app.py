@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import os
 import signal
 import time
 from collections import deque
@@ -19,14 +21,17 @@ from pathlib import Path
 from typing import Any
 
 from .adapters.cloud import CloudSession, auth_headers
+from .adapters.control import ControlServer, Reply
 from .adapters.denoise import denoiser
 from .adapters.echo import FAR_FRAME, EchoGuard
 from .adapters.entra import EntraTokens
-from .adapters.gpio import GpioButton, GpioLeds, Leds, NoLeds, TerminalLeds, make_pin_factory
+from .adapters.gpio import GpioButton, Leds, make_leds, make_pin_factory
+from .adapters.hooks import Hooks
 from .adapters.mic import Mic, MicFailure, PyAudioMic, WavMic
 from .adapters.portaudio import DeviceNotFound, reinitialize
 from .adapters.room import Room
 from .adapters.speaker import PyAudioSpeaker, Speaker, WavSpeaker
+from .adapters.store import Remembered, StateStore
 from .adapters.systemd import Notifier
 from .adapters.vad import Vad
 from .adapters.wakeword import WakeEngine, load_engine
@@ -34,6 +39,7 @@ from .config import Config, realtime_endpoint
 from .core import realtime as rt
 from .core import states as st
 from .core.audio import (
+    CLOUD_RATE,
     FRAME_SAMPLES,
     MIC_RATE,
     ItemStarted,
@@ -48,7 +54,7 @@ from .core.audio import (
 from .core.backoff import BackoffPolicy
 from .core.earcons import earcon
 from .core.endpoint import EndpointSettings
-from .core.leds import pattern_for
+from .core.leds import pattern_name, with_overrides
 from .core.wake import WakeFilter
 from .events import EventLog
 from .tools import Toolbox
@@ -69,6 +75,10 @@ class RunOptions:
     """A simulated room (tests, benchmarks): its microphone hears its speaker."""
     wait_for_devices: bool = False
     """A microphone missing at start-up is waited for (the service) instead of fatal."""
+    state_dir: Path | None = None
+    """Where mute and volume are remembered across restarts (None: not remembered)."""
+    control_socket: Path | None = None
+    """Serve `voice-device status|mute|wake|ask|volume` here (None: no control socket)."""
 
 
 def machine_settings(cfg: Config) -> st.Settings:
@@ -80,6 +90,9 @@ def machine_settings(cfg: Config) -> st.Settings:
         follow_up_ms=t.follow_up_ms,
         reply_timeout_s=cfg.cloud.reply_timeout_s,
         server_turns=t.detection != "local",
+        hold_to_talk=cfg.button.mode == "hold-to-talk",
+        double_press=cfg.button.double_press,
+        double_press_s=cfg.button.double_press_ms / 1000,
         backoff=BackoffPolicy(cfg.cloud.backoff_initial_s, cfg.cloud.backoff_max_s),
         endpoint=EndpointSettings(
             rate=MIC_RATE,
@@ -120,6 +133,12 @@ MAX_TOOL_ROUNDS = 4
 """Tool calls answered in a row for one turn; a model stuck calling tools is stopped."""
 EARCON = "earcon:"
 """Response-id prefix of the device's own sounds, which the state machine never hears of."""
+REPLAY = "replay:"
+"""Response-id prefix of a repeated answer (double press): played again from memory."""
+MAX_REPLAY_S = 60
+"""The last answer is kept in RAM for a repeat, up to this long (never written anywhere)."""
+REPLY_OVER = (st.State.IDLE, st.State.FOLLOW_UP, st.State.ERROR, st.State.MUTED)
+"""Where an `ask` from the control socket has its answer."""
 
 
 class App:
@@ -129,7 +148,20 @@ class App:
         self.cfg = cfg
         self.opts = opts
         self._credential = credential
-        self.machine = st.Machine(machine_settings(cfg))
+        self.store = StateStore(opts.state_dir) if opts.state_dir is not None else None
+        self.remembered = self.store.load() if self.store is not None else Remembered()
+        self.machine = st.Machine(machine_settings(cfg), muted=self.remembered.muted)
+        self.patterns = with_overrides(cfg.leds.patterns)
+        self.hooks = Hooks(cfg.hooks.command, cfg.hooks.states)
+        self.control: ControlServer | None = None
+        self.started = time.monotonic()
+        self.last_error: tuple[str, str, float] | None = None
+        self._asks: list[asyncio.Future[Reply]] = []
+        self._ask_answer: list[str] = []
+        self._answer_pcm: dict[str, bytearray] = {}
+        """Final-answer audio of the responses in progress, by response id."""
+        self.last_answer = b""
+        self._replays = 0
         self.events = EventLog(opts.events_log)
         self.notifier = Notifier()
         self.endpoint = realtime_endpoint(cfg.cloud)
@@ -154,6 +186,7 @@ class App:
         self._overflows_logged = 0
         self._overflow_log_t = -60.0
         self._vad_fed = False
+        self._shown_state = self.machine.state
         self.tg: asyncio.TaskGroup | None = None
         self.button: GpioButton | None = None
         self._apply_table: dict[type, Callable[[Any], None]] = {
@@ -173,6 +206,8 @@ class App:
             st.ReportError: self._report_error,
             st.ReportRecovery: self._report_recovery,
             st.PlayEarcon: lambda c: self._play_earcon(c.kind),
+            st.SendText: self._send_text,
+            st.ReplayAnswer: self._replay_answer,
         }
         self._server_table: dict[type, Callable[[Any], None]] = {
             rt.AudioDelta: self._on_audio,
@@ -199,7 +234,11 @@ class App:
         cfg, opts = self.cfg, self.opts
         w = cfg.wake
         self.wake: WakeEngine = load_engine(w.engine, w.models, w.thresholds)
-        reference = load_engine(w.engine, w.models) if w.during_playback == "echo-match" else None
+        reference = (
+            load_engine(w.engine, w.models, role="echo-match reference")
+            if w.during_playback == "echo-match"
+            else None
+        )
         self.echo = EchoGuard(reference, cfg.audio.echo_tail_ms, cfg.audio.echo_cancellation)
         self.vad = Vad(cfg.turn.vad_aggressiveness)
         self.denoise = denoiser(cfg.audio.noise_suppression)
@@ -219,17 +258,14 @@ class App:
                 if opts.output_wav
                 else PyAudioSpeaker(a.output_device, a.jitter_ms, a.volume)
             )
+        r = self.remembered
+        if r.volume is not None and r.volume_config == a.volume:
+            self.speaker.volume = r.volume  # set with `voice-device volume` since
         backend = opts.leds or cfg.leds.backend
         factory = None
         if backend == "gpio" or cfg.button.enabled:
             factory = make_pin_factory(cfg.gpio)
-        self.leds: Leds = (
-            GpioLeds(cfg.leds, factory)
-            if backend == "gpio"
-            else TerminalLeds()
-            if backend == "terminal"
-            else NoLeds()
-        )
+        self.leds: Leds = make_leds(cfg.leds, factory, backend)
         if cfg.button.enabled:
             self.button = GpioButton(cfg.button, factory, self._on_button)
         entra = cfg.cloud.auth == "entra"
@@ -238,12 +274,25 @@ class App:
     # -- running ----------------------------------------------------------------------------
 
     async def run(self) -> int:
+        if self.opts.control_socket is not None:
+            # first of all: a second daemon stops here, before it touches any device
+            self.control = ControlServer(self.opts.control_socket, self._on_control)
+            await self.control.start()
+        try:
+            return await self._run()
+        finally:
+            if self.control is not None:
+                await self.control.close()
+
+    async def _run(self) -> int:
         self.build()
         loop = asyncio.get_running_loop()
         self.speaker.attach(self._on_playout)
         mic_missing: Exception | None = None
+        muted = self.machine.state is st.State.MUTED
         try:
-            await self.mic.open()
+            if not muted:
+                await self.mic.open()
         except (DeviceNotFound, OSError) as e:
             if not self.opts.wait_for_devices:
                 raise
@@ -251,7 +300,6 @@ class App:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_stop)
-        self.leds.show(pattern_for(st.State.IDLE))
         self.events.emit(
             "ready",
             0,
@@ -260,8 +308,12 @@ class App:
             mic=self.mic.name,
             speaker=self.speaker.name,
         )
+        self._show_leds(self.machine.state)
         self.notifier.ready(self._status_text())
-        log.info("ready: listening for %s on '%s'", self._phrases(), self.mic.name)
+        if muted:
+            log.info("muted (as when last stopped): the microphone stays closed until unmuted")
+        else:
+            log.info("ready: listening for %s on '%s'", self._phrases(), self.mic.name)
         if mic_missing is not None:
             self._mic_failure = MicFailure(str(mic_missing))
         try:
@@ -271,6 +323,7 @@ class App:
                     tg.create_task(self._audio_loop(), name="audio"),
                     tg.create_task(self._ticker(), name="tick"),
                     tg.create_task(self.speaker.run(), name="speaker"),
+                    tg.create_task(self.hooks.run(), name="hooks"),
                 ]
                 await self.stopped.wait()
                 self._shutdown()
@@ -278,6 +331,8 @@ class App:
                     t.cancel()
         finally:
             self.notifier.stopping()
+            self.tg = None
+            self._answer_asks({"ok": False, "error": "the daemon is stopping"})
             await self.mic.close()
             self.speaker.close()
             self.leds.close()
@@ -313,6 +368,8 @@ class App:
         while True:
             await asyncio.sleep(TICK_S)
             self._report_overflows()
+            if self.machine.state is st.State.MUTED:
+                self.notifier.audio_alive()  # closed on purpose; the loop itself is alive
             quiet = self.session.quiet_s(time.monotonic()) if self.session else None
             self._handle(st.Tick(quiet))
             self.notifier.status(self._status_text())
@@ -457,18 +514,45 @@ class App:
             return f"idle, listening for {self._phrases()}"
         return str(state.value).replace("_", " ")
 
-    def _enter(self, c: st.Enter) -> None:
-        ms = self._audio_ms()
-        self.events.emit("state", ms, state=c.state.value, reason=c.reason)
-        pattern = pattern_for(c.state)
+    def _show_leds(self, state: st.State) -> None:
+        """The pattern of `state` (idle shows `offline` during an outage)."""
+        pattern = self.patterns[pattern_name(state, self.machine.outage.ongoing)]
         self.leds.show(pattern)
         self.events.emit(
-            "led", ms, pattern=pattern.name, color=pattern.hex, effect=pattern.effect.value
+            "led",
+            self._audio_ms(),
+            pattern=pattern.name,
+            color=pattern.hex,
+            effect=pattern.effect.value,
         )
+
+    def _enter(self, c: st.Enter) -> None:
+        previous = self._shown_state
+        self._shown_state = c.state
+        self.events.emit("state", self._audio_ms(), state=c.state.value, reason=c.reason)
+        self._show_leds(c.state)
         self.notifier.status(self._status_text())
         log.info("state: %s (%s)", c.state.value, c.reason)
+        self.hooks.state_changed(c.state.value, previous.value, c.reason)
+        if (c.state is st.State.MUTED) != (previous is st.State.MUTED):
+            self._remember(muted=c.state is st.State.MUTED)
+        if c.state in REPLY_OVER and self._asks:
+            answer = " ".join(self._ask_answer)
+            reply: Reply = {"ok": True, "state": c.state.value, "answer": answer}
+            if c.state is st.State.ERROR and self.last_error is not None:
+                reply = {"ok": False, "error": f"{self.last_error[0]}: {self.last_error[1]}"}
+            elif c.state is not st.State.FOLLOW_UP:
+                reply = {"ok": False, "error": f"no answer ({c.reason})"}
+            self._answer_asks(reply)
+
+    def _remember(self, **changes: Any) -> None:
+        if self.store is None:
+            return
+        self.remembered = dataclasses.replace(self.remembered, **changes)
+        self.store.save(self.remembered)
 
     def _report_error(self, c: st.ReportError) -> None:
+        self.last_error = (c.code, c.message, time.monotonic())
         self.events.emit("error", self._audio_ms(), code=c.code, message=c.message)
         # an outage is logged when it starts and when it ends, not at every failed attempt
         log.log(logging.DEBUG if c.repeat else logging.WARNING, "%s: %s", c.code, c.message)
@@ -602,6 +686,10 @@ class App:
         if self.conversation.audible(ev.response_id):
             phase = self.conversation.phase_of(ev.item_id)
             self.speaker.play(ev.response_id, ev.item_id, phase, ev.pcm)
+            if phase == "final_answer":  # kept (in RAM) for a repeat
+                kept = self._answer_pcm.setdefault(ev.response_id, bytearray())
+                if len(kept) < MAX_REPLAY_S * CLOUD_RATE * 2:
+                    kept += ev.pcm
 
     def _on_response_done(self, ev: rt.ResponseDone) -> None:
         self.conversation.apply(ev)
@@ -609,6 +697,9 @@ class App:
             return
         log.info("response %s: %s", ev.response_id, ev.status)
         self.speaker.end(ev.response_id)
+        answer = self._answer_pcm.pop(ev.response_id, None)
+        if answer and ev.status == "completed":
+            self.last_answer = bytes(answer)
         calls = ev.function_calls if ev.status == "completed" else ()
         continues = bool(calls) and self.tool_rounds < MAX_TOOL_ROUNDS
         if continues:
@@ -625,7 +716,10 @@ class App:
     def _on_transcript(self, ev: rt.TranscriptDone | rt.InputTranscript) -> None:
         # the user's words and the reply's are personal: only in debug logs, never at INFO
         if isinstance(ev, rt.TranscriptDone):
-            log.debug("assistant (%s): %s", self.conversation.phase_of(ev.item_id), ev.transcript)
+            phase = self.conversation.phase_of(ev.item_id)
+            log.debug("assistant (%s): %s", phase, ev.transcript)
+            if self._asks and phase == "final_answer":
+                self._ask_answer.append(ev.transcript)  # for the `ask` waiting for it
         elif ev.final:
             log.debug("user: %s", ev.text)
 
@@ -674,8 +768,10 @@ class App:
         if isinstance(ev, ItemStarted | ResponsePlayed) and ev.response_id.startswith(EARCON):
             return  # the device's own sounds are not part of the conversation
         if isinstance(ev, PlayoutStopped):
-            current = None if (ev.item_id or "").startswith(EARCON) else ev.item_id
-            unplayed = tuple(i for i in ev.unplayed_item_ids if not i.startswith(EARCON))
+            # the device's own sounds and repeats are not in the server's conversation
+            ours = (EARCON, REPLAY)
+            current = None if (ev.item_id or "").startswith(ours) else ev.item_id
+            unplayed = tuple(i for i in ev.unplayed_item_ids if not i.startswith(ours))
             ev = PlayoutStopped(current, ev.played_ms, unplayed)
         if isinstance(ev, ItemStarted):
             self.events.emit("playback_start", ms, phase=ev.phase, item_id=ev.item_id)
@@ -688,6 +784,108 @@ class App:
                 self.events.emit("barge_in", ms, item_id=ev.item_id, played_ms=ev.played_ms)
                 self.events.emit("playback_end", ms, stopped=True)
             self._handle(st.PlaybackStopped(ev.item_id, ev.played_ms, ev.unplayed_item_ids))
+
+    # -- typed questions and repeats --------------------------------------------------------
+
+    def _send_text(self, c: st.SendText) -> None:
+        self.tool_rounds = 0
+        self._send(self.client.user_text(c.text))
+        self._send(self.client.create_response())
+
+    def _replay_answer(self, c: st.ReplayAnswer) -> None:
+        if not self.last_answer:
+            log.info("double press: no answer to repeat yet")
+            self._play_earcon("error")
+            self._handle(st.PlaybackFinished(REPLAY + "none"))
+            return
+        self._replays += 1
+        rid = f"{REPLAY}{self._replays}"
+        self.events.emit("replay", self._audio_ms(), ms=len(self.last_answer) // 48)
+        self.speaker.play(rid, rid + ":answer", "final_answer", self.last_answer)
+        self.speaker.end(rid)
+
+    # -- the control socket -----------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        m = self.machine
+        session = None
+        if self.session is not None:
+            session = {"id": self.session.session_id, "ready": self.session.ready}
+        error = None
+        if self.last_error is not None:
+            code, message, at = self.last_error
+            error = {"code": code, "message": message, "ago_s": round(now - at, 1)}
+        return {
+            "state": m.state.value,
+            "status": self._status_text(),
+            "muted": m.state is st.State.MUTED,
+            "offline": m.outage.ongoing,
+            "session": session,
+            "last_error": error,
+            "uptime_s": round(now - self.started, 1),
+            "volume": round(self.speaker.volume * 100),
+            "wake_words": [w.phrase for w in self.wake.words],
+            "microphone": self.mic.name,
+            "microphone_open": self.mic.is_open,
+            "pid": os.getpid(),
+        }
+
+    async def _on_control(self, verb: str, arg: str) -> Reply:
+        if self.tg is None or self.stopped.is_set():
+            return {"ok": False, "error": "starting up or stopping; try again in a moment"}
+        state = self.machine.state
+        if verb == "status":
+            return {"ok": True, **self.status()}
+        if verb == "mute":
+            if arg not in ("on", "off"):
+                return {"ok": False, "error": "usage: mute on|off"}
+            self._handle(st.SetMute(arg == "on"))
+            return {"ok": True, "state": self.machine.state.value}
+        if verb == "wake":
+            if state is st.State.MUTED:
+                return {"ok": False, "error": "muted: unmute first (voice-device mute off)"}
+            self._handle(st.Summon(self.pos))
+            return {"ok": True, "state": self.machine.state.value}
+        if verb == "ask":
+            return await self._ask(arg)
+        if verb == "volume":
+            return self._set_volume(arg)
+        known = "status, mute on|off, wake, ask TEXT, volume [0-200]"
+        return {"ok": False, "error": f"unknown command {verb!r} ({known})"}
+
+    async def _ask(self, text: str) -> Reply:
+        state = self.machine.state
+        if not text:
+            return {"ok": False, "error": "usage: ask TEXT"}
+        if state is st.State.MUTED:
+            return {"ok": False, "error": "muted: unmute first (voice-device mute off)"}
+        if state not in (st.State.IDLE, st.State.ERROR, st.State.FOLLOW_UP) or self._asks:
+            return {"ok": False, "error": f"busy ({state.value}); try again when idle"}
+        answered: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._asks.append(answered)
+        self._ask_answer = []
+        self._handle(st.AskText(text))
+        return await answered
+
+    def _answer_asks(self, reply: Reply) -> None:
+        asks, self._asks = self._asks, []
+        for f in asks:
+            if not f.done():
+                f.set_result(reply)
+
+    def _set_volume(self, arg: str) -> Reply:
+        if arg:
+            try:
+                percent = int(arg.rstrip("%"))
+            except ValueError:
+                percent = -1
+            if not 0 <= percent <= 200:
+                return {"ok": False, "error": "usage: volume N, N from 0 to 200 (100: as sent)"}
+            self.speaker.volume = percent / 100
+            self._remember(volume=percent / 100, volume_config=self.cfg.audio.volume)
+            log.info("volume %d%%", percent)
+        return {"ok": True, "volume": round(self.speaker.volume * 100)}
 
     # -- the button -------------------------------------------------------------------------
 

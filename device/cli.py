@@ -69,6 +69,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="a missing microphone is waited for (error LED) instead of ending the program",
     )
+    run.add_argument(
+        "--control-socket",
+        type=Path,
+        help="where `voice-device status|mute|…` reach the daemon "
+        "(default $RUNTIME_DIRECTORY/control.sock, else $XDG_RUNTIME_DIR/voice-device/)",
+    )
+    run.add_argument("--no-control-socket", action="store_true", help="no control socket at all")
+    run.add_argument(
+        "--state-dir",
+        type=Path,
+        help="where mute and volume are remembered (default $STATE_DIRECTORY, "
+        "else $XDG_STATE_HOME/voice-device)",
+    )
 
     demo = sub.add_parser(
         "demo", help="the whole loop against the local emulator, on a recorded question"
@@ -143,6 +156,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     dev = sub.add_parser("devices", help="list audio inputs and outputs")
     dev.add_argument("--config", type=Path)
+
+    leds = sub.add_parser("leds", help="show every LED pattern in turn (to check the wiring)")
+    leds.add_argument("--config", type=Path)
+    leds.add_argument("--leds", choices=["gpio", "terminal"], help="default: the configured")
+    leds.add_argument("--seconds", type=float, default=3.0, help="per pattern (default 3)")
+
+    def control(name: str, help: str) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help)
+        c.add_argument("--control-socket", type=Path, help="the daemon's socket (default: found)")
+        return c
+
+    status = control("status", "what the running daemon is doing")
+    status.add_argument("--json", action="store_true", help="the daemon's reply as JSON")
+    mute = control("mute", "close (on) or reopen (off) the microphone of the running daemon")
+    mute.add_argument("on_off", choices=["on", "off"])
+    control("wake", "as a short press of the button: wake, interrupt or end the turn")
+    ask = control("ask", "ask a typed question; the answer is spoken (and printed)")
+    ask.add_argument("text", nargs="+")
+    ask.add_argument("--timeout", type=float, default=120.0, help="seconds to wait (120)")
+    vol = control("volume", "show or set the reply volume, in percent (100: as sent)")
+    vol.add_argument("percent", nargs="?", type=int)
     return p
 
 
@@ -155,6 +189,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "devices": cmd_devices,
         "check": cmd_check,
         "bench": cmd_bench,
+        "leds": cmd_leds,
+        "status": cmd_control,
+        "mute": cmd_control,
+        "wake": cmd_control,
+        "ask": cmd_control,
+        "volume": cmd_control,
     }
     try:
         return int(handler[args.command](args))
@@ -169,7 +209,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .adapters.control import ControlError, daemon_socket_path
     from .adapters.portaudio import DeviceNotFound
+    from .adapters.store import default_state_dir
     from .adapters.systemd import setup_logging
     from .adapters.wakeword import WakeModelError
     from .app import App, RunOptions
@@ -190,9 +232,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         events_log=args.events_log,
         leds=args.leds,
         wait_for_devices=args.wait_for_devices,
+        state_dir=args.state_dir or default_state_dir(),
+        control_socket=None
+        if args.no_control_socket
+        else args.control_socket or daemon_socket_path(),
     )
     try:
         return asyncio.run(App(cfg, opts).run())
+    except ControlError as e:
+        print(f"voice-device: {e}", file=sys.stderr)
+        return 1
     except (DeviceNotFound, WakeModelError) as e:
         print(f"voice-device: {e}", file=sys.stderr)
         return EX_CONFIG
@@ -332,6 +381,83 @@ def cmd_devices(args: argparse.Namespace) -> int:
     print("\nselect with --input-device/--output-device NAME (or part of it) or INDEX;")
     print("a microphone without 16 kHz is captured at its own rate and converted")
     return 0
+
+
+def cmd_leds(args: argparse.Namespace) -> int:
+    """Every pattern in turn, named as it shows, on the configured LEDs (or the terminal)."""
+    import time
+
+    from .adapters.gpio import make_leds, make_pin_factory
+    from .core.leds import with_overrides
+
+    cfg = load_config(args.config)
+    backend = args.leds or cfg.leds.backend
+    if backend == "none":
+        print("leds.backend is none: nothing to show (try --leds terminal or gpio)")
+        return 1
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    factory = make_pin_factory(cfg.gpio) if backend == "gpio" else None
+    leds = make_leds(cfg.leds, factory, backend)
+    if backend == "gpio":
+        print(f"LEDs: {cfg.gpio.profile} ({cfg.leds.kind}); each pattern for {args.seconds:g} s")
+    try:
+        for p in with_overrides(cfg.leds.patterns).values():
+            if backend == "gpio":
+                how = p.effect.value + (f" every {p.period_s:g} s" if p.period_s else "")
+                print(f"  {p.name:<11} {p.hex} {how}", flush=True)
+            leds.show(p)
+            time.sleep(args.seconds)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        leds.close()
+    return 0
+
+
+def cmd_control(args: argparse.Namespace) -> int:
+    from .adapters.control import ControlError, request
+
+    line = args.command
+    timeout = 10.0
+    if args.command == "mute":
+        line += " " + args.on_off
+    elif args.command == "ask":
+        line += " " + " ".join(args.text)
+        timeout = args.timeout
+    elif args.command == "volume" and args.percent is not None:
+        line += f" {args.percent}"
+    try:
+        reply = request(line, args.control_socket, timeout)
+    except ControlError as e:
+        print(f"voice-device: {e}", file=sys.stderr)
+        return 1
+    if not reply.get("ok"):
+        print(f"voice-device: {reply.get('error', 'failed')}", file=sys.stderr)
+        return 1
+    if args.command == "status":
+        print(json.dumps(reply, indent=2) if args.json else _status_lines(reply))
+    elif args.command == "ask":
+        print(reply.get("answer") or "(the answer was spoken)")
+    elif args.command == "volume":
+        print(f"volume {reply['volume']}%")
+    else:
+        print(reply.get("state", "ok"))
+    return 0
+
+
+def _status_lines(r: dict[str, Any]) -> str:
+    lines = [f"state:    {r['state']} ({r['status']})"]
+    session = r.get("session")
+    lines.append(f"session:  {session['id'] if session else 'none'}")
+    mic = r["microphone"] + ("" if r["microphone_open"] else " (closed)")
+    lines.append(f"mic:      {mic}")
+    lines.append(f"volume:   {r['volume']}%")
+    err = r.get("last_error")
+    if err:
+        lines.append(f"last error: {err['code']}: {err['message']} ({err['ago_s']:.0f} s ago)")
+    hours, rest = divmod(int(r["uptime_s"]), 3600)
+    lines.append(f"uptime:   {hours}h{rest // 60:02d}m{rest % 60:02d}s (pid {r['pid']})")
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------

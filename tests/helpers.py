@@ -98,7 +98,8 @@ def check_conversation(
 
     assert [e["word"] for e in events if e["event"] == "wake"] == ["Okay Nabu"]
     assert states(events) == CONVERSATION
-    assert [e["pattern"] for e in events if e["event"] == "led"] == CONVERSATION
+    leds = [e["pattern"] for e in events if e["event"] == "led"]
+    assert leds == ["idle", *CONVERSATION], leds
     phases = [e["phase"] for e in events if e["event"] == "playback_start"]
     assert phases == ["commentary", "final_answer"]
 

@@ -159,7 +159,7 @@ async def test_unreachable_cloud_shows_an_error_and_the_wake_word_still_works(
     assert [e["code"] for e in errors] == ["unreachable", "offline"]
     assert errors[0]["message"].startswith("cannot reach 127.0.0.1:9: connection refused")
     assert states(events) == ["connecting", "error", "error", "idle"]
-    assert [e["pattern"] for e in events if e["event"] == "led"][-2:] == ["error", "idle"]
+    assert [e["pattern"] for e in events if e["event"] == "led"][-2:] == ["error", "offline"]
     assert [e["kind"] for e in events if e["event"] == "earcon"] == ["wake", "error", "error"]
 
 
@@ -362,3 +362,94 @@ async def test_a_follow_up_question_needs_no_wake_word(tmp_path: Path, question_
     assert [r["event"]["type"] for r in record if "event" in r].count(
         "input_audio_buffer.commit"
     ) == 2
+
+
+async def test_a_double_press_repeats_the_last_answer_from_memory(
+    tmp_path: Path, question_pcm: bytes
+) -> None:
+    sc = Scenario(preambles=[], answer="It is sunny.", speedup=20.0)
+    emu = Emulator(sc, record=tmp_path / "r.jsonl")
+    await emu.start("127.0.0.1", 0)
+    log = tmp_path / "ev.jsonl"
+    opts = RunOptions(
+        input_wav=write_wav(tmp_path / "q.wav", question_pcm + silence(20.0)),
+        output_wav=tmp_path / "reply.wav",
+        events_log=log,
+    )
+    cfg = config(
+        endpoint(emu),
+        button={"double_press": "repeat"},
+        turn={"follow_up_ms": 1000},
+        audio={"earcons": []},
+    )
+    app = App(cfg, opts)
+    run = asyncio.create_task(app.run())
+    try:
+        await wait_until(lambda: states(read_jsonl(log))[-1:] == ["idle"], 30, "the answer")
+        assert app.button is not None
+        await press(app.button.pin, 0.08)
+        await asyncio.sleep(0.1)
+        await press(app.button.pin, 0.08)
+        await wait_until(lambda: states(read_jsonl(log))[-2:] == ["answering", "idle"], 10, "again")
+        app.request_stop()
+        assert await asyncio.wait_for(run, 10) == 0
+    finally:
+        run.cancel()
+        await emu.close()
+    events = read_jsonl(log)
+    assert states(events) == [
+        "connecting",
+        "listening",
+        "thinking",
+        "answering",
+        "follow_up",
+        "idle",
+        "answering",
+        "idle",
+    ]
+    again = [e["reason"] for e in events if e["event"] == "state"][-2:]
+    assert again == ["repeat", "repeated"]
+    # played twice, the second time from memory: no new session, nothing sent
+    record = read_jsonl(tmp_path / "r.jsonl")
+    assert len([r for r in record if r.get("connection") == "open"]) == 1
+    answer = speak(sc.answer, "final_answer")
+    assert np.array_equal(nonzero(read_wav(tmp_path / "reply.wav")), nonzero(answer + answer))
+
+
+async def test_hold_to_talk_streams_exactly_while_the_button_is_held(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    log = tmp_path / "ev.jsonl"
+    opts = RunOptions(
+        input_wav=write_wav(tmp_path / "quiet.wav", silence(20.0)),
+        output_wav=tmp_path / "reply.wav",
+        events_log=log,
+    )
+    app = App(config(endpoint(emulator), button={"mode": "hold-to-talk"}), opts)
+    # a pause far longer than the endpointer's silence does not end a held turn
+    words = speech("what's the weather") + silence(1.5) + speech("like today?")
+    run = asyncio.create_task(app.run())
+    try:
+        await wait_until(lambda: read_jsonl(log)[:1] != [], 10, "ready")
+        assert app.button is not None and isinstance(app.mic, WavMic)
+        app.button.pin.drive_low()
+        await asyncio.sleep(0.3)
+        app.mic.say(words)
+        await asyncio.sleep(len(words) / 32000 + 0.5)
+        app.button.pin.drive_high()
+        await wait_until(lambda: "follow_up" in states(read_jsonl(log)), 30, "the answer")
+        app.request_stop()
+        assert await asyncio.wait_for(run, 10) == 0
+    finally:
+        run.cancel()
+    events = read_jsonl(log)
+    assert states(events)[:3] == ["connecting", "listening", "thinking"]
+    woke = next(e for e in events if e["event"] == "state")
+    assert woke["reason"] == "hold"
+    turn = next(e for e in events if e["event"] == "turn_end")
+    assert turn["reason"] == "released"
+    assert abs(turn["start_sample"] - woke["audio_ms"] * 16) <= 320  # from the press, ±1 frame
+    held_s = (turn["end_sample"] - turn["start_sample"]) / 16000
+    assert len(words) / 32000 + 0.6 < held_s < len(words) / 32000 + 1.2
+    received = read_wav(tmp_path / "turns" / "turn-001-001.wav")
+    assert len(received) == (turn["end_sample"] - turn["start_sample"]) * 3  # 24 kHz, 2 bytes

@@ -171,7 +171,7 @@ async def test_service_refusals_back_off_and_the_next_wake_fails_at_once(
     assert states(r.events) == ["connecting", "error", "error", "idle"]
     assert len(r.handshakes()) == 1  # the second wake did not touch the network
     assert [e["kind"] for e in r.events if e["event"] == "earcon"] == ["wake", "error", "error"]
-    assert [e["pattern"] for e in r.events if e["event"] == "led"][-2:] == ["error", "idle"]
+    assert [e["pattern"] for e in r.events if e["event"] == "led"][-2:] == ["error", "offline"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -30,6 +30,9 @@ class Mic(Protocol):
     """True once a file source has run out; it then yields silence."""
     overflows: int
 
+    @property
+    def is_open(self) -> bool: ...
+
     async def open(self) -> None: ...
     async def close(self) -> None: ...
     async def reopen(self, refresh: Callable[[], Awaitable[None]] | None = None) -> None: ...
@@ -75,6 +78,10 @@ class PyAudioMic:
         self._opened = asyncio.Event()
         self._closing: asyncio.Future[None] | None = None
         self._closed: asyncio.Future[None] | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self._stream is not None
 
     def _callback(self, data: bytes, frames: int, time_info: Any, status: int) -> tuple[None, int]:
         import pyaudio
@@ -213,6 +220,10 @@ class WavMic:
         self._open = asyncio.Event()
         self._t0 = 0.0
         self._frames_read = 0
+
+    @property
+    def is_open(self) -> bool:
+        return self._open.is_set()
 
     async def open(self) -> None:
         self._open.set()

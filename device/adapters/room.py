@@ -105,6 +105,10 @@ class RoomMic:
         self._t0 = 0.0
         self._frames = 0
 
+    @property
+    def is_open(self) -> bool:
+        return self._open.is_set()
+
     async def open(self) -> None:
         self._open.set()
         self._t0 = time.monotonic() - self._frames * FRAME_MS / 1000

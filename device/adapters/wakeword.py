@@ -123,12 +123,19 @@ class OpenWakeWordEngine:
 
 
 def load_engine(
-    engine: str, models: Sequence[str], thresholds: dict[str, float] | None = None
+    engine: str,
+    models: Sequence[str],
+    thresholds: dict[str, float] | None = None,
+    role: str = "",
 ) -> WakeEngine:
+    """`role`: what a second copy of the models is for (logged at debug level, not info)."""
     if engine == "openwakeword":
         e: WakeEngine = OpenWakeWordEngine(models, thresholds)
     else:
         e = MicroWakeWordEngine(models, thresholds)
+    if role:
+        log.debug("%s: %s", role, ", ".join(w.phrase for w in e.words))
+        return e
     for w in e.words:
         log.info("wake word '%s' (%s, threshold %.2f)", w.phrase, engine, w.threshold)
     return e

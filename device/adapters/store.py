@@ -1,0 +1,83 @@
+"""What the device remembers across restarts: mute and volume, nothing else (never audio).
+
+One small JSON file in the service's StateDirectory ($STATE_DIRECTORY, /var/lib/voice-device),
+or $XDG_STATE_HOME/voice-device when run by hand. Written atomically (temporary file, fsync,
+rename) so a power cut leaves the old file or the new one, never half of one. A file that
+cannot be read is reported and treated as empty; one that cannot be written (disk full,
+read-only) is reported and the device goes on with the setting in memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+FILE_NAME = "state.json"
+
+
+def default_state_dir() -> Path:
+    """$STATE_DIRECTORY (set by systemd's StateDirectory=), else the XDG state home."""
+    given = os.environ.get("STATE_DIRECTORY", "")
+    if given:
+        return Path(given.split(":")[0])
+    xdg = os.environ.get("XDG_STATE_HOME", "")
+    base = Path(xdg) if xdg else Path.home() / ".local" / "state"
+    return base / "voice-device"
+
+
+@dataclass(frozen=True)
+class Remembered:
+    muted: bool = False
+    volume: float | None = None
+    """Set with `voice-device volume`; None: the configured audio.volume."""
+    volume_config: float | None = None
+    """audio.volume when `volume` was set: a later change of the configuration wins."""
+
+
+class StateStore:
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / FILE_NAME
+
+    def load(self) -> Remembered:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return Remembered()
+        except (OSError, ValueError) as e:
+            log.warning("ignoring the saved state in %s: %s", self.path, e)
+            return Remembered()
+        if not isinstance(data, dict):
+            log.warning("ignoring the saved state in %s: not a JSON object", self.path)
+            return Remembered()
+        muted = data.get("muted") is True
+        volume = _number(data.get("volume"))
+        return Remembered(muted, volume, _number(data.get("volume_config")))
+
+    def save(self, state: Remembered) -> bool:
+        """Write `state`; False (and a warning) when it could not be written."""
+        tmp = self.path.with_name(f".{FILE_NAME}.{os.getpid()}.tmp")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(asdict(state), f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except OSError as e:
+            log.warning("could not save the device's state to %s: %s", self.path, e.strerror or e)
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            return False
+        return True
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if 0.0 <= value <= 2.0 else None
