@@ -191,6 +191,18 @@ def test_each_profile_shows_each_pattern(board: Board, name: str) -> None:
     seen = board.watch(max(0.25, pattern.period_s * 1.6))
     want = expected(board, pattern)
     count = len(seen[0])
+    if pattern.effect is Effect.SPIN and count > 1:
+        # a ring: in every frame the head is at full colour and the rest is not all lit;
+        # over a turn and a half every pixel lights up and goes dark (frames drawn on a
+        # busy machine may skip a step, so no pixel is required to be caught at its peak)
+        seen = [frame for frame in seen if any(map(sum, frame))]  # (the ring's first frame)
+        for frame in seen:
+            head = max(frame, key=sum)
+            assert head == pytest.approx(want, abs=0.02) and len(set(frame)) > 1
+        for i in range(count):
+            assert max(sum(s[i]) for s in seen) > 0.3 * sum(want), f"pixel {i} never lit"
+            assert min(sum(s[i]) for s in seen) < 0.05, f"pixel {i} never dark"
+        return
     for i in range(count):
         brightest = tuple(max(s[i][c] for s in seen) for c in range(3))
         darkest = tuple(min(s[i][c] for s in seen) for c in range(3))
@@ -202,8 +214,6 @@ def test_each_profile_shows_each_pattern(board: Board, name: str) -> None:
     if pattern.effect is Effect.PULSE and any(want):
         levels = {round(sum(s[0]), 2) for s in seen}
         assert len(levels) > 3  # a fade, not an on/off blink
-    if pattern.effect is Effect.SPIN and count > 1:
-        assert any(len(set(frame)) > 1 for frame in seen)  # the ring is not all one colour
 
 
 def test_the_respeaker_4mic_array_powers_its_pixels_and_has_no_button() -> None:
