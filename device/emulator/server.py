@@ -171,7 +171,10 @@ class Emulator:
             pass
         finally:
             await session.stop()
-            self.recorder.write(conn, {"connection": "closed"})
+            closed: dict[str, Any] = {"connection": "closed", "code": ws.close_code}
+            if ws.close_reason:
+                closed["reason"] = ws.close_reason
+            self.recorder.write(conn, closed)
 
 
 class _ServerVad:
@@ -556,7 +559,8 @@ class _Session:
     # -- the response -----------------------------------------------------------------------
 
     async def _respond(self) -> None:
-        with contextlib.suppress(_Stalled):
+        # a connection cut (by a fault, or by the client) ends the response quietly
+        with contextlib.suppress(_Stalled, ConnectionClosed):
             await self._respond_inner()
 
     async def _respond_inner(self) -> None:
