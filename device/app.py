@@ -32,7 +32,7 @@ from .adapters.portaudio import DeviceNotFound, reinitialize
 from .adapters.room import Room
 from .adapters.speaker import PyAudioSpeaker, Speaker, WavSpeaker
 from .adapters.store import Remembered, StateStore
-from .adapters.systemd import Notifier
+from .adapters.systemd import CONTEXT, REDACT, Notifier
 from .adapters.vad import Vad
 from .adapters.wakeword import WakeEngine, load_engine
 from .config import Config, realtime_endpoint
@@ -79,6 +79,8 @@ class RunOptions:
     """Where mute and volume are remembered across restarts (None: not remembered)."""
     control_socket: Path | None = None
     """Serve `voice-device status|mute|wake|ask|volume` here (None: no control socket)."""
+    reload: Callable[[], Config] | None = None
+    """Reads the configuration again, for SIGHUP (None: SIGHUP is ignored)."""
 
 
 def machine_settings(cfg: Config) -> st.Settings:
@@ -232,14 +234,7 @@ class App:
     def build(self) -> None:
         """Load the model and open the devices; raises the user-facing errors of each."""
         cfg, opts = self.cfg, self.opts
-        w = cfg.wake
-        self.wake: WakeEngine = load_engine(w.engine, w.models, w.thresholds)
-        reference = (
-            load_engine(w.engine, w.models, role="echo-match reference")
-            if w.during_playback == "echo-match"
-            else None
-        )
-        self.echo = EchoGuard(reference, cfg.audio.echo_tail_ms, cfg.audio.echo_cancellation)
+        self.wake, self.echo = self._detectors(cfg)
         self.vad = Vad(cfg.turn.vad_aggressiveness)
         self.denoise = denoiser(cfg.audio.noise_suppression)
         a = cfg.audio
@@ -261,15 +256,93 @@ class App:
         r = self.remembered
         if r.volume is not None and r.volume_config == a.volume:
             self.speaker.volume = r.volume  # set with `voice-device volume` since
-        backend = opts.leds or cfg.leds.backend
+        self._build_gpio(cfg)
+        entra = cfg.cloud.auth == "entra"
+        self._bearer = EntraTokens(self._credential).bearer if entra else None
+
+    @staticmethod
+    def _detectors(cfg: Config) -> tuple[WakeEngine, EchoGuard]:
+        w = cfg.wake
+        wake = load_engine(w.engine, w.models, w.thresholds)
+        reference = (
+            load_engine(w.engine, w.models, role="echo-match reference")
+            if w.during_playback == "echo-match"
+            else None
+        )
+        return wake, EchoGuard(reference, cfg.audio.echo_tail_ms, cfg.audio.echo_cancellation)
+
+    def _build_gpio(self, cfg: Config) -> None:
+        backend = self.opts.leds or cfg.leds.backend
         factory = None
         if backend == "gpio" or cfg.button.enabled:
             factory = make_pin_factory(cfg.gpio)
         self.leds: Leds = make_leds(cfg.leds, factory, backend)
-        if cfg.button.enabled:
-            self.button = GpioButton(cfg.button, factory, self._on_button)
-        entra = cfg.cloud.auth == "entra"
-        self._bearer = EntraTokens(self._credential).bearer if entra else None
+        self.button = (
+            GpioButton(cfg.button, factory, self._on_button) if cfg.button.enabled else None
+        )
+
+    # -- reloading (SIGHUP, systemctl reload) -------------------------------------------------
+
+    RESTART_KEYS = (
+        "audio.input_device",
+        "audio.output_device",
+        "audio.input_rate",
+        "audio.input_channels",
+        "audio.input_channel",
+        "audio.jitter_ms",
+        "gpio.pin_factory",
+    )
+    """What a reload cannot change under a running daemon: the audio devices and pin library."""
+
+    def request_reload(self) -> None:
+        if self.tg is not None and self.opts.reload is not None:
+            self._spawn(self._reload())
+
+    async def _reload(self) -> None:
+        """Read the configuration again and apply it; the wake word keeps listening meanwhile.
+        A configuration with a mistake is reported and the running one kept."""
+        assert self.opts.reload is not None
+        self.notifier.reloading()
+        log.info("reloading the configuration")
+        try:
+            new = await asyncio.to_thread(self.opts.reload)
+            wake, echo = await asyncio.to_thread(self._detectors, new)
+        except Exception as e:  # ConfigError, a model that does not load…
+            log.error("configuration not reloaded, keeping the running one: %s", e)
+            self.notifier.ready(f"{self._status_text()} (reload failed: {e})")
+            return
+        REDACT.add(new.api_key.reveal())
+        self._apply(new, wake, echo)
+        self.notifier.ready(self._status_text())
+
+    def _apply(self, new: Config, wake: WakeEngine, echo: EchoGuard) -> None:
+        old = self.cfg
+        later = [k for k in self.RESTART_KEYS if _get(old, k) != _get(new, k)]
+        if later:
+            log.warning("%s changed: takes effect at the next restart", ", ".join(later))
+        self.wake, self.echo = wake, echo
+        self.wake_filter = WakeFilter(ms_to_samples(new.wake.refractory_ms, MIC_RATE))
+        self.vad = Vad(new.turn.vad_aggressiveness)
+        self.denoise = denoiser(new.audio.noise_suppression)
+        if new.audio.preroll_ms != old.audio.preroll_ms:
+            self.preroll = PreRoll(ms_to_samples(new.audio.preroll_ms, MIC_RATE))
+        self.machine.reconfigure(machine_settings(new))
+        if new.audio.volume != old.audio.volume:  # the file changed it: the file wins
+            self.speaker.volume = new.audio.volume
+        self.patterns = with_overrides(new.leds.patterns)
+        if (new.leds, new.button, new.gpio) != (old.leds, old.button, old.gpio):
+            self.leds.close()
+            if self.button is not None:
+                self.button.close()
+            self._build_gpio(new)
+        self._show_leds(self.machine.state)
+        self.hooks.command, self.hooks.states = new.hooks.command, set(new.hooks.states)
+        self.toolbox = Toolbox(new.assistant.tools)
+        self.endpoint = realtime_endpoint(new.cloud)
+        if new.cloud.auth == "entra" and self._bearer is None:
+            self._bearer = EntraTokens(self._credential).bearer
+        self.cfg = new
+        log.info("configuration reloaded (the next session uses it)")
 
     # -- running ----------------------------------------------------------------------------
 
@@ -300,6 +373,8 @@ class App:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_stop)
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         self.events.emit(
             "ready",
             0,
@@ -315,7 +390,7 @@ class App:
         else:
             log.info("ready: listening for %s on '%s'", self._phrases(), self.mic.name)
         if mic_missing is not None:
-            self._mic_failure = MicFailure(str(mic_missing))
+            self._mic_failure = mic_missing  # (not a stall: waiting for it feeds the watchdog)
         try:
             async with asyncio.TaskGroup() as tg:
                 self.tg = tg
@@ -395,13 +470,17 @@ class App:
         log.warning("%s; trying to get it back", failure)
         self._handle(st.MicLost(str(failure)))
         t0, delay = time.monotonic(), 0.5
+        absent = isinstance(failure, DeviceNotFound) or not isinstance(failure, MicFailure)
         while not self.stopped.is_set():
-            if not getattr(self.mic, "stuck", False):
-                self.notifier.audio_alive()  # recovering, not wedged: no restart needed
+            if absent:
+                # waiting for a microphone that is not there is not a hang: no restart. A
+                # stalled capture, or a close stuck in PortAudio, does not feed the watchdog.
+                self.notifier.audio_alive()
             try:
                 await self.mic.reopen(self._refresh_devices)
                 break
             except (MicFailure, DeviceNotFound, OSError) as e:
+                absent = not isinstance(e, MicFailure)
                 log.debug("microphone not back yet: %s", e)
                 self.notifier.status(f"error: {failure}; retrying")
                 await asyncio.sleep(delay)
@@ -529,6 +608,7 @@ class App:
     def _enter(self, c: st.Enter) -> None:
         previous = self._shown_state
         self._shown_state = c.state
+        CONTEXT["STATE"] = c.state.value
         self.events.emit("state", self._audio_ms(), state=c.state.value, reason=c.reason)
         self._show_leds(c.state)
         self.notifier.status(self._status_text())
@@ -555,7 +635,8 @@ class App:
         self.last_error = (c.code, c.message, time.monotonic())
         self.events.emit("error", self._audio_ms(), code=c.code, message=c.message)
         # an outage is logged when it starts and when it ends, not at every failed attempt
-        log.log(logging.DEBUG if c.repeat else logging.WARNING, "%s: %s", c.code, c.message)
+        level = logging.DEBUG if c.repeat else logging.WARNING
+        log.log(level, "%s: %s", c.code, c.message, extra={"ERROR_CODE": c.code})
 
     def _report_recovery(self, c: st.ReportRecovery) -> None:
         self.events.emit("recovered", self._audio_ms(), outage_s=round(c.outage_s, 1))
@@ -593,7 +674,9 @@ class App:
 
     def _close_session(self, c: st.CloseSession) -> None:
         session, self.session = self.session, None
+        CONTEXT["SESSION_ID"] = ""
         if session is not None:
+            log.info("session %s closed (%s)", session.session_id or "(not open)", c.reason)
             session.close(c.reason)
             self.events.emit("session_closed", self._audio_ms(), reason=c.reason)
         self.uplink = None
@@ -602,9 +685,12 @@ class App:
         if session is not self.session:
             return  # a session we already let go of
         if isinstance(ev, st.SessionReady):
+            CONTEXT["SESSION_ID"] = session.session_id
+            log.info("session %s open", session.session_id)
             self.events.emit("session_open", self._audio_ms(), session_id=session.session_id)
             self._pump_uplink()
         elif isinstance(ev, st.SessionFailed | st.SessionLost):
+            CONTEXT["SESSION_ID"] = ""
             self.session = None
             self.uplink = None
             self.events.emit("session_closed", self._audio_ms(), reason=ev.code)
@@ -896,3 +982,8 @@ class App:
             self._handle(st.ButtonHeld())
         else:
             self._handle(st.ButtonUp())
+
+
+def _get(cfg: Config, dotted: str) -> Any:
+    section, key = dotted.split(".")
+    return getattr(getattr(cfg, section), key)

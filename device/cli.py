@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import EX_CONFIG, ConfigError, Secret, load_config, require_cloud
+from .config import EX_CONFIG, Config, ConfigError, Secret, load_config, require_cloud
 
 log = logging.getLogger("device")
 
@@ -222,6 +222,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         "audio.input_device": args.input_device,
         "audio.output_device": args.output_device,
     }
+
+    def read_config() -> Config:
+        cfg = load_config(args.config, overrides=overrides)
+        require_cloud(cfg)
+        return cfg
+
     cfg = load_config(args.config, overrides=overrides)
     setup_logging(args.debug, [cfg.api_key.reveal()])
     require_cloud(cfg)
@@ -236,6 +242,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         control_socket=None
         if args.no_control_socket
         else args.control_socket or daemon_socket_path(),
+        reload=read_config,
     )
     try:
         return asyncio.run(App(cfg, opts).run())
@@ -467,7 +474,7 @@ def _status_lines(r: dict[str, Any]) -> str:
 def _describe(ev: dict[str, Any]) -> str | None:
     name = ev["event"]
     if name == "ready":
-        return f"ready: listening for '{ev['wake_word']}' in {Path(ev['mic']).name}"
+        return f"ready: listening for {ev['wake_word']} in {Path(ev['mic']).name}"
     if name == "wake":
         return f"wake word '{ev['word']}' heard (score {ev['score']:.2f})"
     if name == "led":
@@ -490,7 +497,7 @@ def _describe(ev: dict[str, Any]) -> str | None:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .app import App, RunOptions
-    from .config import Config, parse_config
+    from .config import parse_config
     from .emulator import Emulator
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

@@ -219,3 +219,102 @@ def fifo_asoundrc(tmp: Path, fifo: Path, speaker_raw: Path) -> Path:
         'hint { show on description "test speaker" } }\n'
     )
     return path
+
+
+class Daemon:
+    """`voice-device run` as its own process, hearing silence (a paced WAV), with a control
+    socket, its state in the test's folder, and a configuration file the test may rewrite."""
+
+    def __init__(self, tmp: Path, port: int, env: dict[str, str] | None = None) -> None:
+        import os
+        import sys
+
+        self.tmp = tmp
+        self.socket = tmp / "run" / "control.sock"
+        self.hooks = tmp / "hooks.txt"
+        self.config = tmp / "config.toml"
+        self.log = tmp / "daemon.log"
+        self.events = tmp / "events.jsonl"
+        hook = "echo $VOICE_DEVICE_STATE $VOICE_DEVICE_PREVIOUS_STATE $VOICE_DEVICE_REASON"
+        self.base_config = f"""
+[cloud]
+endpoint = "http://127.0.0.1:{port}"
+[turn]
+follow_up_ms = 1000
+no_speech_timeout_ms = 1000
+[button]
+enabled = false
+[leds]
+backend = "none"
+[hooks]
+command = '{hook} >> {self.hooks}'
+"""
+        self.config.write_text(self.base_config)
+        self.wav = write_wav(tmp / "quiet.wav", silence(300))
+        self.proc: Any = None
+        self.argv = [
+            *(sys.executable, "-m", "device", "run", "--input-wav", str(self.wav)),
+            *("--output-wav", str(tmp / "reply.wav")),
+            *("--control-socket", str(self.socket), "--state-dir", str(tmp / "state")),
+            *("--events-log", str(self.events)),
+        ]
+        self.env = {
+            **os.environ,
+            "AZURE_OPENAI_API_KEY": "test-key",
+            "VOICE_DEVICE_CONFIG": str(self.config),
+            **(env or {}),
+        }
+
+    async def start(self, wrapper: list[str] | None = None) -> None:
+        import asyncio
+
+        with self.log.open("ab") as err:
+            self.proc = await asyncio.create_subprocess_exec(
+                *(wrapper or []), *self.argv, env=self.env, stderr=err
+            )
+        await wait_until(self.answers, 30, "the control socket")
+
+    def answers(self) -> bool:
+        from device.adapters.control import ControlError, request
+
+        if self.proc is not None and self.proc.returncode is not None:
+            raise AssertionError(f"the daemon exited: {self.log.read_text()[-2000:]}")
+        try:
+            return bool(request("status", self.socket, 1)["ok"])
+        except ControlError:
+            return False
+
+    async def ask(self, line: str, timeout: float = 30) -> dict[str, Any]:
+        import asyncio
+
+        from device.adapters.control import request
+
+        return await asyncio.to_thread(request, line, self.socket, timeout)
+
+    def states(self) -> list[str]:
+        return [e["state"] for e in read_jsonl(self.events) if e["event"] == "state"]
+
+    async def stop(self) -> int:
+        import asyncio
+        import signal
+
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return int(await asyncio.wait_for(self.proc.wait(), 10))
+
+    async def kill(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+
+    def cli(self, *args: str) -> Any:
+        import subprocess
+        import sys
+
+        return subprocess.run(
+            [sys.executable, "-m", "device", *args, "--control-socket", str(self.socket)],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=60,
+        )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import re
 import ssl
 import subprocess
 import sys
@@ -186,6 +187,15 @@ def test_the_key_never_reaches_the_logs_even_with_debug(tmp_path: Path, question
     assert r.returncode == 0, r.stderr[-2000:]
     assert "session ready" in r.stderr or "session_open" in (tmp_path / "ev.jsonl").read_text()
     assert "> api-key: ***" in r.stderr  # websockets printed the handshake, redacted
+    # the protocol trace: every event both ways, audio replaced by its size
+    trace = [line for line in r.stderr.splitlines() if "device.protocol" in line]
+    assert any('→ {"type":"session.update"' in line for line in trace)
+    appends = [line for line in trace if '"input_audio_buffer.append"' in line]
+    assert appends and all(re.search(r'"audio":"<\d+ bytes of audio>"', x) for x in appends)
+    deltas = [line for line in trace if '"response.output_audio.delta"' in line]
+    assert deltas and all("bytes of audio>" in line for line in deltas)
+    assert any('← {"type":"response.done"' in line for line in trace)
+    assert not any(re.search(r"[A-Za-z0-9+/=]{200,}", line) for line in trace), "audio in the log"
     for text in (r.stderr, r.stdout, (tmp_path / "ev.jsonl").read_text()):
         assert key not in text
         assert key[:12] not in text

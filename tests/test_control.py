@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
 import socket
 import stat
 import subprocess
@@ -20,7 +18,7 @@ import pytest
 from device.adapters.control import ControlError, ControlServer, request
 from device.adapters.store import Remembered, StateStore
 from device.emulator import Emulator, Scenario
-from tests.helpers import read_jsonl, silence, wait_until, write_wav
+from tests.helpers import Daemon, read_jsonl, wait_until
 from tests.sdk import validate_client_event
 
 ANSWER = "It is sunny."
@@ -38,86 +36,12 @@ async def emulator(tmp_path: Path) -> AsyncIterator[Emulator]:
     await emu.close()
 
 
-class Daemon:
-    """`voice-device run` as its own process, hearing silence, with a control socket."""
-
-    def __init__(self, tmp: Path, emu: Emulator) -> None:
-        self.tmp = tmp
-        self.socket = tmp / "run" / "control.sock"
-        self.hooks = tmp / "hooks.txt"
-        self.config = tmp / "config.toml"
-        hook = "echo $VOICE_DEVICE_STATE $VOICE_DEVICE_PREVIOUS_STATE $VOICE_DEVICE_REASON"
-        hook += f" >> {self.hooks}"
-        self.config.write_text(
-            f"""
-[cloud]
-endpoint = "http://127.0.0.1:{emu.port}"
-[turn]
-follow_up_ms = 1000
-no_speech_timeout_ms = 1000
-[button]
-enabled = false
-[leds]
-backend = "none"
-[hooks]
-command = '{hook}'
-"""
-        )
-        self.wav = write_wav(tmp / "quiet.wav", silence(300))
-        self.proc: asyncio.subprocess.Process | None = None
-        self.env = {
-            **os.environ,
-            "AZURE_OPENAI_API_KEY": "test-key",
-            "VOICE_DEVICE_CONFIG": str(self.config),
-        }
-
-    async def start(self) -> None:
-        self.proc = await asyncio.create_subprocess_exec(
-            *(sys.executable, "-m", "device", "run", "--input-wav", str(self.wav)),
-            *("--output-wav", str(self.tmp / "reply.wav")),
-            *("--control-socket", str(self.socket), "--state-dir", str(self.tmp / "state")),
-            *("--events-log", str(self.tmp / "events.jsonl")),
-            env=self.env,
-            stderr=open(self.tmp / "daemon.log", "ab"),  # noqa: SIM115 (the child owns it)
-        )
-        await wait_until(self.answers, 20, "the control socket")
-
-    def answers(self) -> bool:
-        try:
-            return request("status", self.socket, 1)["ok"] is True
-        except ControlError:
-            return False
-
-    async def ask(self, line: str, timeout: float = 30) -> dict[str, Any]:
-        return await asyncio.to_thread(request, line, self.socket, timeout)
-
-    async def stop(self) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        return await asyncio.wait_for(self.proc.wait(), 10)
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "device", *args, "--control-socket", str(self.socket)],
-            capture_output=True,
-            text=True,
-            env=self.env,
-            timeout=60,
-        )
-
-
 @pytest.fixture
 async def daemon(tmp_path: Path, emulator: Emulator) -> AsyncIterator[Daemon]:
-    d = Daemon(tmp_path, emulator)
+    d = Daemon(tmp_path, emulator.port)
     await d.start()
     yield d
-    if d.proc is not None and d.proc.returncode is None:
-        d.proc.kill()
-        await d.proc.wait()
-
-
-def states(d: Daemon) -> list[str]:
-    return [e["state"] for e in read_jsonl(d.tmp / "events.jsonl") if e["event"] == "state"]
+    await d.kill()
 
 
 async def test_status_mute_wake_ask_and_volume(daemon: Daemon, emulator: Emulator) -> None:
@@ -141,13 +65,13 @@ async def test_status_mute_wake_ask_and_volume(daemon: Daemon, emulator: Emulato
     validate_client_event(question)
     assert question["item"]["content"][0]["text"] == "what is the weather like?"
     assert types.index("response.create") > types.index("conversation.item.create")
-    assert states(d)[:3] == ["connecting", "thinking", "preamble"]
-    assert "answering" in states(d)
+    assert d.states()[:3] == ["connecting", "thinking", "preamble"]
+    assert "answering" in d.states()
 
     # `wake` is a short press: from idle it wakes and listens (nobody speaks: back to idle)
-    await wait_until(lambda: states(d)[-1] == "idle", 10, "the follow-up window to close")
+    await wait_until(lambda: d.states()[-1] == "idle", 10, "the follow-up window to close")
     assert (await d.ask("wake"))["state"] == "connecting"
-    await wait_until(lambda: states(d)[-2:] == ["listening", "idle"], 10, "no speech")
+    await wait_until(lambda: d.states()[-2:] == ["listening", "idle"], 10, "no speech")
 
     assert await d.ask("volume 50") == {"ok": True, "volume": 50}
     assert (await d.ask("volume 300"))["ok"] is False

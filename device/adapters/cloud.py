@@ -32,12 +32,15 @@ from ..core.realtime import (
     ServerEvent,
     SessionCreated,
     SessionSettings,
+    for_the_log,
     parse_server_event,
 )
 from ..core.realtime import ServerError as ServerErrorEvent
 from ..core.states import Input, SessionFailed, SessionLost, SessionReady
 
 log = logging.getLogger(__name__)
+trace = logging.getLogger("device.protocol")
+"""Every event sent and received, at debug level (`run --debug`), audio replaced by its size."""
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 """Largest server event accepted; the biggest real ones (response.done) are far smaller."""
@@ -217,6 +220,8 @@ class CloudSession:
         if self._outgoing.qsize() >= MAX_OUTGOING:
             self._lost("stalled", "the connection stopped taking data")
             return
+        if trace.isEnabledFor(logging.DEBUG):
+            trace.debug("→ %s", for_the_log(event))
         self._outgoing.put_nowait(json.dumps(event, separators=(",", ":")))
 
     def close(self, reason: str) -> None:
@@ -283,10 +288,14 @@ class CloudSession:
             max_queue=64,
         )
         ws = self._ws
-        await ws.send(json.dumps(self._events.session_update(self._settings)))
+        update = self._events.session_update(self._settings)
+        trace.debug("→ %s", for_the_log(update))
+        await ws.send(json.dumps(update))
         # The first event is session.created; an error before it means the session is refused.
         while True:
-            ev = parse_server_event(await ws.recv())
+            text = await ws.recv()
+            trace.debug("← %s", _for_the_log(text))
+            ev = parse_server_event(text)
             self.last_heard = time.monotonic()
             if isinstance(ev, SessionCreated):
                 self.session_id = ev.session_id
@@ -307,6 +316,8 @@ class CloudSession:
         try:
             async for text in ws:
                 self.last_heard = time.monotonic()
+                if trace.isEnabledFor(logging.DEBUG):
+                    trace.debug("← %s", _for_the_log(text))
                 self._on_event(parse_server_event(text))
         except ConnectionClosed:
             pass
@@ -321,3 +332,10 @@ class CloudSession:
         self._on_status(SessionLost(code, message))
         if self._ws is not None:
             self._closer = asyncio.ensure_future(self._ws.close())
+
+
+def _for_the_log(text: str | bytes) -> str:
+    try:
+        return for_the_log(json.loads(text))
+    except ValueError:
+        return f"<{len(text)} bytes that are not JSON>"

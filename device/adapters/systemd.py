@@ -1,4 +1,5 @@
-"""Talking to systemd: sd_notify (READY, STATUS, WATCHDOG, STOPPING) and journald logging."""
+"""Talking to systemd: sd_notify (READY, STATUS, WATCHDOG, RELOADING, STOPPING) and journald
+logging with structured fields."""
 
 from __future__ import annotations
 
@@ -42,10 +43,15 @@ class Notifier:
     def stopping(self) -> None:
         self._send("STOPPING=1\nSTATUS=stopping")
 
+    def reloading(self) -> None:
+        """Before re-reading the configuration; `ready()` says when it is done."""
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        self._send(f"RELOADING=1\nMONOTONIC_USEC={usec}\nSTATUS=reloading the configuration")
+
     def audio_alive(self) -> None:
-        """Called as microphone frames arrive, and at each attempt to get a failed microphone
-        back: the watchdog is fed only while audio flows or its recovery is making progress,
-        so a capture or a PortAudio call that hangs gets the service restarted."""
+        """Called as microphone frames arrive, while the microphone is muted (by the loop's
+        ticker) and while waiting for a microphone that is not there: never while a capture
+        stalls or a PortAudio call hangs, so those get the service restarted."""
         if self.watchdog_interval is None:
             return
         now = time.monotonic()
@@ -67,6 +73,21 @@ def under_journal() -> bool:
     return f"{st.st_dev}:{st.st_ino}" == f"{dev}:{ino}"
 
 
+CONTEXT: dict[str, str] = {}
+"""Journal fields every log entry carries, kept current by the app: STATE, SESSION_ID."""
+
+
+class AddContext(logging.Filter):
+    """Puts the device's state and session on every record, as journal fields, so that
+    `journalctl -u voice-device STATE=error` or `SESSION_ID=sess_…` finds what happened."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in CONTEXT.items():
+            if value and not hasattr(record, key):
+                setattr(record, key, value)
+        return True
+
+
 def setup_logging(debug: bool, secrets: list[str]) -> None:
     """journald when run by systemd, else plain stderr; secrets redacted everywhere."""
     root = logging.getLogger()
@@ -77,10 +98,12 @@ def setup_logging(debug: bool, secrets: list[str]) -> None:
 
         handler = JournalHandler(SYSLOG_IDENTIFIER="voice-device")
         handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.addFilter(AddContext())
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
-    handler.addFilter(RedactSecrets(secrets))
+    handler.addFilter(REDACT)
+    REDACT.set(secrets)
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if debug else logging.INFO)
     if not debug:
@@ -104,7 +127,15 @@ class RedactSecrets(logging.Filter):
 
     def __init__(self, secrets: list[str]) -> None:
         super().__init__()
+        self.set(secrets)
+
+    def set(self, secrets: list[str]) -> None:
         self.secrets = [s for s in secrets if len(s) >= self.MIN_SECRET]
+
+    def add(self, secret: str) -> None:
+        """A key read again (a reload): redacted along with the old one."""
+        if len(secret) >= self.MIN_SECRET and secret not in self.secrets:
+            self.secrets.append(secret)
 
     def _clean(self, text: str) -> str:
         for s in self.secrets:
@@ -121,3 +152,7 @@ class RedactSecrets(logging.Filter):
         if record.exc_text:
             record.exc_text = self._clean(record.exc_text)
         return True
+
+
+REDACT = RedactSecrets([])
+"""The one redaction filter on the log handler; a reload adds the key it reads."""

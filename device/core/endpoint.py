@@ -67,6 +67,11 @@ class Endpointer:
         self._turn_start = 0
         self._last_voiced_end = 0
 
+    def reconfigure(self, settings: EndpointSettings) -> None:
+        self.s = settings
+        if self._votes.maxlen != settings.vote_window:
+            self._votes = deque(self._votes, maxlen=settings.vote_window)
+
     def _samples(self, ms: int) -> int:
         return ms * self.s.rate // 1000
 

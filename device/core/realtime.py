@@ -186,6 +186,29 @@ class ClientEvents:
         return self._event("conversation.item.create", item=item)
 
 
+AUDIO_FIELDS = ("audio", "delta")
+
+
+def for_the_log(event: Any) -> str:
+    """An event as one line for the debug log, with audio payloads replaced by their size.
+
+    Audio is base64 in `audio` (input_audio_buffer.append) and in the `delta` of audio delta
+    events; the `delta` of a transcript is text and kept (debug logs may show words)."""
+    if not isinstance(event, dict):
+        return repr(event)[:200]
+    kind = str(event.get("type", ""))
+    out: dict[str, Any] = {}
+    for key, value in event.items():
+        is_audio = key == "audio" or (
+            key == "delta" and "audio" in kind and "transcript" not in kind
+        )
+        if is_audio and isinstance(value, str):
+            out[key] = f"<{len(value) * 3 // 4} bytes of audio>"
+        else:
+            out[key] = value
+    return json.dumps(out, separators=(",", ":"), ensure_ascii=False)[:2000]
+
+
 # ---------------------------------------------------------------------------------------------
 # Server events, as typed values
 

@@ -426,6 +426,12 @@ class Machine:
         """Replaying the last answer; where to return when it is over."""
         self.ignored = 0
 
+    def reconfigure(self, settings: Settings) -> None:
+        """New settings (a reloaded configuration), keeping the conversation and any outage."""
+        self.s = settings
+        self.outage.policy = settings.backoff
+        self.endpointer.reconfigure(settings.endpoint)
+
     # -- entry point ------------------------------------------------------------------------
 
     def handle(self, event: Input, now: float) -> list[Command]:
