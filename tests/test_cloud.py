@@ -199,3 +199,22 @@ def test_the_key_never_reaches_the_logs_even_with_debug(tmp_path: Path, question
     for text in (r.stderr, r.stdout, (tmp_path / "ev.jsonl").read_text()):
         assert key not in text
         assert key[:12] not in text
+
+
+async def test_a_session_waits_briefly_for_network_time_where_timesyncd_runs(
+    tmp_path: Path,
+) -> None:
+    from device.adapters.cloud import clock_set
+
+    assert await clock_set(tmp_path / "no-timesyncd-here", wait_s=5)  # nothing to wait for
+    timesync = tmp_path / "timesync"
+    timesync.mkdir()
+    assert not await clock_set(timesync, wait_s=0.3)  # not synchronised: gives up, goes on
+
+    async def synchronise() -> None:
+        await asyncio.sleep(0.2)
+        (timesync / "synchronized").touch()
+
+    task = asyncio.ensure_future(synchronise())
+    assert await clock_set(timesync, wait_s=5)
+    await task

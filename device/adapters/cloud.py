@@ -19,6 +19,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -173,6 +174,29 @@ def _is_loopback(url: str) -> bool:
         return False
 
 
+TIMESYNC = Path("/run/systemd/timesync")
+"""systemd-timesyncd's runtime folder; `synchronized` appears in it once the clock is set."""
+CLOCK_WAIT_S = 5.0
+
+
+async def clock_set(timesync: Path = TIMESYNC, wait_s: float = CLOCK_WAIT_S) -> bool:
+    """Wait (a little) for network time when the system says it has not got it yet.
+
+    The service does not wait for time sync at boot; a session opened just after boot on a
+    Pi without a real-time clock may run on last shutdown's time, and TLS then refuses the
+    service's certificate as not yet valid. Only where systemd-timesyncd runs and has not
+    synchronised yet; elsewhere nothing to wait for. True when the clock is (now) set."""
+    if not timesync.is_dir():
+        return True
+    deadline = time.monotonic() + wait_s
+    while not (timesync / "synchronized").exists():
+        if time.monotonic() >= deadline:
+            log.info("the clock is not synchronised yet; connecting anyway")
+            return False
+        await asyncio.sleep(0.2)
+    return True
+
+
 class CloudSession:
     """One realtime session: opened on wake, closed when the conversation is over."""
 
@@ -273,6 +297,8 @@ class CloudSession:
         return now - self.last_heard if self.ready else None
 
     async def _connect(self) -> ClientConnection:
+        if not _is_loopback(self.url):
+            await clock_set()
         k = keepalive(self._keepalive_s)
         self._ws = await connect(
             self.url,
