@@ -23,13 +23,19 @@ class Notifier:
         self.watchdog_interval = int(usec) / 2e6 if usec.isdigit() and mine else None
         self._last_watchdog = 0.0
         self._status = ""
+        self._failed = False
 
     def _send(self, msg: str) -> None:
         if not self.enabled:
             return
         from systemd import daemon  # type: ignore[attr-defined]
 
-        daemon.notify(msg)
+        try:
+            daemon.notify(msg)
+        except OSError as e:  # systemd went away (or a test's socket did): never fatal
+            if not self._failed:
+                self._failed = True
+                log.warning("cannot notify systemd: %s", e)
 
     def ready(self, status: str) -> None:
         self._status = status
