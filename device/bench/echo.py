@@ -29,10 +29,10 @@ from ..emulator import Emulator, Scenario
 from ..emulator.voice import espeak
 
 QUESTION = "okay nabu, can you tell me something?"
-SELF_ANSWER = (
-    "Of course. Whenever you need me, just say okay nabu and ask. "
-    "For example, okay nabu, what's the weather."
-)
+SELF_ANSWER = "Okay nabu. That is all you need to say to wake me: okay nabu."
+"""Said clearly enough that without a guard it wakes the device in every room and at every
+alignment of the model's 30 ms stride (the peak score is 0.94 or more; a sentence that only
+just crossed the threshold made the test depend on the machine's load)."""
 PLAIN_ANSWER = (
     "Here is something. The tallest mountain on Earth is Mount Everest, at about eight "
     "thousand eight hundred metres above the sea."
