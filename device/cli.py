@@ -128,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     bad.add_argument("--retry-after", type=int, metavar="S", help="Retry-After for --reject")
     bad.add_argument("--drop-after", type=int, metavar="N", help="cut TCP after N server events")
     bad.add_argument("--stall-after", type=int, metavar="N", help="go silent after N events")
+    bad.add_argument("--stall-for", type=float, metavar="S", help="then cut TCP after S s (60)")
     bad.add_argument("--error-code", help="answer response.create with this error code")
     bad.add_argument("--garbage", action="store_true", help="malformed and unknown events")
     bad.add_argument("--expire-after", type=float, metavar="S", help="session_expired after S s")
@@ -282,6 +283,7 @@ def emulator_scenario(args: argparse.Namespace) -> Any:
         ("retry_after", "retry_after_s"),
         ("drop_after", "drop_after"),
         ("stall_after", "stall_after"),
+        ("stall_for", "stall_s"),
         ("error_code", "error_code"),
         ("expire_after", "expire_after_s"),
         ("fault_connections", "connections"),

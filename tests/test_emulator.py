@@ -304,6 +304,27 @@ async def test_fault_stall_keeps_tcp_open_and_stops_answering_pings(emulator: Em
         assert ws.state.name == "OPEN"
 
 
+async def test_a_stall_ends_with_the_connection_cut_so_the_emulator_holds_nothing(
+    emulator: Emulator,
+) -> None:
+    """A stalled emulator cannot hear the client hang up: after `stall_s` it lets go."""
+    await with_faults(emulator, stall_after=1, stall_s=0.5)
+    async with connect(
+        url(emulator), additional_headers={"api-key": "right-key"}, ping_interval=None
+    ) as ws:
+        await recv(ws)
+        await ws.send(json.dumps(ClientEvents().clear_input()))
+        await asyncio.sleep(0.2)
+        assert emulator.open_connections == 1
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 5)
+    for _ in range(50):
+        if emulator.open_connections == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert emulator.open_connections == 0
+
+
 @pytest.mark.parametrize("code", ["rate_limit_exceeded", "insufficient_quota"])
 async def test_fault_error_code_instead_of_a_response(emulator: Emulator, code: str) -> None:
     await with_faults(emulator, error_code=code)

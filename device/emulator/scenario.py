@@ -34,6 +34,10 @@ class Faults:
     """Cut the TCP connection (no close frame) after this many server events."""
     stall_after: int | None = None
     """After this many server events, go silent and stop reading; the TCP connection stays open."""
+    stall_s: float = 60.0
+    """How long a stall lasts before the emulator cuts the connection (as a load balancer in
+    front of a hung server would). A stalled emulator cannot hear the client hang up, so
+    without this limit it would hold every stalled connection for as long as it runs."""
     error_code: str | None = None
     """Answer response.create with an `error` event of this code instead of a response."""
     garbage: bool = False

@@ -110,6 +110,11 @@ class Emulator:
         assert self.server is not None
         return int(next(iter(self.server.sockets)).getsockname()[1])
 
+    @property
+    def open_connections(self) -> int:
+        """Connections whose handler has not finished yet."""
+        return len(self.server.connections) if self.server is not None else 0
+
     async def close(self) -> None:
         if self.server is not None:
             self.server.close()
@@ -241,6 +246,7 @@ class _Session:
         self.vad: _ServerVad | None = None
         self.speech_item: str | None = None
         self.timers: list[asyncio.Task[None]] = []
+        self.stalled = False
 
     def new_id(self, prefix: str) -> str:
         return f"{prefix}_{self.conn:03d}{next(self.ids):05d}"
@@ -250,7 +256,10 @@ class _Session:
             self.ws.transport.abort()  # no close frame: what a lost network looks like
             raise ConnectionClosed(None, None)
         if self.faults.stall_after is not None and self.sent >= self.faults.stall_after:
-            self.ws.transport.pause_reading()  # pings go unanswered; TCP stays open
+            if not self.stalled:  # whichever task gets here first (a response, or run())
+                self.stalled = True
+                self.ws.transport.pause_reading()  # pings go unanswered; TCP stays open
+                self.timers.append(asyncio.create_task(self._cut_after(self.faults.stall_s)))
             raise _Stalled()
         if self.beta:
             type_ = BETA_NAMES.get(type_, type_)
@@ -336,8 +345,13 @@ class _Session:
             await self.send("session.created", session=self._session_object())
             async for text in self.ws:
                 await self.on_message(text)
-        except _Stalled:
-            await self.ws.wait_closed()  # keep the TCP connection open and say nothing
+        except _Stalled:  # keep the TCP connection open and say nothing (until the cut)
+            await self.ws.wait_closed()
+
+    async def _cut_after(self, seconds: float) -> None:
+        """A stalled connection cannot hear the client hang up (reading is paused): cut it."""
+        await asyncio.sleep(seconds)
+        self.ws.transport.abort()
 
     async def _expire(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
