@@ -164,6 +164,8 @@ class App:
         """Final-answer audio of the responses in progress, by response id."""
         self.last_answer = b""
         self._replays = 0
+        self._heard_from: set[str] = set()
+        """Responses whose first audio has arrived (the `reply_audio` event, once each)."""
         self.events = EventLog(opts.events_log)
         self.notifier = Notifier()
         self.endpoint = realtime_endpoint(cfg.cloud)
@@ -655,6 +657,7 @@ class App:
 
     def _open_session(self, c: st.OpenSession) -> None:
         assert self.tg is not None
+        self._heard_from.clear()
         self.conversation = rt.Conversation()
         self.client = rt.ClientEvents()
         self.discard_next_response = False
@@ -771,6 +774,9 @@ class App:
     def _on_audio(self, ev: rt.AudioDelta) -> None:
         if self.conversation.audible(ev.response_id):
             phase = self.conversation.phase_of(ev.item_id)
+            if ev.response_id not in self._heard_from:
+                self._heard_from.add(ev.response_id)
+                self.events.emit("reply_audio", self._audio_ms(), response_id=ev.response_id)
             self.speaker.play(ev.response_id, ev.item_id, phase, ev.pcm)
             if phase == "final_answer":  # kept (in RAM) for a repeat
                 kept = self._answer_pcm.setdefault(ev.response_id, bytearray())
@@ -914,6 +920,12 @@ class App:
             "wake_words": [w.phrase for w in self.wake.words],
             "microphone": self.mic.name,
             "microphone_open": self.mic.is_open,
+            "speaker": {
+                "name": self.speaker.name,
+                "output_latency_ms": round(self.speaker.output_latency_s * 1000, 1),
+                "audible_after_stop_ms": round(self.speaker.audible_after_stop / 24, 1),
+                "underruns": self.speaker.underruns,
+            },
             "pid": os.getpid(),
         }
 

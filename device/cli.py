@@ -144,8 +144,16 @@ def build_parser() -> argparse.ArgumentParser:
     chk.add_argument("--output-device")
     chk.add_argument("--no-cloud", action="store_true", help="skip opening a test session")
 
-    bench = sub.add_parser("bench", help="measurements: echo handling, accuracy, endpointing")
-    bench.add_argument("what", choices=["echo", "accuracy"], help="which measurement")
+    bench = sub.add_parser(
+        "bench", help="measurements: echo handling, accuracy and endpointing, speed and memory"
+    )
+    bench.add_argument(
+        "what", choices=["echo", "accuracy", "perf", "soak"], help="which measurement"
+    )
+    bench.add_argument(
+        "--conversations", type=int, default=500, help="soak: how many (default 500)"
+    )
+    bench.add_argument("--seed", type=int, default=1, help="soak: the random draw")
     bench.add_argument(
         "--engine",
         action="append",
@@ -344,6 +352,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from .bench import accuracy
 
         return accuracy.run(args.quick, args.out, args.engine)
+    if args.what == "perf":
+        from .bench import perf
+
+        return perf.run(args.quick, args.out)
+    if args.what == "soak":
+        from .bench import soak
+
+        return soak.run(args.conversations, args.seed, args.out)
     return 2
 
 

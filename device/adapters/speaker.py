@@ -67,6 +67,13 @@ class Speaker:
         self._post: Post | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.underruns = 0
+        self.rendered = 0
+        """Samples handed to the output so far (silence included): the speaker's clock."""
+        self.audible_after_stop = 0
+        """Reply samples rendered after the last stop() (a barge-in): should stay 0."""
+        self._stopped = False
+        self.output_latency_s = 0.0
+        """What the output device holds beyond our buffer (PortAudio's figure)."""
 
     def attach(self, post: Post) -> None:
         """Where playout events go; called on the event loop before anything is played."""
@@ -84,6 +91,7 @@ class Speaker:
                     log.warning("reply audio beyond %d s queued; dropping the rest", MAX_QUEUED_S)
                 return
             self._buffer.add(response_id, item_id, phase, pcm)
+            self._stopped = False
             ready = queued + len(pcm) // SAMPLE_BYTES >= self._prefill
         if ready:
             self._ensure_running()
@@ -98,6 +106,8 @@ class Speaker:
         """Cut playback now (barge-in). Reports `PlayoutStopped` with what was played."""
         with self._lock:
             stopped = self._buffer.flush()
+            self._stopped = True
+            self.audible_after_stop = 0
         self._emit([stopped])
         self._halt()
 
@@ -125,6 +135,9 @@ class Speaker:
         with self._lock:
             pcm, events = self._buffer.pull(samples, pad)
             self.underruns = self._buffer.underruns
+            self.rendered += len(pcm) // SAMPLE_BYTES
+            if self._stopped and any(pcm):
+                self.audible_after_stop += len(pcm) // SAMPLE_BYTES
             if self.volume != 1.0 and pcm:
                 pcm = scale(pcm, self.volume)
             self._far += pcm
@@ -212,12 +225,13 @@ class PyAudioSpeaker(Speaker):
             raise OSError(
                 f"could not open speaker '{self.name}' at {CLOUD_RATE} Hz mono: {e}"
             ) from e
+        self.output_latency_s = self._stream.get_output_latency()
         log.info(
             "speaker '%s' ready (%d Hz, %d ms periods, %.0f ms output latency)",
             self.name,
             CLOUD_RATE,
             PERIOD_MS,
-            self._stream.get_output_latency() * 1000,
+            self.output_latency_s * 1000,
         )
 
     def _callback(self, data: Any, frames: int, time_info: Any, status: int) -> tuple[bytes, int]:
@@ -256,20 +270,22 @@ class PyAudioSpeaker(Speaker):
 
 
 class WavSpeaker(Speaker):
-    """Writes what would be played to a 24 kHz mono WAV file.
+    """Writes what would be played to a 24 kHz mono WAV file (or, with no path, nowhere).
 
     `paced`: clocked like a real device, one 20 ms period at a time, silence on underrun.
     Otherwise audio is written as soon as it arrives, and "played" means "written".
     """
 
-    def __init__(self, path: Path, jitter_ms: int, paced: bool, volume: float = 1.0) -> None:
+    def __init__(self, path: Path | None, jitter_ms: int, paced: bool, volume: float = 1.0) -> None:
         super().__init__(jitter_ms if paced else 0, volume)
-        self.name = str(path)
+        self.name = str(path) if path else "no speaker"
         self.paced = paced
-        self._wav = wave.open(str(path), "wb")  # noqa: SIM115 - open for the daemon's life
-        self._wav.setnchannels(1)
-        self._wav.setsampwidth(SAMPLE_BYTES)
-        self._wav.setframerate(CLOUD_RATE)
+        self._wav: Any = None
+        if path is not None:
+            self._wav = wave.open(str(path), "wb")  # noqa: SIM115 - open for the daemon's life
+            self._wav.setnchannels(1)
+            self._wav.setsampwidth(SAMPLE_BYTES)
+            self._wav.setframerate(CLOUD_RATE)
         self._wake = asyncio.Event()
         self._closed = False
 
@@ -298,7 +314,7 @@ class WavSpeaker(Speaker):
             else:
                 pcm = self._render(1 << 30, pad=False)
                 if pcm:
-                    self._wav.writeframes(pcm)
+                    self._write(pcm)
                 else:
                     self._wake.clear()
                     await self._wake.wait()
@@ -307,12 +323,17 @@ class WavSpeaker(Speaker):
         t0 = time.monotonic()
         n = 0
         while self._running and not self._closed:
-            self._wav.writeframes(self._render(PERIOD_SAMPLES, pad=True))
+            self._write(self._render(PERIOD_SAMPLES, pad=True))
             n += 1
             delay = t0 + n * PERIOD_MS / 1000 - time.monotonic()
             await asyncio.sleep(max(0.0, delay))
 
+    def _write(self, pcm: bytes) -> None:
+        if self._wav is not None:
+            self._wav.writeframes(pcm)
+
     def close(self) -> None:
         self._closed = True
         self._wake.set()
-        self._wav.close()
+        if self._wav is not None:
+            self._wav.close()
