@@ -164,6 +164,9 @@ class App:
         """Final-answer audio of the responses in progress, by response id."""
         self.last_answer = b""
         self._replays = 0
+        self._speaker_failures = 0
+        self._speaker_suspect = False
+        """A failure was reported and no response has played to its end since."""
         self._heard_from: set[str] = set()
         """Responses whose first audio has arrived (the `reply_audio` event, once each)."""
         self.events = EventLog(opts.events_log)
@@ -445,11 +448,23 @@ class App:
         while True:
             await asyncio.sleep(TICK_S)
             self._report_overflows()
+            self._check_speaker()
             if self.machine.state is st.State.MUTED:
                 self.notifier.audio_alive()  # closed on purpose; the loop itself is alive
             quiet = self.session.quiet_s(time.monotonic()) if self.session else None
             self._handle(st.Tick(quiet))
             self.notifier.status(self._status_text())
+
+    def _check_speaker(self) -> None:
+        """A speaker that hangs or goes away mid-reply must not leave the device answering
+        for ever: show the error, end the conversation, and open the output afresh."""
+        problem = self.speaker.failure(time.monotonic())
+        if problem is None:
+            return
+        self._speaker_failures += 1
+        self._speaker_suspect = True
+        self.speaker.recover()
+        self._handle(st.SpeakerFailed(f"{problem}; reopening it"))
 
     async def _audio_loop(self) -> None:
         while True:
@@ -857,6 +872,9 @@ class App:
 
     def _on_playout(self, ev: PlayoutEvent) -> None:
         ms = self._audio_ms()
+        if isinstance(ev, ResponsePlayed) and self._speaker_suspect:
+            self._speaker_suspect = False
+            log.info("speaker '%s' plays again", self.speaker.name)
         if isinstance(ev, ItemStarted | ResponsePlayed) and ev.response_id.startswith(EARCON):
             return  # the device's own sounds are not part of the conversation
         if isinstance(ev, PlayoutStopped):
@@ -925,6 +943,7 @@ class App:
                 "output_latency_ms": round(self.speaker.output_latency_s * 1000, 1),
                 "audible_after_stop_ms": round(self.speaker.audible_after_stop / 24, 1),
                 "underruns": self.speaker.underruns,
+                "failures": self._speaker_failures,
             },
             "pid": os.getpid(),
         }

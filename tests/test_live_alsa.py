@@ -15,7 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import FifoMic, fifo_asoundrc, read_jsonl, silence, speech, states
+from tests.helpers import (
+    FifoMic,
+    FifoSpeaker,
+    fifo_asoundrc,
+    read_jsonl,
+    silence,
+    speech,
+    states,
+)
 
 KEY = "live-alsa-test-key"
 
@@ -54,9 +62,12 @@ def live(tmp_path: Path) -> Iterator[FifoMic]:
 
 
 def start(
-    tmp_path: Path, port: int, extra_env: dict[str, str] | None = None
+    tmp_path: Path,
+    port: int,
+    extra_env: dict[str, str] | None = None,
+    speaker: Path | None = None,
 ) -> subprocess.Popen[str]:
-    alsa = fifo_asoundrc(tmp_path, tmp_path / "mic.fifo", tmp_path / "speaker.raw")
+    alsa = fifo_asoundrc(tmp_path, tmp_path / "mic.fifo", speaker or tmp_path / "speaker.raw")
     cfg = tmp_path / "config.toml"
     cfg.write_text(
         '[gpio]\npin_factory = "mock"\n[turn]\nno_speech_timeout_ms = 2000\nfollow_up_ms = 1000\n'
@@ -187,3 +198,43 @@ def test_a_microphone_that_stalls_and_comes_back(
     assert [t for t, m in messages if "WATCHDOG=1" in m and t > resumed_at]
     assert "microphone 'livemic' back" in stderr
     assert stderr.count("trying to get it back") == 1  # logged once, not per attempt
+
+
+def test_a_speaker_that_hangs_mid_answer_ends_it_and_the_next_answer_plays(
+    tmp_path: Path, emulator: int, live: FifoMic
+) -> None:
+    """The output stops taking audio in the middle of an answer (a wedged driver): the device
+    must not stay 'answering' for ever. It shows the error, goes back to idle, opens the
+    speaker afresh, and the next answer is heard to its end."""
+    speaker = FifoSpeaker(tmp_path / "speaker.fifo")
+    daemon = start(tmp_path, emulator, speaker=speaker.path)
+    log = tmp_path / "events.jsonl"
+    question = speech("okay nabu, tell me about bread") + silence(1.0)
+
+    def answered(ev: list[dict]) -> bool:  # type: ignore[type-arg]
+        failed = [i for i, e in enumerate(ev) if e["event"] == "error"]
+        return bool(failed) and any(
+            e["event"] == "playback_end" and "response_id" in e for e in ev[failed[0] :]
+        )
+
+    try:
+        wait_for(log, lambda ev: any(e["event"] == "ready" for e in ev), 30)
+        live.say(question)
+        wait_for(log, lambda ev: "answering" in states(ev), 30)
+        time.sleep(0.5)
+        speaker.stalled.set()  # the pipe still holds 1.4 s of audio, then STALL_S (2 s)
+        events = wait_for(log, lambda ev: "error" in states(ev), 15)
+        wait_for(log, lambda ev: states(ev)[-1:] == ["idle"], 15)
+        speaker.stalled.clear()
+        heard_before = speaker.received
+        live.say(question)
+        events = wait_for(log, answered, 60)
+    finally:
+        stderr = stop(daemon)
+        speaker.close()
+    error = next(e for e in events if e["event"] == "error")
+    assert error["code"] == "speaker_failed" and "testspk" in error["message"]
+    after = states(events)[states(events).index("error") :]
+    assert after[:3] == ["error", "idle", "connecting"] and "answering" in after
+    assert speaker.received - heard_before > 24_000 * 2 * 2  # seconds of the second answer
+    assert "plays again" in stderr and "Traceback" not in stderr

@@ -48,6 +48,7 @@ from device.core.states import (
     SessionReady,
     SetMute,
     Settings,
+    SpeakerFailed,
     StartTurn,
     State,
     StopPlayback,
@@ -894,6 +895,19 @@ def test_a_lost_microphone_ends_the_conversation_and_shows_until_it_is_back() ->
     assert m.handle(MicLost("x"), 102)[-1] == Enter(State.ERROR, "mic_lost")
     muted_machine = muted()
     assert muted_machine.handle(MicLost("x"), 0) == []  # closed on purpose
+
+
+def test_a_failed_speaker_ends_the_answer_silently_and_the_error_passes() -> None:
+    m = answering()
+    cmds = m.handle(SpeakerFailed("speaker 'x' took no audio for 2 s"), 10)
+    assert cmds == [
+        StopPlayback(),
+        CloseSession("speaker_failed"),
+        ReportError("speaker_failed", "speaker 'x' took no audio for 2 s"),
+        Enter(State.ERROR, "speaker_failed"),
+    ]  # no error earcon: it would go to the same speaker
+    assert m.handle(Tick(), 10 + SETTINGS.error_hold_s + 0.1) == [Enter(State.IDLE, "error shown")]
+    assert muted().handle(SpeakerFailed("x"), 0) == []
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,13 +7,19 @@ loop: the LEDs follow what the user hears, not what has arrived from the network
 The output runs only while there is something to play. Playback of a response starts once
 `jitter_ms` of it is buffered (or all of it has arrived), so a hiccup in the network does
 not become a gap in the voice.
+
+An output that stops taking audio while it should be playing (a hung driver, a USB speaker
+pulled out mid-reply), or that fails to start, is reported by `failure()`; `recover()` then
+leaves the old stream to its fate on its own thread and opens a fresh one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
+import queue
 import threading
 import time
 import wave
@@ -31,7 +37,7 @@ from ..core.audio import (
     ms_to_samples,
     scale,
 )
-from .portaudio import DeviceInfo, find_device, pyaudio_instance
+from .portaudio import DeviceInfo, DeviceNotFound, find_device, pyaudio_instance
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +47,11 @@ MAX_QUEUED_S = 300
 """Reply audio held at most (14 MB): a server sending faster than this is cut, not obeyed."""
 FAR_END_S = 1
 """How much of what was played is kept for echo handling (read back at the mic's pace)."""
+STALL_S = 2.0
+"""An output that takes no audio for this long while it should be playing has failed. A
+working one asks every period (20 ms); its own buffer is a few periods deep."""
+START_GRACE_S = 3.0
+"""More time allowed for starting: some outputs (Bluetooth, a sound server) are slow to."""
 
 Post = Callable[[PlayoutEvent], None]
 
@@ -74,6 +85,10 @@ class Speaker:
         self._stopped = False
         self.output_latency_s = 0.0
         """What the output device holds beyond our buffer (PortAudio's figure)."""
+        self._last_pull = 0.0
+        """When the output last asked for audio (or was started)."""
+        self._fault: str | None = None
+        """A start or stop that failed on the output's thread, until `failure()` reports it."""
 
     def attach(self, post: Post) -> None:
         """Where playout events go; called on the event loop before anything is played."""
@@ -114,7 +129,31 @@ class Speaker:
     def _ensure_running(self) -> None:
         if not self._running:
             self._running = True
+            self._last_pull = time.monotonic() + START_GRACE_S
             self._start()
+
+    def failure(self, now: float) -> str | None:
+        """Why the output is failing, if it is: a start or stop that raised, or no audio taken
+        for STALL_S while it should be playing. Each fault is reported once; the caller then
+        calls `recover()`."""
+        fault, self._fault = self._fault, None
+        if fault is not None:
+            return fault
+        if self._running and now - self._last_pull > STALL_S:
+            return f"speaker '{self.name}' took no audio for {STALL_S:g} s"
+        return None
+
+    def recover(self) -> None:
+        """Drop what was queued (reported as stopped) and get a fresh output."""
+        with self._lock:
+            stopped = self._buffer.flush()
+            self._stopped = True
+        self._emit([stopped])
+        self._running = False
+        self._reopen()
+
+    def _reopen(self) -> None:
+        pass
 
     def _settle(self) -> None:
         """Called on the loop after a response has played out: stop the output if idle."""
@@ -132,6 +171,7 @@ class Speaker:
     # -- called where audio is rendered (callback thread or writer task) --------------------
 
     def _render(self, samples: int, pad: bool) -> bytes:
+        self._last_pull = time.monotonic()
         with self._lock:
             pcm, events = self._buffer.pull(samples, pad)
             self.underruns = self._buffer.underruns
@@ -191,10 +231,43 @@ class Speaker:
         pass
 
 
+class _Worker:
+    """One daemon thread that runs jobs in order. PortAudio calls on a hung device may never
+    return: a daemon thread cannot hold up the process's exit, as a thread pool's would."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], concurrent.futures.Future[Any]]] = (
+            queue.SimpleQueue()
+        )
+        threading.Thread(target=self._run, name="speaker", daemon=True).start()
+
+    def submit(self, job: Callable[[], Any]) -> concurrent.futures.Future[Any]:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._jobs.put((job, future))
+        return future
+
+    def _run(self) -> None:
+        while True:
+            job, future = self._jobs.get()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(job())
+            except BaseException as e:  # handed to whoever waits on the future
+                future.set_exception(e)
+            if job is _quit:
+                return
+
+
+def _quit() -> None:
+    """The last job a worker runs."""
+
+
 class PyAudioSpeaker(Speaker):
     """Playback through a PortAudio callback stream, started and stopped per response.
 
-    Starting and stopping happen on one worker thread, in order, off the event loop.
+    Opening, starting, stopping and closing happen on one worker thread, in order, off the
+    event loop; a failure there is kept for `failure()`.
     """
 
     def __init__(self, spec: str, jitter_ms: int, volume: float = 1.0) -> None:
@@ -202,7 +275,7 @@ class PyAudioSpeaker(Speaker):
         self.spec = spec
         self.device: DeviceInfo = find_device(spec, "output")
         self.name = self.device.name
-        self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="speaker")
+        self._worker = _Worker()
         self._stream: Any = None
         self._open()
 
@@ -239,34 +312,80 @@ class PyAudioSpeaker(Speaker):
 
         return self._render(frames, pad=True), pyaudio.paContinue
 
+    def _on_worker(self, what: str, job: Callable[[], None]) -> None:
+        def run() -> None:
+            try:
+                job()
+            except (OSError, DeviceNotFound) as e:
+                self._fault = f"speaker '{self.name}' could not {what}: {e}"
+
+        self._worker.submit(run)
+
+    def _start_stream(self) -> None:
+        if self._stream is None:  # a reopen failed: try again now that there is audio
+            self.device = find_device(self.spec, "output")
+            self._open()
+        self._stream.start_stream()
+        self._last_pull = time.monotonic()  # started: from now on it must keep asking
+
+    def _stop_stream(self) -> None:
+        if self._stream is not None and self._stream.is_active():
+            self._stream.stop_stream()
+
     def _start(self) -> None:
-        self._worker.submit(self._stream.start_stream)
+        self._on_worker("start", self._start_stream)
 
     def _stop(self) -> None:
         # The buffer is already empty (flushed or played out), so from the next callback on
         # PortAudio gets silence; stopping plays what it still holds, at most the output
         # latency. (PyAudio offers no Pa_AbortStream to drop even that.)
-        self._worker.submit(self._stream.stop_stream)
+        self._on_worker("stop", self._stop_stream)
+
+    def _reopen(self) -> None:
+        """The old stream, and the thread that may be stuck in it, are left behind: the stream
+        is closed there if that thread ever comes back. The new one opens on a new thread."""
+        old_worker, old_stream = self._worker, self._stream
+
+        def close_old() -> None:
+            if old_stream is not None:
+                with contextlib.suppress(OSError):
+                    old_stream.close()
+
+        old_worker.submit(close_old)
+        old_worker.submit(_quit)
+        self._worker = _Worker()
+        self._stream = None
+
+        def open_new() -> None:
+            self.device = find_device(self.spec, "output")
+            self._open()
+
+        self._on_worker("reopen", open_new)
 
     def suspend(self) -> None:
         """Close the stream (PortAudio is about to be restarted); `resume()` reopens it."""
         self._halt()
 
         def _close() -> None:
-            if self._stream.is_active():
-                self._stream.stop_stream()
-            self._stream.close()
+            self._stop_stream()
+            if self._stream is not None:
+                self._stream.close()
+                self._stream = None
 
         self._worker.submit(_close).result(timeout=5)
 
     def resume(self) -> None:
-        self.device = find_device(self.spec, "output")
-        self.name = self.device.name
-        self._worker.submit(self._open).result(timeout=5)
+        def _reopen() -> None:
+            self.device = find_device(self.spec, "output")
+            self.name = self.device.name
+            self._open()
+
+        self._worker.submit(_reopen).result(timeout=5)
 
     def close(self) -> None:
-        self.suspend()
-        self._worker.shutdown()
+        with contextlib.suppress(concurrent.futures.TimeoutError, OSError):
+            self.suspend()
+        self._worker.submit(_quit)
 
 
 class WavSpeaker(Speaker):

@@ -182,6 +182,13 @@ class MicBack:
 
 
 @dataclass(frozen=True)
+class SpeakerFailed:
+    """The speaker stopped taking audio, or could not start (hung, unplugged)."""
+
+    message: str
+
+
+@dataclass(frozen=True)
 class Tick:
     server_quiet_s: float | None = None
     """Seconds since the session last heard from the server (None: no session)."""
@@ -208,6 +215,7 @@ Input = (
     | AskText
     | MicLost
     | MicBack
+    | SpeakerFailed
     | Tick
 )
 
@@ -494,7 +502,13 @@ class Machine:
         return cmds
 
     def _fail(
-        self, code: str, message: str, now: float, retryable: bool, retry_after: float | None = None
+        self,
+        code: str,
+        message: str,
+        now: float,
+        retryable: bool,
+        retry_after: float | None = None,
+        earcon: bool = True,
     ) -> list[Command]:
         """Show an error. A retryable one starts (or extends) an outage: see `core.backoff`."""
         repeat = False
@@ -504,7 +518,7 @@ class Machine:
         return [
             *self._teardown(code),
             ReportError(code, message, repeat),
-            PlayEarcon("error"),
+            *([PlayEarcon("error")] if earcon else []),
             Enter(State.ERROR, code),
         ]
 
@@ -866,6 +880,14 @@ class Machine:
         self.mic_down = True
         return self._fail("mic_lost", e.message, now, retryable=False)
 
+    # -- the speaker ------------------------------------------------------------------------
+
+    def on_speaker_failed(self, e: Input, now: float) -> list[Command]:
+        """Whatever was going on is over: the user cannot hear it. No error sound either (it
+        would go to the same speaker); the light says it. The next wake tries again."""
+        assert isinstance(e, SpeakerFailed)
+        return self._fail("speaker_failed", e.message, now, retryable=False, earcon=False)
+
     def on_mic_back(self, e: Input, now: float) -> list[Command]:
         self.mic_down = False
         if self.state is State.ERROR:
@@ -917,4 +939,6 @@ TRANSITIONS: dict[tuple[State, type], Handler] = {
     # the microphone (a muted one is closed on purpose and cannot fail)
     **{(s, MicLost): M.on_mic_lost for s in State if s is not S.MUTED},
     **{(s, MicBack): M.on_mic_back for s in State},
+    # the speaker (a muted device plays nothing that could fail but its own earcons)
+    **{(s, SpeakerFailed): M.on_speaker_failed for s in State if s is not S.MUTED},
 }
