@@ -28,7 +28,7 @@ from .adapters.entra import EntraTokens
 from .adapters.gpio import GpioButton, Leds, make_leds, make_pin_factory
 from .adapters.hooks import Hooks
 from .adapters.mic import Mic, MicFailure, PyAudioMic, WavMic
-from .adapters.portaudio import DeviceNotFound, reinitialize
+from .adapters.portaudio import DeviceNotFound, find_device, reinitialize
 from .adapters.room import Room
 from .adapters.speaker import PyAudioSpeaker, Speaker, WavSpeaker
 from .adapters.store import Remembered, StateStore
@@ -62,6 +62,9 @@ from .tools import Toolbox
 log = logging.getLogger(__name__)
 
 TICK_S = 0.1
+SPEAKER_WAIT_S = 30
+"""With --wait-for-devices, how long a speaker missing at start-up is looked for (a USB
+speaker still being set up at boot) before the daemon gives up on it as it would without."""
 
 
 @dataclass(frozen=True)
@@ -362,7 +365,35 @@ class App:
             if self.control is not None:
                 await self.control.close()
 
+    async def _wait_for_speaker(self) -> None:
+        """Look for a missing speaker again every second for up to SPEAKER_WAIT_S, restarting
+        PortAudio to see new devices (nothing is open yet, so it can be). If it does not
+        come, `build()` names it and the daemon exits 78, as without --wait-for-devices:
+        a device that cannot answer is not left half-running."""
+        spec = self.cfg.audio.output_device
+        deadline = time.monotonic() + SPEAKER_WAIT_S
+        warned = False
+        while True:
+            try:
+                await asyncio.to_thread(find_device, spec, "output")
+            except DeviceNotFound as e:
+                if time.monotonic() >= deadline:
+                    return
+                if not warned:
+                    warned = True
+                    log.warning("%s; looking for it for up to %d s", e, SPEAKER_WAIT_S)
+                    self.notifier.status(f"waiting for the speaker: {e}")
+                await asyncio.sleep(1)
+                await asyncio.to_thread(reinitialize)
+                continue
+            if warned:
+                log.info("speaker '%s' found", spec)
+            return
+
     async def _run(self) -> int:
+        o = self.opts
+        if o.wait_for_devices and o.room is None and o.output_wav is None:
+            await self._wait_for_speaker()
         self.build()
         loop = asyncio.get_running_loop()
         self.speaker.attach(self._on_playout)

@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--wait-for-devices",
         action="store_true",
-        help="a missing microphone is waited for (error LED) instead of ending the program",
+        help="a missing microphone is waited for (error LED), and a missing speaker for up "
+        "to 30 s, instead of ending the program",
     )
     run.add_argument(
         "--control-socket",

@@ -1,7 +1,8 @@
 """Faults from the field, and the way back from each: a key rotated on the service, the
 server closing while the user speaks, a full disk under the state file, a speaker that is
 not there. The user sees the right state, the daemon keeps running (or exits 78 when the
-configuration names a device that does not exist), and the next wake works."""
+configuration names a device that does not exist, unless it turns up soon after a start
+with --wait-for-devices), and the next wake works."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -166,3 +168,44 @@ def test_a_speaker_that_is_not_there_is_named_with_a_way_to_list_them(tmp_path: 
     )
     assert r.returncode == 78  # a configuration error: systemd does not restart it in a loop
     assert "speaker 'usb-speaker' not found; run 'voice-device devices'" in r.stderr
+
+
+def test_with_wait_for_devices_a_speaker_that_appears_after_start_is_found(
+    tmp_path: Path,
+) -> None:
+    """At boot a USB speaker may not be set up yet when the service starts: the daemon looks
+    again (PortAudio restarted) instead of exiting, and starts once the speaker is there."""
+    alsa = asoundrc(tmp_path, tmp_path / "mic.raw", tmp_path / "speaker.raw")
+    (tmp_path / "mic.raw").write_bytes(silence(1.0))
+    events, log = tmp_path / "events.jsonl", tmp_path / "daemon.log"
+    with log.open("w") as err:
+        proc = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "device", "run", "--input-device", "testmic"),
+                *("--output-device", "late-speaker", "--endpoint", "http://127.0.0.1:9"),
+                *("--wait-for-devices", "--no-control-socket", "--events-log", str(events)),
+            ],
+            env={**os.environ, "ALSA_CONFIG_PATH": str(alsa), "AZURE_OPENAI_API_KEY": "k"},
+            stderr=err,
+            text=True,
+        )
+        try:
+            poll(lambda: "looking for it" in log.read_text(), "the wait for the speaker")
+            assert not events.exists() or "ready" not in events.read_text()
+            with alsa.open("a") as f:  # it is plugged in
+                f.write('pcm.late-speaker { type null; hint { show on description "late" } }\n')
+            poll(lambda: any(e["event"] == "ready" for e in read_jsonl(events)), "READY")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(15)
+    ready = next(e for e in read_jsonl(events) if e["event"] == "ready")
+    assert ready["speaker"] == "late-speaker" and code == 0
+    text = log.read_text()
+    assert "speaker 'late-speaker' not found" in text and "speaker 'late-speaker' found" in text
+
+
+def poll(predicate: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
