@@ -10,6 +10,7 @@ from device.adapters.wakeword import load_engine
 from device.bench import corpus as C
 from device.bench.accuracy import in_condition, run_endpointer, scores_per_clip
 from device.bench.echo import PLAIN_ANSWER, ROOMS, SELF_ANSWER, SETUPS, one_run
+from device.bench.perf import cpu_bare, cpu_pipeline, idle_audio, latencies, memory_and_startup
 from device.core.endpoint import EndpointSettings
 
 
@@ -35,3 +36,19 @@ def test_accuracy_and_endpointing_pieces_on_a_few_utterances() -> None:
     true_end = C.speech_end(x)
     assert end is not None and 600 <= (end - true_end) / 16 <= 800
     assert np.all(C.with_noise(x, 10, "pink", 1).shape == x.shape)
+
+
+async def test_perf_pieces_run_and_what_does_not_depend_on_the_machine_holds(
+    tmp_path: Path,
+) -> None:
+    """`bench perf` in miniature: its parts still run; memory stays under its target and a
+    barge-in renders not one sample of the reply after the press (counted in samples). The
+    CPU ratio and wall-clock latencies are left to the benchmark: they depend on the load."""
+    audio = idle_audio(0.2)
+    C.write_wav(tmp_path / "idle.wav", audio)
+    cpu_bare(audio.tobytes())
+    await cpu_pipeline(tmp_path / "idle.wav", tmp_path)
+    memory = await memory_and_startup(tmp_path, 3)  # raises unless all 3 are answered
+    assert memory["rss_idle_mb"] < 80
+    lat = await latencies(tmp_path)
+    assert lat["barge_in_audible_after_press_ms"] == 0

@@ -214,7 +214,7 @@ async def memory_and_startup(tmp: Path, conversations: int) -> dict[str, float]:
         startups = [await d.start()]
         await asyncio.sleep(3)
         idle = d.rss_mb()
-        warm = 10
+        warm = min(10, conversations)
         for i in range(conversations):
             reply = await d.ask("ask are you there?")
             if not reply.get("ok"):
