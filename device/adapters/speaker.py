@@ -273,10 +273,14 @@ class PyAudioSpeaker(Speaker):
     def __init__(self, spec: str, jitter_ms: int, volume: float = 1.0) -> None:
         super().__init__(jitter_ms, volume)
         self.spec = spec
-        self.device: DeviceInfo = find_device(spec, "output")
-        self.name = self.device.name
-        self._worker = _Worker()
         self._stream: Any = None
+        self._find_and_open()
+        self._worker = _Worker()
+
+    def _find_and_open(self) -> None:
+        """Look the device up by its name (PortAudio's index can change) and open it."""
+        self.device: DeviceInfo = find_device(self.spec, "output")
+        self.name = self.device.name
         self._open()
 
     def _open(self) -> None:
@@ -323,8 +327,7 @@ class PyAudioSpeaker(Speaker):
 
     def _start_stream(self) -> None:
         if self._stream is None:  # a reopen failed: try again now that there is audio
-            self.device = find_device(self.spec, "output")
-            self._open()
+            self._find_and_open()
         self._stream.start_stream()
         self._last_pull = time.monotonic()  # started: from now on it must keep asking
 
@@ -355,12 +358,7 @@ class PyAudioSpeaker(Speaker):
         old_worker.submit(_quit)
         self._worker = _Worker()
         self._stream = None
-
-        def open_new() -> None:
-            self.device = find_device(self.spec, "output")
-            self._open()
-
-        self._on_worker("reopen", open_new)
+        self._on_worker("reopen", self._find_and_open)
 
     def suspend(self) -> None:
         """Close the stream (PortAudio is about to be restarted); `resume()` reopens it."""
@@ -375,12 +373,7 @@ class PyAudioSpeaker(Speaker):
         self._worker.submit(_close).result(timeout=5)
 
     def resume(self) -> None:
-        def _reopen() -> None:
-            self.device = find_device(self.spec, "output")
-            self.name = self.device.name
-            self._open()
-
-        self._worker.submit(_reopen).result(timeout=5)
+        self._worker.submit(self._find_and_open).result(timeout=5)
 
     def close(self) -> None:
         with contextlib.suppress(concurrent.futures.TimeoutError, OSError):
