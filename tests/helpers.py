@@ -5,9 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 import wave
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,12 +66,95 @@ async def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -
         await asyncio.sleep(0.02)
 
 
-def asoundrc(tmp: Path, mic_raw: Path, speaker_raw: Path) -> Path:
-    """ALSA config whose `testmic` reads `mic_raw` and `testspk` writes `speaker_raw`."""
+def poll(predicate: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    """`wait_until` for tests that drive processes from plain (not async) code."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def wait_for_events(
+    path: Path, done: Callable[[list[dict[str, Any]]], bool], timeout: float
+) -> list[dict[str, Any]]:
+    """The events log at `path` once `done` holds for it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        events = read_jsonl(path)
+        if done(events):
+            return events
+        time.sleep(0.05)
+    raise AssertionError(f"timed out; states so far: {states(read_jsonl(path))}")
+
+
+@contextlib.contextmanager
+def emulator_process(*args: str) -> Iterator[int]:
+    """`voice-device emulator` as a process of its own, with `args`; yields its port."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "device", "emulator", "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("emulator listening on ws://127.0.0.1:"), line
+        yield int(line.rsplit(":", 1)[1])
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def alsa_daemon(
+    tmp: Path,
+    port: int,
+    alsa: Path,
+    config: str,
+    key: str,
+    input_device: str = "testmic",
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen[str]:
+    """`voice-device run` as a process of its own on the ALSA devices of the asoundrc
+    `alsa` (`input_device`, and `testspk`), with `config` as its configuration file; its
+    events go to `tmp`/events.jsonl and its stderr to a pipe (read by `stop_daemon`)."""
+    cfg = tmp / "config.toml"
+    cfg.write_text(config)
+    return subprocess.Popen(
+        [
+            *(sys.executable, "-m", "device", "run", "--config", str(cfg)),
+            *("--endpoint", f"http://127.0.0.1:{port}"),
+            *("--input-device", input_device, "--output-device", "testspk"),
+            *("--events-log", str(tmp / "events.jsonl"), "--leds", "none"),
+        ],
+        env={
+            **os.environ,
+            "ALSA_CONFIG_PATH": str(alsa),
+            "AZURE_OPENAI_API_KEY": key,
+            **(env or {}),
+        },
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def stop_daemon(daemon: subprocess.Popen[str], timeout: float) -> str:
+    """SIGTERM, which must end it with status 0 within `timeout`; what it wrote to stderr."""
+    daemon.send_signal(signal.SIGTERM)
+    try:
+        assert daemon.wait(timeout) == 0
+    finally:
+        daemon.kill()
+    return daemon.stderr.read() if daemon.stderr else ""
+
+
+def asoundrc(tmp: Path, mic_raw: Path, speaker_raw: Path, mic: str = "testmic") -> Path:
+    """ALSA config whose `mic` reads `mic_raw` (a file, or a FIFO fed at real time) and
+    `testspk` writes `speaker_raw` (a file, or a FIFO drained at real time)."""
     path = tmp / "asoundrc"
     path.write_text(
         "</usr/share/alsa/alsa.conf>\n"
-        f'pcm.testmic {{ type file; slave.pcm "null"; file "/dev/null"; infile "{mic_raw}"; '
+        f'pcm.{mic} {{ type file; slave.pcm "null"; file "/dev/null"; infile "{mic_raw}"; '
         'format "raw"; hint { show on description "test mic" } }\n'
         f'pcm.testspk {{ type file; slave.pcm "null"; file "{speaker_raw}"; format "raw"; '
         'hint { show on description "test speaker" } }\n'
@@ -240,18 +327,6 @@ class FifoSpeaker(_PacedFifo):
         data = f.read(self.CHUNK)
         self.received += len(data)
         return bool(data)
-
-
-def fifo_asoundrc(tmp: Path, fifo: Path, speaker_raw: Path) -> Path:
-    path = tmp / "asoundrc"
-    path.write_text(
-        "</usr/share/alsa/alsa.conf>\n"
-        f'pcm.livemic {{ type file; slave.pcm "null"; file "/dev/null"; infile "{fifo}"; '
-        'format "raw"; hint { show on description "real-time test mic" } }\n'
-        f'pcm.testspk {{ type file; slave.pcm "null"; file "{speaker_raw}"; format "raw"; '
-        'hint { show on description "test speaker" } }\n'
-    )
-    return path
 
 
 class Daemon:

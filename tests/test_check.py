@@ -10,21 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import asoundrc, speech
+from tests.helpers import asoundrc, emulator_process, speech
 
 
 @pytest.fixture
 def emulator_port() -> Iterator[int]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "device", "emulator", "--port", "0", "--api-key", "good-key"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert proc.stdout is not None
-    yield int(proc.stdout.readline().rsplit(":", 1)[1])
-    proc.terminate()
-    proc.wait(10)
+    with emulator_process("--api-key", "good-key") as port:
+        yield port
 
 
 def check(tmp_path: Path, *args: str, key: str = "good-key") -> subprocess.CompletedProcess[str]:

@@ -19,7 +19,7 @@ from websockets.asyncio.server import serve
 from device.adapters.cloud import auth_headers, keepalive
 from device.app import App, RunOptions
 from device.config import Secret, parse_config
-from tests.helpers import read_jsonl, silence, speech, states, write_wav
+from tests.helpers import emulator_process, read_jsonl, silence, speech, states, write_wav
 
 
 @pytest.fixture(scope="module")
@@ -135,26 +135,7 @@ async def test_auth_headers_for_each_kind_of_endpoint() -> None:
 
 def test_the_key_never_reaches_the_logs_even_with_debug(tmp_path: Path, question: bytes) -> None:
     key = "sk-this-must-never-be-logged-0123456789"
-    emulator = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "device",
-            "emulator",
-            "--port",
-            "0",
-            "--think-ms",
-            "0",
-            "--speedup",
-            "20",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        assert emulator.stdout is not None
-        port = int(emulator.stdout.readline().rsplit(":", 1)[1])
+    with emulator_process("--think-ms", "0", "--speedup", "20") as port:
         cfg = tmp_path / "c.toml"
         cfg.write_text('[gpio]\npin_factory = "mock"\n[turn]\nfollow_up_ms = 500\n')
         r = subprocess.run(
@@ -181,9 +162,6 @@ def test_the_key_never_reaches_the_logs_even_with_debug(tmp_path: Path, question
             text=True,
             timeout=60,
         )
-    finally:
-        emulator.terminate()
-        emulator.wait(10)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "session ready" in r.stderr or "session_open" in (tmp_path / "ev.jsonl").read_text()
     assert "> api-key: ***" in r.stderr  # websockets printed the handshake, redacted

@@ -5,25 +5,28 @@ ALSA `file` plugin microphone, the reply captured by a `file` plugin speaker."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from device.emulator import Scenario
 from tests.helpers import (
+    alsa_daemon,
     asoundrc,
     check_conversation,
+    emulator_process,
     read_jsonl,
     read_wav,
     reply_heard,
     silence,
     speech,
     states,
+    stop_daemon,
+    wait_for_events,
 )
 
 QUESTION = "okay nabu, what's the weather like today?"
@@ -33,41 +36,30 @@ KEY = "e2e-key-not-a-real-one"
 @pytest.fixture
 def emulator(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     record = tmp_path / "record.jsonl"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "device",
-            "emulator",
-            "--port",
-            "0",
-            "--record",
-            str(record),
-            "--save-audio",
-            str(tmp_path / "turns"),
-            "--api-key",
-            KEY,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    assert line.startswith("emulator listening on ws://127.0.0.1:"), line
-    yield int(line.rsplit(":", 1)[1]), record
-    proc.terminate()
-    proc.wait(10)
+    turns = tmp_path / "turns"
+    with emulator_process(
+        "--record", str(record), "--save-audio", str(turns), "--api-key", KEY
+    ) as port:
+        yield port, record
 
 
-def wait_for(path: Path, done, timeout: float) -> list[dict]:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        events = read_jsonl(path)
-        if done(events):
-            return events
-        time.sleep(0.05)
-    raise AssertionError(f"timed out; events so far: {read_jsonl(path)}")
+def converse(
+    tmp_path: Path, port: int, alsa: Path, config: str
+) -> tuple[list[dict[str, Any]], str]:
+    """`voice-device run` on the devices of `alsa` through one whole conversation (the
+    session closed and the device idle again), then stopped; its events and stderr."""
+    daemon = alsa_daemon(tmp_path, port, alsa, config, KEY)
+    try:
+        events = wait_for_events(
+            tmp_path / "events.jsonl",
+            lambda ev: (
+                any(e["event"] == "session_closed" for e in ev) and states(ev)[-1:] == ["idle"]
+            ),
+            90,
+        )
+    finally:
+        stderr = stop_daemon(daemon, 10)
+    return events, stderr
 
 
 def test_conversation_through_alsa(tmp_path: Path, emulator: tuple[int, Path]) -> None:
@@ -76,47 +68,9 @@ def test_conversation_through_alsa(tmp_path: Path, emulator: tuple[int, Path]) -
     (tmp_path / "mic.raw").write_bytes(mic_pcm)
     speaker = tmp_path / "speaker.raw"
     alsa = asoundrc(tmp_path, tmp_path / "mic.raw", speaker)
-    cfg = tmp_path / "config.toml"
     # echo cancellation off: the server must get the microphone's audio bit for bit
-    cfg.write_text('[gpio]\npin_factory = "mock"\n[audio]\necho_cancellation = false\n')
-    log = tmp_path / "events.jsonl"
-    env = {**os.environ, "ALSA_CONFIG_PATH": str(alsa), "AZURE_OPENAI_API_KEY": KEY}
-    daemon = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "device",
-            "run",
-            "--config",
-            str(cfg),
-            "--endpoint",
-            f"http://127.0.0.1:{port}",
-            "--input-device",
-            "testmic",
-            "--output-device",
-            "testspk",
-            "--events-log",
-            str(log),
-            "--leds",
-            "none",
-        ],
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        events = wait_for(
-            log,
-            lambda ev: (
-                any(e["event"] == "session_closed" for e in ev) and states(ev)[-1:] == ["idle"]
-            ),
-            90,
-        )
-        daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(10) == 0
-    finally:
-        daemon.kill()
-    stderr = daemon.stderr.read() if daemon.stderr else ""
+    config = '[gpio]\npin_factory = "mock"\n[audio]\necho_cancellation = false\n'
+    events, stderr = converse(tmp_path, port, alsa, config)
 
     ready = events[0]
     assert ready["event"] == "ready" and ready["mic"] == "testmic" and ready["speaker"] == "testspk"
@@ -191,50 +145,12 @@ def test_a_48k_stereo_microphone_with_the_voice_on_one_channel(
     other = np.pad(other, (0, len(voice) - len(other)))
     (tmp_path / "mic.raw").write_bytes(np.stack([other, voice], axis=1).astype("<i2").tobytes())
     alsa = asoundrc(tmp_path, tmp_path / "mic.raw", tmp_path / "speaker.raw")
-    cfg = tmp_path / "config.toml"
-    cfg.write_text(
+    config = (
         '[gpio]\npin_factory = "mock"\n'
         "[audio]\necho_cancellation = false\n"
         "input_rate = 48000\ninput_channels = 2\ninput_channel = 1\n"
     )
-    log = tmp_path / "events.jsonl"
-    env = {**os.environ, "ALSA_CONFIG_PATH": str(alsa), "AZURE_OPENAI_API_KEY": KEY}
-    daemon = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "device",
-            "run",
-            "--config",
-            str(cfg),
-            "--endpoint",
-            f"http://127.0.0.1:{port}",
-            "--input-device",
-            "testmic",
-            "--output-device",
-            "testspk",
-            "--events-log",
-            str(log),
-            "--leds",
-            "none",
-        ],
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        events = wait_for(
-            log,
-            lambda ev: (
-                any(e["event"] == "session_closed" for e in ev) and states(ev)[-1:] == ["idle"]
-            ),
-            90,
-        )
-        daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(10) == 0
-    finally:
-        daemon.kill()
-    stderr = daemon.stderr.read() if daemon.stderr else ""
+    events, stderr = converse(tmp_path, port, alsa, config)
     assert "captured at 48000 Hz x2" in stderr
     assert [e["word"] for e in events if e["event"] == "wake"] == ["Okay Nabu"]
     # what the server got is channel 1, converted 48 → 16 → 24 kHz, sample for sample

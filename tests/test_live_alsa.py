@@ -3,11 +3,8 @@ barge-in through the real speaker path, and a microphone that stalls and comes b
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,40 +15,24 @@ import pytest
 from tests.helpers import (
     FifoMic,
     FifoSpeaker,
-    fifo_asoundrc,
-    read_jsonl,
+    alsa_daemon,
+    asoundrc,
+    emulator_process,
     silence,
     speech,
     states,
+    stop_daemon,
+    wait_for_events,
 )
 
 KEY = "live-alsa-test-key"
+ANSWER = "Here is a long answer about the history of bread, which goes on for quite a while."
 
 
 @pytest.fixture
 def emulator() -> Iterator[int]:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "device",
-            "emulator",
-            "--port",
-            "0",
-            "--speedup",
-            "1.0",
-            "--no-preamble",
-            "--answer",
-            "Here is a long answer about the history of bread, which goes on for quite a while.",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert proc.stdout is not None
-    yield int(proc.stdout.readline().rsplit(":", 1)[1])
-    proc.terminate()
-    proc.wait(10)
+    with emulator_process("--speedup", "1.0", "--no-preamble", "--answer", ANSWER) as port:
+        yield port
 
 
 @pytest.fixture
@@ -67,59 +48,12 @@ def start(
     extra_env: dict[str, str] | None = None,
     speaker: Path | None = None,
 ) -> subprocess.Popen[str]:
-    alsa = fifo_asoundrc(tmp_path, tmp_path / "mic.fifo", speaker or tmp_path / "speaker.raw")
-    cfg = tmp_path / "config.toml"
-    cfg.write_text(
+    speaker = speaker or tmp_path / "speaker.raw"
+    alsa = asoundrc(tmp_path, tmp_path / "mic.fifo", speaker, mic="livemic")
+    config = (
         '[gpio]\npin_factory = "mock"\n[turn]\nno_speech_timeout_ms = 2000\nfollow_up_ms = 1000\n'
     )
-    env = {
-        **os.environ,
-        "ALSA_CONFIG_PATH": str(alsa),
-        "AZURE_OPENAI_API_KEY": KEY,
-        **(extra_env or {}),
-    }
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "device",
-            "run",
-            "--config",
-            str(cfg),
-            "--endpoint",
-            f"http://127.0.0.1:{port}",
-            "--input-device",
-            "livemic",
-            "--output-device",
-            "testspk",
-            "--events-log",
-            str(tmp_path / "events.jsonl"),
-            "--leds",
-            "none",
-        ],
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def wait_for(path: Path, done, timeout: float) -> list[dict]:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        events = read_jsonl(path)
-        if done(events):
-            return events
-        time.sleep(0.05)
-    raise AssertionError(f"timed out; states so far: {states(read_jsonl(path))}")
-
-
-def stop(daemon: subprocess.Popen[str]) -> str:
-    daemon.send_signal(signal.SIGTERM)
-    try:
-        assert daemon.wait(15) == 0
-    finally:
-        daemon.kill()
-    return daemon.stderr.read() if daemon.stderr else ""
+    return alsa_daemon(tmp_path, port, alsa, config, KEY, input_device="livemic", env=extra_env)
 
 
 def test_saying_the_wake_word_over_the_answer_interrupts_it(
@@ -128,14 +62,14 @@ def test_saying_the_wake_word_over_the_answer_interrupts_it(
     daemon = start(tmp_path, emulator)
     log = tmp_path / "events.jsonl"
     try:
-        wait_for(log, lambda ev: any(e["event"] == "ready" for e in ev), 30)
+        wait_for_events(log, lambda ev: any(e["event"] == "ready" for e in ev), 30)
         live.say(speech("okay nabu, tell me about bread") + silence(1.0))
-        wait_for(log, lambda ev: "answering" in states(ev), 30)
+        wait_for_events(log, lambda ev: "answering" in states(ev), 30)
         time.sleep(1.0)
         live.say(speech("okay nabu, stop"))
-        events = wait_for(log, lambda ev: any(e["event"] == "barge_in" for e in ev), 20)
+        events = wait_for_events(log, lambda ev: any(e["event"] == "barge_in" for e in ev), 20)
     finally:
-        stderr = stop(daemon)
+        stderr = stop_daemon(daemon, 15)
     reasons = [(e["state"], e["reason"]) for e in events if e["event"] == "state"]
     assert ("listening", "barge-in") in reasons
     wakes = [e for e in events if e["event"] == "wake"]
@@ -169,10 +103,10 @@ def test_a_microphone_that_stalls_and_comes_back(
     receiver.start()
 
     try:
-        wait_for(log, lambda ev: any(e["event"] == "ready" for e in ev), 30)
+        wait_for_events(log, lambda ev: any(e["event"] == "ready" for e in ev), 30)
         live.stalled.set()  # the device stops delivering audio; its stream stays open
         stalled_at = time.monotonic()
-        events = wait_for(log, lambda ev: "error" in states(ev), 15)
+        events = wait_for_events(log, lambda ev: "error" in states(ev), 15)
         error = next(e for e in events if e["event"] == "error")
         assert error["code"] == "mic_lost" and "livemic" in error["message"]
         time.sleep(3.0)
@@ -181,12 +115,12 @@ def test_a_microphone_that_stalls_and_comes_back(
         ]
         live.stalled.clear()  # it comes back
         resumed_at = time.monotonic()
-        wait_for(log, lambda ev: states(ev)[-1:] == ["idle"], 30)
+        wait_for_events(log, lambda ev: states(ev)[-1:] == ["idle"], 30)
         live.say(speech("okay nabu, what time is it?") + silence(1.0))
-        events = wait_for(log, lambda ev: "thinking" in states(ev), 30)
+        events = wait_for_events(log, lambda ev: "thinking" in states(ev), 30)
         time.sleep(0.5)
     finally:
-        stderr = stop(daemon)
+        stderr = stop_daemon(daemon, 15)
         listening.clear()
         receiver.join(2)
         sock.close()
@@ -218,19 +152,19 @@ def test_a_speaker_that_hangs_mid_answer_ends_it_and_the_next_answer_plays(
         )
 
     try:
-        wait_for(log, lambda ev: any(e["event"] == "ready" for e in ev), 30)
+        wait_for_events(log, lambda ev: any(e["event"] == "ready" for e in ev), 30)
         live.say(question)
-        wait_for(log, lambda ev: "answering" in states(ev), 30)
+        wait_for_events(log, lambda ev: "answering" in states(ev), 30)
         time.sleep(0.5)
         speaker.stalled.set()  # the pipe still holds 1.4 s of audio, then STALL_S (2 s)
-        events = wait_for(log, lambda ev: "error" in states(ev), 15)
-        wait_for(log, lambda ev: states(ev)[-1:] == ["idle"], 15)
+        events = wait_for_events(log, lambda ev: "error" in states(ev), 15)
+        wait_for_events(log, lambda ev: states(ev)[-1:] == ["idle"], 15)
         speaker.stalled.clear()
         heard_before = speaker.received
         live.say(question)
-        events = wait_for(log, answered, 60)
+        events = wait_for_events(log, answered, 60)
     finally:
-        stderr = stop(daemon)
+        stderr = stop_daemon(daemon, 15)
         speaker.close()
     error = next(e for e in events if e["event"] == "error")
     assert error["code"] == "speaker_failed" and "testspk" in error["message"]

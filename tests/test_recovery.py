@@ -12,8 +12,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -24,6 +23,7 @@ from device.emulator import Emulator, Faults, Scenario
 from tests.helpers import (
     Daemon,
     asoundrc,
+    poll,
     read_jsonl,
     silence,
     speech,
@@ -202,10 +202,3 @@ def test_with_wait_for_devices_a_speaker_that_appears_after_start_is_found(
     assert ready["speaker"] == "late-speaker" and code == 0
     text = log.read_text()
     assert "speaker 'late-speaker' not found" in text and "speaker 'late-speaker' found" in text
-
-
-def poll(predicate: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
