@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import math
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -18,6 +19,7 @@ from device.cli import main
 from device.config import PROFILES, ConfigError, parse_config
 from device.core.leds import (
     PATTERNS,
+    RGB,
     Effect,
     Pattern,
     parse_color,
@@ -119,11 +121,24 @@ class Apa102Recorder(MockSPIDevice):
 
 
 FAST = {
-    n: {"period_s": 0.3}
+    n: {"period_s": 0.4}
     for n, p in PATTERNS.items()
     if p.period_s and p.effect is not Effect.SPIN  # (at 30 fps a spin needs a pixel a frame)
 }
-"""The same effects, quicker: these tests are about drawing them, not about their speed."""
+"""The same effects, quicker: these tests are about drawing them, not about their speed.
+(At 30 frames a second a 0.4 s cycle is 12 frames: the ring draws its trough and its peak.)"""
+
+
+class FrameClock:
+    """The pixel ring's clock in the tests: one frame's time passes per frame drawn, so the
+    frames show the same phases however busy the machine is."""
+
+    def __init__(self) -> None:
+        self.frames = 0
+
+    def __call__(self) -> float:
+        self.frames += 1
+        return self.frames / PixelRing.FPS
 
 
 class Board:
@@ -138,7 +153,11 @@ class Board:
         self.factory = MockFactory() if kind == "apa102" else MockFactory(pin_class=MockPWMPin)
         self.recorder = Apa102Recorder(self.factory) if kind == "apa102" else None
         self.patterns = with_overrides(self.cfg.leds.patterns)
-        self.leds: Leds = make_leds(self.cfg.leds, self.factory, "gpio")
+        self.leds: Leds = (
+            PixelRing(self.cfg.leds, self.factory, clock=FrameClock())
+            if kind == "apa102"
+            else make_leds(self.cfg.leds, self.factory, "gpio")
+        )
 
     def read(self) -> list[tuple[float, float, float]]:
         """What each light shows now, as (r, g, b) in 0..1."""
@@ -155,13 +174,33 @@ class Board:
             return [(0.0, 0.0, 0.0)] * leds.pixels
         return self.recorder.pixels(self.recorder.frames[-1], leds.pixels)
 
-    def watch(self, seconds: float) -> list[list[tuple[float, float, float]]]:
+    def watch(self, pattern: Pattern, seconds: float) -> list[list[tuple[float, float, float]]]:
+        """What the lights show over `seconds` after `show(pattern)`: pins sampled every 5 ms
+        while gpiozero animates them, or every frame the ring draws in that much ring time."""
+        if self.recorder is not None:
+            return self.ring_frames(pattern, seconds)
         seen = []
         end = time.monotonic() + seconds
         while time.monotonic() < end:
             seen.append(self.read())
             time.sleep(0.005)
         return seen
+
+    def ring_frames(self, pattern: Pattern, seconds: float) -> list[list[RGB]]:
+        assert self.recorder is not None
+        still = pattern.effect in (Effect.OFF, Effect.SOLID)
+        need = 1 if still else math.ceil(seconds * PixelRing.FPS)
+        deadline = time.monotonic() + 20
+        while True:
+            frames = [self.recorder.pixels(f, self.cfg.leds.pixels) for f in self.recorder.frames]
+            if any(pattern.color):
+                # (frames before the ring took the pattern up are the dark idle ones)
+                while frames and not any(map(sum, frames[0])):
+                    frames.pop(0)
+            if len(frames) >= need:
+                return frames[-1:] if still else frames[:need]
+            assert time.monotonic() < deadline, f"the ring drew {len(frames)} of {need} frames"
+            time.sleep(0.01)
 
     def close(self) -> None:
         self.leds.close()
@@ -188,19 +227,17 @@ def test_each_profile_shows_each_pattern(board: Board, name: str) -> None:
     pattern = board.patterns[name]
     board.leds.show(pattern)
     time.sleep(0.05)
-    seen = board.watch(max(0.25, pattern.period_s * 1.6))
+    seen = board.watch(pattern, max(0.25, pattern.period_s * 1.6))
     want = expected(board, pattern)
     count = len(seen[0])
     if pattern.effect is Effect.SPIN and count > 1:
         # a ring: in every frame the head is at full colour and the rest is not all lit;
-        # over a turn and a half every pixel lights up and goes dark (frames drawn on a
-        # busy machine may skip a step, so no pixel is required to be caught at its peak)
-        seen = [frame for frame in seen if any(map(sum, frame))]  # (the ring's first frame)
+        # over a turn and a half every pixel lights up and goes dark
         for frame in seen:
             head = max(frame, key=sum)
             assert head == pytest.approx(want, abs=0.02) and len(set(frame)) > 1
         for i in range(count):
-            assert max(sum(s[i]) for s in seen) > 0.3 * sum(want), f"pixel {i} never lit"
+            assert max(sum(s[i]) for s in seen) == pytest.approx(sum(want), abs=0.02), f"pixel {i}"
             assert min(sum(s[i]) for s in seen) < 0.05, f"pixel {i} never dark"
         return
     for i in range(count):

@@ -129,11 +129,16 @@ class PixelRing:
     """APA102 (DotStar) pixels on SPI, as on ReSpeaker HATs. gpiozero has SPI but no APA102
     device, so this draws the frames itself: 4 zero bytes, then per pixel 0xE0 | 5-bit
     brightness, blue, green, red, then 0xFF bytes to clock the data through. Animated
-    patterns are redrawn by one small thread at 30 frames a second; still ones once."""
+    patterns are redrawn by one small thread at 30 frames a second; still ones once.
+
+    `clock` is read once per frame (monotonic seconds); tests pass one that steps a frame
+    at a time, so what is drawn does not depend on how busy the machine is."""
 
     FPS = 30
 
-    def __init__(self, cfg: LedConfig, factory: Any) -> None:
+    def __init__(
+        self, cfg: LedConfig, factory: Any, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         from gpiozero import LED, Device, SPIDevice
 
         Device.pin_factory = factory  # gpiozero's software SPI bus asks the global factory
@@ -143,6 +148,7 @@ class PixelRing:
         if self.power is not None:
             self.power.on()  # the ReSpeaker 4-mic array powers its LEDs from a GPIO
         self.spi = SPIDevice(port=0, device=0, pin_factory=factory)
+        self._clock = clock
         self._pattern = PATTERNS["idle"]
         self._changed = threading.Event()
         self._stop = threading.Event()
@@ -163,12 +169,12 @@ class PixelRing:
         self._changed.set()
 
     def _run(self) -> None:
-        t0 = time.monotonic()
+        t0 = self._clock()
         while not self._stop.is_set():
             with self._lock:
                 pattern = self._pattern
             self._changed.clear()
-            colors = render(pattern, time.monotonic() - t0, self.pixels)
+            colors = render(pattern, self._clock() - t0, self.pixels)
             self.spi._spi.transfer(self.frame(colors))
             if pattern.effect in (Effect.OFF, Effect.SOLID):
                 self._changed.wait()
