@@ -559,8 +559,11 @@ class App:
         self.pos += len(frame) // 2
         self.notifier.audio_alive()
         playing = self.speaker.playing
-        frame = self.echo.process(frame, self.speaker.take_far_end(FAR_FRAME), playing, self.pos)
-        if playing:
+        far = self.speaker.take_far_end(FAR_FRAME)
+        frame = self.echo.process(frame, far, playing, self.pos)
+        if playing and far.strip(b"\0"):
+            # the device made a sound during this frame: an output that is merely running
+            # (filling its buffer, or not yet stopped on a busy machine) deafens nothing
             self._last_played = self.pos
         self.preroll.append(frame)
         if self.uplink is not None and not self.uplink.finished:
