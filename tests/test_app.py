@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from device.adapters.mic import WavMic
+from device.adapters.room import Room, RoomSpeaker
 from device.app import App, RunOptions
 from device.config import Config, Secret, parse_config
 from device.core.audio import CLOUD_RATE, MIC_RATE, resample
@@ -21,6 +22,7 @@ from device.core.earcons import earcon
 from device.emulator import Emulator, Scenario
 from device.emulator.voice import speak
 from tests.helpers import (
+    CONVERSATION,
     check_conversation,
     nonzero,
     read_jsonl,
@@ -453,3 +455,25 @@ async def test_hold_to_talk_streams_exactly_while_the_button_is_held(
     assert len(words) / 32000 + 0.6 < held_s < len(words) / 32000 + 1.2
     received = read_wav(tmp_path / "turns" / "turn-001-001.wav")
     assert len(received) == (turn["end_sample"] - turn["start_sample"]) * 3  # 24 kHz, 2 bytes
+
+
+class OpenOutput(RoomSpeaker):
+    """An output that is never stopped and plays silence between sounds, as one kept open to
+    avoid a click does, or one slow to stop on a busy machine."""
+
+    def _settle(self) -> None:
+        pass
+
+
+async def test_an_output_left_running_deafens_nothing(
+    tmp_path: Path, emulator: Emulator, question_pcm: bytes
+) -> None:
+    """Only the sound the device makes (the wake chime, the reply) may deafen the VAD: a
+    question said right after the chime is heard even though the output goes on running."""
+    room = Room(question_pcm, paced=False)
+    room.speaker = OpenOutput(60)
+    opts = RunOptions(room=room, events_log=tmp_path / "ev.jsonl", leds="none")
+    assert await asyncio.wait_for(App(config(endpoint(emulator)), opts).run(), 60) == 0
+    events = read_jsonl(tmp_path / "ev.jsonl")
+    assert room.speaker.playing  # it was never stopped
+    assert states(events) == CONVERSATION
