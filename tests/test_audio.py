@@ -200,3 +200,24 @@ def test_any_microphone_format_becomes_exact_16k_mono_frames(
     assert got == want[: len(got)]  # every sample of the chosen channel, once, in order
     # what is still inside: at most a partial frame and the resampler's filter delay (~40 ms)
     assert len(want) - len(got) <= 3 * FRAME_SAMPLES * 2
+
+
+def test_noise_suppression_quietens_steady_noise_frame_by_frame() -> None:
+    """What the wake word and the VAD hear: WebRTC noise suppression, fed 20 ms frames (the
+    library splits them into its 10 ms blocks, exactly as 10 ms calls would)."""
+    from pywebrtc_audio import NoiseSuppressor
+
+    from device.adapters.denoise import Denoiser, denoiser
+
+    pcm = noise(3.0)
+    frames = [pcm[i : i + 640] for i in range(0, len(pcm), 640)]
+    ns = Denoiser(3)
+    heard = b"".join(ns.process(f) for f in frames)
+    ten_ms = NoiseSuppressor(MIC_RATE, 1, 3)
+    x = np.frombuffer(pcm, "<i2")
+    blocks = [ten_ms.process(x[i : i + 160]) for i in range(0, len(x), 160)]
+    assert heard == np.concatenate(blocks).astype("<i2").tobytes()
+    # once it has learnt the noise (in the first second), it takes most of it away
+    one_second = MIC_RATE * 2
+    assert rms_dbfs(heard[one_second:]) < rms_dbfs(pcm[one_second:]) - 10
+    assert denoiser(0).process(frames[0]) is frames[0]  # level 0: untouched

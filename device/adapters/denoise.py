@@ -12,17 +12,16 @@ import numpy as np
 
 
 class Denoiser:
-    CHUNK = 160  # WebRTC processes 10 ms at a time
-
     def __init__(self, level: int, rate: int = 16_000) -> None:
         from pywebrtc_audio import NoiseSuppressor
 
         self._ns = NoiseSuppressor(rate, 1, level)
 
     def process(self, pcm: bytes) -> bytes:
-        x = np.frombuffer(pcm, "<i2")
-        out = [self._ns.process(x[i : i + self.CHUNK]) for i in range(0, len(x), self.CHUNK)]
-        return bytes(np.concatenate(out).astype("<i2").tobytes())
+        # WebRTC works on 10 ms blocks; pywebrtc-audio splits a 20 ms frame into them itself,
+        # with the same output as two 10 ms calls, for less Python per frame
+        out = self._ns.process(np.frombuffer(pcm, "<i2"))
+        return bytes(np.asarray(out, "<i2").tobytes())
 
 
 class Passthrough:
