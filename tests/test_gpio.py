@@ -174,7 +174,7 @@ class Board:
             return [(0.0, 0.0, 0.0)] * leds.pixels
         return self.recorder.pixels(self.recorder.frames[-1], leds.pixels)
 
-    def watch(self, pattern: Pattern, seconds: float) -> list[list[tuple[float, float, float]]]:
+    def watch(self, pattern: Pattern, seconds: float) -> list[list[RGB]]:
         """What the lights show over `seconds` after `show(pattern)`: pins sampled every 5 ms
         while gpiozero animates them, or every frame the ring draws in that much ring time."""
         if self.recorder is not None:
@@ -191,14 +191,17 @@ class Board:
         still = pattern.effect in (Effect.OFF, Effect.SOLID)
         need = 1 if still else math.ceil(seconds * PixelRing.FPS)
         deadline = time.monotonic() + 20
+        frames: list[list[RGB]] = []
         while True:
-            frames = [self.recorder.pixels(f, self.cfg.leds.pixels) for f in self.recorder.frames]
+            drawn = self.recorder.frames[len(frames) :]  # (decode each frame once)
+            frames += [self.recorder.pixels(f, self.cfg.leds.pixels) for f in drawn]
+            shown = frames
             if any(pattern.color):
                 # (frames before the ring took the pattern up are the dark idle ones)
-                while frames and not any(map(sum, frames[0])):
-                    frames.pop(0)
-            if len(frames) >= need:
-                return frames[-1:] if still else frames[:need]
+                lit = next((i for i, f in enumerate(frames) if any(map(sum, f))), len(frames))
+                shown = frames[lit:]
+            if len(shown) >= need:
+                return shown[-1:] if still else shown[:need]
             assert time.monotonic() < deadline, f"the ring drew {len(frames)} of {need} frames"
             time.sleep(0.01)
 

@@ -21,7 +21,7 @@ class Denoiser:
         # WebRTC works on 10 ms blocks; pywebrtc-audio splits a 20 ms frame into them itself,
         # with the same output as two 10 ms calls, for less Python per frame
         out = self._ns.process(np.frombuffer(pcm, "<i2"))
-        return bytes(np.asarray(out, "<i2").tobytes())
+        return np.asarray(out, "<i2").tobytes()
 
 
 class Passthrough:
