@@ -37,37 +37,32 @@ def check_key(cfg: Config, env: dict[str, str]) -> Line:
     return Line(FAIL, "api key", "none: set AZURE_OPENAI_API_KEY or the service credential")
 
 
-def check_mic(spec: str) -> Line:
+async def check_mic(cfg: Config) -> Line:
+    """The microphone opened exactly as `run` opens it (the format it negotiates, and
+    audio.input_rate / input_channels / input_channel), half a second of it read."""
     import numpy as np
-    import pyaudio
 
-    from .adapters.portaudio import DeviceNotFound, find_device, pyaudio_instance
-    from .core.audio import FRAME_SAMPLES, MIC_RATE, rms_dbfs
+    from .adapters.mic import MicFailure, PyAudioMic
+    from .adapters.portaudio import DeviceNotFound
+    from .core.audio import MIC_RATE, rms_dbfs
 
+    a = cfg.audio
+    mic = PyAudioMic(a.input_device, a.input_rate, a.input_channels, a.input_channel)
     try:
-        dev = find_device(spec, "input")
-        stream = pyaudio_instance().open(
-            format=pyaudio.paInt16,
-            channels=1,
-            rate=MIC_RATE,
-            input=True,
-            input_device_index=dev.index,
-            frames_per_buffer=FRAME_SAMPLES,
-        )
+        await mic.open()
+        pcm = b"".join([await mic.read() for _ in range(25)])
     except DeviceNotFound as e:
         return Line(FAIL, "microphone", str(e))
-    except (OSError, ValueError) as e:
-        return Line(FAIL, "microphone", f"cannot open at {MIC_RATE} Hz mono: {e}")
-    try:
-        pcm = b"".join(stream.read(FRAME_SAMPLES, exception_on_overflow=False) for _ in range(25))
+    except (OSError, ValueError, MicFailure) as e:
+        return Line(FAIL, "microphone", str(e))
     finally:
-        stream.close()
+        await mic.close()
     level = rms_dbfs(pcm)
     if math.isinf(level) or not np.frombuffer(pcm, "<i2").any():
         return Line(
-            WARN, "microphone", f"'{dev.name}' gives digital silence: muted, or the wrong card?"
+            WARN, "microphone", f"'{mic.name}' gives digital silence: muted, or the wrong card?"
         )
-    return Line(OK, "microphone", f"'{dev.name}' at {MIC_RATE} Hz, level {level:.0f} dBFS")
+    return Line(OK, "microphone", f"'{mic.name}' at {MIC_RATE} Hz, level {level:.0f} dBFS")
 
 
 def check_speaker(spec: str) -> Line:
@@ -141,8 +136,8 @@ async def check_cloud(cfg: Config, credential: Any = None) -> Line:
     """Open a session with the configured credentials, send session.update, close."""
     from .adapters.cloud import CloudSession, auth_headers
     from .adapters.entra import EntraTokens
-    from .app import session_settings
     from .core.states import SessionFailed, SessionLost, SessionReady
+    from .link import session_settings
     from .tools import Toolbox
 
     endpoint = realtime_endpoint(cfg.cloud)
@@ -216,7 +211,7 @@ def run_checks(
                 "cloud.endpoint is not set (config, AZURE_OPENAI_ENDPOINT or --endpoint)",
             )
         )
-    lines.append(check_mic(cfg.audio.input_device))
+    lines.append(asyncio.run(check_mic(cfg)))
     lines.append(check_speaker(cfg.audio.output_device))
     lines.append(check_wake(cfg))
     lines.append(check_gpio(cfg))

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import EX_CONFIG, Config, ConfigError, Secret, load_config, require_cloud
+from .core.audio import MIC_RATE
 
 log = logging.getLogger("device")
 
@@ -503,7 +504,7 @@ def _describe(ev: dict[str, Any]) -> str | None:
     if name == "session_closed":
         return f"session closed ({ev['reason']})"
     if name == "turn_end":
-        secs = (ev["end_sample"] - ev["start_sample"]) / 16000
+        secs = (ev["end_sample"] - ev["start_sample"]) / MIC_RATE
         return f"end of turn ({ev['reason']}): {secs:.2f} s of speech and pre-roll"
     if name == "audio_sent":
         return f"{ev['ms']} ms of audio sent"

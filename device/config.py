@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import enum
 import os
 import tomllib
 import types
@@ -19,10 +20,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
-from .core.audio import MAX_PREROLL_MS
+from .core import states as st
+from .core.audio import FRAME_SAMPLES, MAX_PREROLL_MS, MIC_RATE
+from .core.backoff import BackoffPolicy
+from .core.earcons import EARCON_SWITCHES
+from .core.endpoint import EndpointSettings
 from .core.leds import with_overrides
 from .core.realtime import REASONING_EFFORTS
 from .core.states import State
+from .core.wake import DuringPlayback
 
 DEFAULT_PATH = Path("/etc/voice-device/config.toml")
 EX_CONFIG = 78
@@ -339,6 +345,12 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path} is not valid TOML: {e}") from None
 
 
+def _choices(kind: type[enum.StrEnum]) -> str:
+    """`a, b or c`: the values of a choice, for a message."""
+    *first, last = [k.value for k in kind]
+    return f"{', '.join(first)} or {last}"
+
+
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
@@ -355,8 +367,8 @@ def validate(cfg: Config) -> None:
     _check(0.0 <= a.earcon_volume <= 1.0, "audio.earcon_volume must be between 0 and 1")
     for name in a.earcons:
         _check(
-            name in EARCONS,
-            f"audio.earcons: unknown sound {name!r}; known: {', '.join(EARCONS)}",
+            name in EARCON_SWITCHES,
+            f"audio.earcons: unknown sound {name!r}; known: {', '.join(EARCON_SWITCHES)}",
         )
     _check(
         a.input_rate in (0, 8000, 16000, 22050, 32000, 44100, 48000, 96000),
@@ -385,8 +397,8 @@ def validate(cfg: Config) -> None:
         _check(0.0 < value < 1.0, f"wake.thresholds.{name} must be between 0 and 1")
     _check(w.refractory_ms >= 0, "wake.refractory_ms must not be negative")
     _check(
-        w.during_playback in ("echo-match", "threshold", "off"),
-        "wake.during_playback must be echo-match, threshold or off",
+        w.during_playback in set(DuringPlayback),
+        f"wake.during_playback must be {_choices(DuringPlayback)}",
     )
     _check(0.0 < w.playback_threshold < 1.0, "wake.playback_threshold must be between 0 and 1")
     _check(0 <= a.echo_tail_ms <= 3000, "audio.echo_tail_ms must be between 0 and 3000")
@@ -397,10 +409,10 @@ def validate(cfg: Config) -> None:
     )
     b, leds = cfg.button, cfg.leds
     _check(b.hold_ms >= 200, "button.hold_ms must be at least 200")
-    _check(b.mode in ("press", "hold-to-talk"), "button.mode must be press or hold-to-talk")
+    _check(b.mode in set(st.ButtonMode), f"button.mode must be {_choices(st.ButtonMode)}")
     _check(
-        b.double_press in ("none", "repeat", "cancel", "mute"),
-        "button.double_press must be none, repeat, cancel or mute",
+        b.double_press in set(st.DoublePress),
+        f"button.double_press must be {_choices(st.DoublePress)}",
     )
     _check(100 <= b.double_press_ms <= 1000, "button.double_press_ms must be 100 to 1000")
     _check(leds.kind in ("rgb", "single", "apa102"), "leds.kind must be rgb, single or apa102")
@@ -527,7 +539,6 @@ def require_cloud(cfg: Config) -> None:
 ENDPOINT_KINDS = ("auto", "azure", "azure-preview", "openai")
 TURN_DETECTION = ("local", "server_vad", "semantic_vad")
 WAKE_ENGINES = ("micro", "openwakeword")
-EARCONS = ("wake", "end_of_turn", "error", "mute")
 KNOWN_TOOLS = ("time",)
 
 
@@ -591,3 +602,25 @@ def realtime_url(endpoint: str, deployment: str, path: str = "/openai/v1/realtim
     path = given if given.endswith("/realtime") else given + path
     query = parts.query or urlencode({"model": deployment})
     return urlunsplit((scheme, parts.netloc, path, query, ""))
+
+
+def machine_settings(cfg: Config) -> st.Settings:
+    t, b = cfg.turn, cfg.button
+    return st.Settings(
+        rate=MIC_RATE,
+        preroll_ms=cfg.audio.preroll_ms,
+        no_speech_ms=t.no_speech_timeout_ms,
+        follow_up_ms=t.follow_up_ms,
+        reply_timeout_s=cfg.cloud.reply_timeout_s,
+        server_turns=t.detection != "local",
+        hold_to_talk=st.ButtonMode(b.mode) is st.ButtonMode.HOLD_TO_TALK,
+        double_press=st.DoublePress(b.double_press),
+        double_press_s=b.double_press_ms / 1000,
+        backoff=BackoffPolicy(cfg.cloud.backoff_initial_s, cfg.cloud.backoff_max_s),
+        endpoint=EndpointSettings(
+            rate=MIC_RATE,
+            frame_samples=FRAME_SAMPLES,
+            silence_ms=t.silence_ms,
+            max_turn_ms=t.max_turn_ms,
+        ),
+    )

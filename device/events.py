@@ -2,14 +2,38 @@
 
 `{"t": seconds since start (monotonic), "audio_ms": position in the mic stream, "event": NAME, ...}`
 Never audio, never secrets: only the fields passed in, which are names, numbers and codes.
+NAME is one of `EventName`: the log is a contract (README), and a name outside it is a bug.
 """
 
 from __future__ import annotations
 
 import json
 import time
+import typing
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
+
+EventName = Literal[
+    "ready",
+    "state",
+    "led",
+    "wake",
+    "earcon",
+    "session_open",
+    "session_closed",
+    "turn_end",
+    "audio_sent",
+    "reply_audio",
+    "playback_start",
+    "playback_end",
+    "barge_in",
+    "replay",
+    "tool_call",
+    "error",
+    "recovered",
+    "stopped",
+]
+EVENT_NAMES: frozenset[str] = frozenset(typing.get_args(EventName))
 
 
 class EventLog:
@@ -19,7 +43,9 @@ class EventLog:
         if path is not None:
             self._file = path.open("a", encoding="utf-8", buffering=1)
 
-    def emit(self, event: str, audio_ms: int, **fields: Any) -> None:
+    def emit(self, event: EventName, audio_ms: int, **fields: Any) -> None:
+        if event not in EVENT_NAMES:
+            raise ValueError(f"{event!r} is not an event of the events log")
         if self._file is None:
             return
         record = {

@@ -1,165 +1,43 @@
-"""Shared test helpers: speech from espeak-ng, WAV files, ALSA file devices, event logs."""
+"""Test helpers: the shared harness (`device.bench.harness`: speech, WAV files, ALSA file
+devices, processes, events logs, waiting), and what only the tests need: what a conversation
+must look like, paced FIFO devices, a daemon driven through its control socket."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
-import wave
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from device.emulator.voice import espeak
-
-
-def speech(text: str, voice: str = "en-us", wpm: int = 160) -> bytes:
-    """`text` spoken by espeak-ng as 16 kHz mono int16."""
-    return espeak(text, 16_000, voice=voice, wpm=wpm)
-
-
-def silence(seconds: float, rate: int = 16_000) -> bytes:
-    return bytes(int(seconds * rate) * 2)
-
-
-def write_wav(path: Path, pcm: bytes, rate: int = 16_000) -> Path:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(pcm)
-    return path
-
-
-def read_wav(path: Path) -> bytes:
-    with wave.open(str(path), "rb") as w:
-        return w.readframes(w.getnframes())
+from device.bench.harness import (  # noqa: F401 - the tests' one harness
+    QUESTION,
+    alsa_daemon,
+    asoundrc,
+    config,
+    emulator_process,
+    poll,
+    read_jsonl,
+    read_wav,
+    silence,
+    speech,
+    states,
+    stop_daemon,
+    wait_for_events,
+    wait_until,
+    write_wav,
+)
 
 
 def nonzero(pcm: bytes) -> np.ndarray:
     x = np.frombuffer(pcm, "<i2")
     return x[x != 0]
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def states(events: list[dict[str, Any]]) -> list[str]:
-    return [e["state"] for e in events if e["event"] == "state"]
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
-def poll(predicate: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    """`wait_until` for tests that drive processes from plain (not async) code."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
-def wait_for_events(
-    path: Path, done: Callable[[list[dict[str, Any]]], bool], timeout: float
-) -> list[dict[str, Any]]:
-    """The events log at `path` once `done` holds for it."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        events = read_jsonl(path)
-        if done(events):
-            return events
-        time.sleep(0.05)
-    raise AssertionError(f"timed out; states so far: {states(read_jsonl(path))}")
-
-
-@contextlib.contextmanager
-def emulator_process(*args: str) -> Iterator[int]:
-    """`voice-device emulator` as a process of its own, with `args`; yields its port."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "device", "emulator", "--port", "0", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line.startswith("emulator listening on ws://127.0.0.1:"), line
-        yield int(line.rsplit(":", 1)[1])
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
-def alsa_daemon(
-    tmp: Path,
-    port: int,
-    alsa: Path,
-    config: str,
-    key: str,
-    input_device: str = "testmic",
-    env: dict[str, str] | None = None,
-) -> subprocess.Popen[str]:
-    """`voice-device run` as a process of its own on the ALSA devices of the asoundrc
-    `alsa` (`input_device`, and `testspk`), with `config` as its configuration file; its
-    events go to `tmp`/events.jsonl and its stderr to a pipe (read by `stop_daemon`)."""
-    cfg = tmp / "config.toml"
-    cfg.write_text(config)
-    return subprocess.Popen(
-        [
-            *(sys.executable, "-m", "device", "run", "--config", str(cfg)),
-            *("--endpoint", f"http://127.0.0.1:{port}"),
-            *("--input-device", input_device, "--output-device", "testspk"),
-            *("--events-log", str(tmp / "events.jsonl"), "--leds", "none"),
-        ],
-        env={
-            **os.environ,
-            "ALSA_CONFIG_PATH": str(alsa),
-            "AZURE_OPENAI_API_KEY": key,
-            **(env or {}),
-        },
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def stop_daemon(daemon: subprocess.Popen[str], timeout: float) -> str:
-    """SIGTERM, which must end it with status 0 within `timeout`; what it wrote to stderr."""
-    daemon.send_signal(signal.SIGTERM)
-    try:
-        assert daemon.wait(timeout) == 0
-    finally:
-        daemon.kill()
-    return daemon.stderr.read() if daemon.stderr else ""
-
-
-def asoundrc(tmp: Path, mic_raw: Path, speaker_raw: Path, mic: str = "testmic") -> Path:
-    """ALSA config whose `mic` reads `mic_raw` (a file, or a FIFO fed at real time) and
-    `testspk` writes `speaker_raw` (a file, or a FIFO drained at real time)."""
-    path = tmp / "asoundrc"
-    path.write_text(
-        "</usr/share/alsa/alsa.conf>\n"
-        f'pcm.{mic} {{ type file; slave.pcm "null"; file "/dev/null"; infile "{mic_raw}"; '
-        'format "raw"; hint { show on description "test mic" } }\n'
-        f'pcm.testspk {{ type file; slave.pcm "null"; file "{speaker_raw}"; format "raw"; '
-        'hint { show on description "test speaker" } }\n'
-    )
-    return path
 
 
 CONVERSATION = ["connecting", "listening", "thinking", "preamble", "answering", "follow_up", "idle"]
@@ -239,7 +117,6 @@ class _PacedFifo:
     mode = "rb"
 
     def __init__(self, path: Path) -> None:
-        import os
         import threading
 
         self.path = path
@@ -276,7 +153,6 @@ class _PacedFifo:
                 pass
 
     def close(self) -> None:
-        import os
 
         self._stop.set()
         self.stalled.clear()
@@ -334,8 +210,6 @@ class Daemon:
     socket, its state in the test's folder, and a configuration file the test may rewrite."""
 
     def __init__(self, tmp: Path, port: int, env: dict[str, str] | None = None) -> None:
-        import os
-        import sys
 
         self.tmp = tmp
         self.socket = tmp / "run" / "control.sock"
@@ -374,7 +248,6 @@ command = '{hook} >> {self.hooks}'
         }
 
     async def start(self, wrapper: list[str] | None = None) -> None:
-        import asyncio
 
         with self.log.open("ab") as err:
             self.proc = await asyncio.create_subprocess_exec(
@@ -393,7 +266,6 @@ command = '{hook} >> {self.hooks}'
             return False
 
     async def ask(self, line: str, timeout: float = 30) -> dict[str, Any]:
-        import asyncio
 
         from device.adapters.control import request
 
@@ -403,8 +275,6 @@ command = '{hook} >> {self.hooks}'
         return [e["state"] for e in read_jsonl(self.events) if e["event"] == "state"]
 
     async def stop(self) -> int:
-        import asyncio
-        import signal
 
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
@@ -416,8 +286,6 @@ command = '{hook} >> {self.hooks}'
             await self.proc.wait()
 
     def cli(self, *args: str) -> Any:
-        import subprocess
-        import sys
 
         return subprocess.run(
             [sys.executable, "-m", "device", *args, "--control-socket", str(self.socket)],

@@ -16,14 +16,16 @@ import pytest
 from device.adapters.mic import WavMic
 from device.adapters.room import Room, RoomSpeaker
 from device.app import App, RunOptions
-from device.config import Config, Secret, parse_config
+from device.config import Secret
 from device.core.audio import CLOUD_RATE, MIC_RATE, resample
 from device.core.earcons import earcon
 from device.emulator import Emulator, Scenario
 from device.emulator.voice import speak
 from tests.helpers import (
     CONVERSATION,
+    QUESTION,
     check_conversation,
+    config,
     nonzero,
     read_jsonl,
     read_wav,
@@ -35,21 +37,10 @@ from tests.helpers import (
     write_wav,
 )
 
-QUESTION = "okay nabu, what's the weather like today?"
-
 
 @pytest.fixture(scope="module")
 def question_pcm() -> bytes:
     return silence(0.5) + speech(QUESTION) + silence(1.5)
-
-
-def config(endpoint: str, **sections: dict[str, Any]) -> Config:
-    data: dict[str, dict[str, Any]] = {
-        "cloud": {"endpoint": endpoint},
-        "gpio": {"pin_factory": "mock"},
-        **sections,
-    }
-    return dataclasses.replace(parse_config(data), api_key=Secret("test-key"))
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.helpers import asoundrc, emulator_process, speech
@@ -94,3 +95,38 @@ def test_configuration_errors_exit_78(tmp_path: Path) -> None:
     )
     assert r.returncode == 78
     assert "turn.detection must be one of local, server_vad, semantic_vad" in r.stdout
+
+
+@pytest.mark.parametrize(
+    "channel, verdict", [(1, "✓ microphone   'testmic' at 16000 Hz"), (0, "gives digital silence")]
+)
+def test_the_microphone_is_opened_as_run_opens_it(
+    tmp_path: Path, channel: int, verdict: str
+) -> None:
+    """A 2-mic HAT at 48 kHz with the voice on one channel: `check` honours audio.input_rate,
+    input_channels and input_channel as `run` does, so it hears the voice on channel 1 and
+    the silence on channel 0 (opened at 16 kHz mono it would hear both, interleaved)."""
+    from device.core.audio import resample
+
+    voice = np.frombuffer(resample(speech("hello there") * 3, 16_000, 48_000), "<i2")
+    stereo = np.zeros((len(voice), 2), "<i2")
+    stereo[:, 1] = voice
+    mic = tmp_path / "mic.raw"
+    mic.write_bytes(stereo.tobytes())
+    conf = tmp_path / "c.toml"
+    conf.write_text(
+        f"[audio]\ninput_rate = 48000\ninput_channels = 2\ninput_channel = {channel}\n"
+        '[gpio]\npin_factory = "mock"\n'
+    )
+    env = {**os.environ, "ALSA_CONFIG_PATH": str(asoundrc(tmp_path, mic, tmp_path / "spk.raw"))}
+    r = subprocess.run(
+        [
+            *(sys.executable, "-m", "device", "check", "--no-cloud", "--config", str(conf)),
+            *("--input-device", "testmic", "--output-device", "testspk"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert verdict in r.stdout, r.stdout + r.stderr

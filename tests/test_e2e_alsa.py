@@ -15,6 +15,7 @@ import pytest
 
 from device.emulator import Scenario
 from tests.helpers import (
+    QUESTION,
     alsa_daemon,
     asoundrc,
     check_conversation,
@@ -29,7 +30,6 @@ from tests.helpers import (
     wait_for_events,
 )
 
-QUESTION = "okay nabu, what's the weather like today?"
 KEY = "e2e-key-not-a-real-one"
 
 

@@ -26,6 +26,7 @@ from device.config import Config, Secret, parse_config
 from device.emulator import Emulator, Faults, Scenario
 from tests.helpers import (
     CONVERSATION,
+    QUESTION,
     nonzero,
     read_jsonl,
     read_wav,
@@ -37,7 +38,6 @@ from tests.helpers import (
 )
 from tests.sdk import validate_client_event
 
-QUESTION = "okay nabu, what's the weather like today?"
 SHORT = {"preambles": ["One moment."], "answer": "It is sunny.", "think_ms": 50, "speedup": 20.0}
 
 

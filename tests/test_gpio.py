@@ -27,7 +27,7 @@ from device.core.leds import (
     render,
     with_overrides,
 )
-from device.core.states import State
+from device.core.states import ButtonDown, ButtonHeld, ButtonUp, Input, State
 
 # ---------------------------------------------------------------------------------------------
 # The table
@@ -306,20 +306,20 @@ def test_pixel_frames_follow_the_apa102_format() -> None:
 async def test_each_profiles_button_reaches_the_loop(profile: str) -> None:
     cfg = parse_config({"gpio": {"profile": profile}, "button": {"hold_ms": 300}})
     factory = MockFactory(pin_class=MockPWMPin)
-    edges: list[str] = []
-    button = GpioButton(cfg.button, factory, edges.append)
+    edges: list[Input] = []
+    button = GpioButton(cfg.button, factory, edges.append, position=lambda: 320)
     pin = factory.pin(cfg.button.pin)
     try:
         pin.drive_low()
         await asyncio.sleep(0.1)
         pin.drive_high()
         await asyncio.sleep(0.1)
-        assert edges == ["down", "up"]
+        assert edges == [ButtonDown(320), ButtonUp()]
         pin.drive_low()
         await asyncio.sleep(0.5)
         pin.drive_high()
         await asyncio.sleep(0.1)
-        assert edges == ["down", "up", "down", "held", "up"]
+        assert edges == [ButtonDown(320), ButtonUp(), ButtonDown(320), ButtonHeld(), ButtonUp()]
         # debouncing is gpiozero's (lgpio's, in the kernel, on a Pi; mock pins only store
         # the setting): we ask for it
         assert pin.bounce == pytest.approx(0.03)

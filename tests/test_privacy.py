@@ -29,9 +29,7 @@ from device.app import App, RunOptions
 from device.bench.corpus import active_rms, negative_speech, noise
 from device.config import Secret, load_config, parse_config
 from device.emulator import Emulator, Scenario
-from tests.helpers import read_jsonl, silence, speech, states, wait_until, write_wav
-
-QUESTION = "okay nabu, what's the weather like today?"
+from tests.helpers import QUESTION, read_jsonl, silence, speech, states, wait_until, write_wav
 
 
 @pytest.fixture

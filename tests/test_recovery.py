@@ -21,6 +21,7 @@ from device.app import App, RunOptions
 from device.config import Secret, parse_config
 from device.emulator import Emulator, Faults, Scenario
 from tests.helpers import (
+    QUESTION,
     Daemon,
     asoundrc,
     poll,
@@ -31,8 +32,6 @@ from tests.helpers import (
     wait_until,
     write_wav,
 )
-
-QUESTION = "okay nabu, what's the weather like today?"
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Callable
 
 import pytest
@@ -12,6 +13,8 @@ from hypothesis import strategies as hst
 from device.core.backoff import BackoffPolicy
 from device.core.endpoint import EndpointSettings
 from device.core.states import (
+    IGNORED,
+    TRANSITIONS,
     AskText,
     ButtonDown,
     ButtonHeld,
@@ -55,6 +58,7 @@ from device.core.states import (
     SubmitTurn,
     Summon,
     Tick,
+    TransitionError,
     Truncate,
     Turn,
     Wake,
@@ -1220,3 +1224,26 @@ def test_a_device_muted_when_it_stopped_starts_muted() -> None:
     assert m.state is State.MUTED
     assert m.handle(Wake("okay nabu", 0.99, POS), 0) == []
     assert m.handle(ButtonDown(POS), 0) + m.handle(ButtonUp(), 0) == [PlayEarcon("muted")]
+
+
+def test_every_input_in_every_state_is_a_row_or_ignored_on_purpose() -> None:
+    for state in State:
+        for kind in typing.get_args(Input):
+            in_a_row = (state, kind) in TRANSITIONS
+            ignored = kind in IGNORED[state]
+            assert in_a_row or ignored, (
+                f"{kind.__name__} in {state.value}: neither a row nor ignored"
+            )
+            assert not (in_a_row and ignored), f"{kind.__name__} in {state.value}: both"
+    assert set(IGNORED) == set(State)
+
+
+def test_a_handler_that_enters_a_state_its_row_does_not_name_is_a_named_error() -> None:
+    m = idle()
+    row = TRANSITIONS[(State.IDLE, Wake)]
+    TRANSITIONS[(State.IDLE, Wake)] = dataclasses.replace(row, leads_to=frozenset())
+    try:
+        with pytest.raises(TransitionError, match="Wake in idle entered connecting"):
+            m.handle(Wake("okay nabu", 0.9, WAKE_AT), 0)
+    finally:
+        TRANSITIONS[(State.IDLE, Wake)] = row

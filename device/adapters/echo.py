@@ -14,11 +14,10 @@ is playing and for `tail_ms` after (so idle listening costs nothing extra):
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 
 import numpy as np
 
-from ..core.audio import CLOUD_RATE, FRAME_SAMPLES, MIC_RATE, SAMPLE_BYTES, Resampler
+from ..core.audio import CLOUD_RATE, FRAME_SAMPLES, MIC_RATE, Resampler
 from .wakeword import WakeEngine
 
 log = logging.getLogger(__name__)
@@ -48,7 +47,6 @@ class EchoGuard:
             from pywebrtc_audio import EchoCanceller
 
             self._aec = EchoCanceller(MIC_RATE, 1, 0)
-        self.echo_matches = 0
 
     def active(self, pos: int) -> bool:
         """True while the device plays and during the tail after: playback rules apply."""
@@ -84,11 +82,4 @@ class EchoGuard:
     def said_by_device(self, word: int, pos: int) -> bool:
         """Did the device itself say wake word `word` within the last moment?"""
         said = self._said.get(word)
-        if said is None or pos - said > MATCH_WINDOW_S * MIC_RATE:
-            return False
-        self.echo_matches += 1
-        return True
-
-
-def frames_of(pcm: bytes, size: int = FRAME_SAMPLES * SAMPLE_BYTES) -> Sequence[bytes]:
-    return [pcm[i : i + size] for i in range(0, len(pcm), size)]
+        return said is not None and pos - said <= MATCH_WINDOW_S * MIC_RATE

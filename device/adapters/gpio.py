@@ -17,6 +17,7 @@ from typing import Any, Protocol, TextIO
 
 from ..config import ButtonConfig, ConfigError, GpioConfig, LedConfig
 from ..core.leds import PATTERNS, Effect, Pattern, render
+from ..core.states import ButtonDown, ButtonHeld, ButtonUp, Input
 
 log = logging.getLogger(__name__)
 
@@ -236,20 +237,26 @@ class TerminalLeds:
 
 
 class GpioButton:
-    """Forwards press, hold and release edges to the event loop.
+    """Forwards press, hold and release edges to the event loop as the state machine's inputs.
 
-    gpiozero calls back on its own thread; each edge is posted to the loop, where it is
-    stamped with the microphone position and handed to the state machine.
+    gpiozero calls back on its own thread; each edge is posted to the loop, where a press is
+    stamped with the microphone position (`position`) and handed to the state machine.
     """
 
-    def __init__(self, cfg: ButtonConfig, factory: Any, post: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        cfg: ButtonConfig,
+        factory: Any,
+        post: Callable[[Input], None],
+        position: Callable[[], int],
+    ) -> None:
         from gpiozero import Button
 
         loop = asyncio.get_running_loop()
 
-        def forward(edge: str) -> Callable[[], None]:
+        def forward(edge: Callable[[], Input]) -> Callable[[], None]:
             def callback() -> None:
-                loop.call_soon_threadsafe(post, edge)
+                loop.call_soon_threadsafe(lambda: post(edge()))
 
             return callback
 
@@ -260,9 +267,9 @@ class GpioButton:
             hold_time=cfg.hold_ms / 1000,
             pin_factory=factory,
         )
-        self.button.when_pressed = forward("down")
-        self.button.when_held = forward("held")
-        self.button.when_released = forward("up")
+        self.button.when_pressed = forward(lambda: ButtonDown(position()))
+        self.button.when_held = forward(ButtonHeld)
+        self.button.when_released = forward(ButtonUp)
 
     @property
     def pin(self) -> Any:

@@ -26,12 +26,6 @@ class Hooks:
         self.states = set(states)
         self._queue: deque[dict[str, str]] = deque(maxlen=self.MAX_QUEUED)
         self._wake = asyncio.Event()
-        self.ran = 0
-        self.failed = 0
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.command)
 
     def state_changed(self, state: str, previous: str, reason: str) -> None:
         if not self.command or (self.states and state not in self.states):
@@ -66,14 +60,12 @@ class Hooks:
                 stderr=asyncio.subprocess.PIPE,
             )
         except OSError as e:
-            self.failed += 1
             log.warning("hook command could not start: %s", e)
             return
         try:
             async with asyncio.timeout(self.TIMEOUT_S):
                 _, err = await proc.communicate()
         except TimeoutError:
-            self.failed += 1
             log.warning("hook command killed after %g s", self.TIMEOUT_S)
             return
         finally:
@@ -82,8 +74,6 @@ class Hooks:
                     proc.kill()
                 with contextlib.suppress(asyncio.CancelledError):
                     await asyncio.shield(proc.wait())
-        self.ran += 1
         if proc.returncode != 0:
-            self.failed += 1
             last = err.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
             log.warning("hook command exited with %d: %s", proc.returncode, last[0][:200])

@@ -53,7 +53,7 @@ class PyAudioMic:
     when it offers that, else at its own rate and channels, converted in software.
 
     `read()` raises MicFailure when no audio has come for STALL_S, or the stream died;
-    `reopen()` tries to get it back (see App._recover_mic).
+    `reopen()` tries to get it back (see `supervise.Supervisor.recover_mic`).
     """
 
     CREDITS = 50  # chunks = 1 s of audio in flight at most
@@ -156,11 +156,6 @@ class PyAudioMic:
         await self._closing
         self._drain()
         log.info("microphone '%s' closed", self.name)
-
-    @property
-    def stuck(self) -> bool:
-        """A close is still waiting inside PortAudio: the audio stack is wedged."""
-        return self._closed is not None and not self._closed.done()
 
     async def reopen(self, refresh: Callable[[], Awaitable[None]] | None = None) -> None:
         """Close what is left of the stream and open the device again (found by its name).

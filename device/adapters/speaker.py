@@ -34,6 +34,7 @@ from ..core.audio import (
     PlayoutEvent,
     PlayoutStopped,
     ResponsePlayed,
+    Source,
     ms_to_samples,
     scale,
 )
@@ -78,8 +79,6 @@ class Speaker:
         self._post: Post | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.underruns = 0
-        self.rendered = 0
-        """Samples handed to the output so far (silence included): the speaker's clock."""
         self.audible_after_stop = 0
         """Reply samples rendered after the last stop() (a barge-in): should stay 0."""
         self._stopped = False
@@ -97,7 +96,14 @@ class Speaker:
 
     # -- called on the event loop -----------------------------------------------------------
 
-    def play(self, response_id: str, item_id: str, phase: str, pcm: bytes) -> None:
+    def play(
+        self,
+        response_id: str,
+        item_id: str,
+        phase: str | None,
+        pcm: bytes,
+        source: Source = Source.REPLY,
+    ) -> None:
         with self._lock:
             queued = self._buffer.buffered_samples
             if queued + len(pcm) // SAMPLE_BYTES > MAX_QUEUED_S * CLOUD_RATE:
@@ -105,16 +111,16 @@ class Speaker:
                     self._dropping = response_id
                     log.warning("reply audio beyond %d s queued; dropping the rest", MAX_QUEUED_S)
                 return
-            self._buffer.add(response_id, item_id, phase, pcm)
+            self._buffer.add(response_id, item_id, phase, pcm, source)
             self._stopped = False
             ready = queued + len(pcm) // SAMPLE_BYTES >= self._prefill
         if ready:
             self._ensure_running()
 
-    def end(self, response_id: str) -> None:
+    def end(self, response_id: str, source: Source = Source.REPLY) -> None:
         """Nothing more will arrive for this response: play out whatever is left."""
         with self._lock:
-            self._buffer.end(response_id)
+            self._buffer.end(response_id, source)
         self._ensure_running()
 
     def stop(self) -> None:
@@ -175,7 +181,6 @@ class Speaker:
         with self._lock:
             pcm, events = self._buffer.pull(samples, pad)
             self.underruns = self._buffer.underruns
-            self.rendered += len(pcm) // SAMPLE_BYTES
             if self._stopped and any(pcm):
                 self.audible_after_stop += len(pcm) // SAMPLE_BYTES
             if self.volume != 1.0 and pcm:
@@ -401,12 +406,19 @@ class WavSpeaker(Speaker):
         self._wake = asyncio.Event()
         self._closed = False
 
-    def play(self, response_id: str, item_id: str, phase: str, pcm: bytes) -> None:
-        super().play(response_id, item_id, phase, pcm)
+    def play(
+        self,
+        response_id: str,
+        item_id: str,
+        phase: str | None,
+        pcm: bytes,
+        source: Source = Source.REPLY,
+    ) -> None:
+        super().play(response_id, item_id, phase, pcm, source)
         self._wake.set()
 
-    def end(self, response_id: str) -> None:
-        super().end(response_id)
+    def end(self, response_id: str, source: Source = Source.REPLY) -> None:
+        super().end(response_id, source)
         self._wake.set()
 
     def _start(self) -> None:

@@ -13,8 +13,9 @@ import contextlib
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,20 @@ class StateStore:
                 tmp.unlink(missing_ok=True)
             return False
         return True
+
+
+class Memory:
+    """What is remembered now, saved on every change (nothing is saved without a directory)."""
+
+    def __init__(self, directory: Path | None) -> None:
+        self.store = StateStore(directory) if directory is not None else None
+        self.value = self.store.load() if self.store is not None else Remembered()
+
+    def update(self, **changes: Any) -> None:
+        if self.store is None:
+            return
+        self.value = replace(self.value, **changes)
+        self.store.save(self.value)
 
 
 def _number(value: object) -> float | None:

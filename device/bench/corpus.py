@@ -10,15 +10,16 @@ import functools
 import itertools
 import subprocess
 import tempfile
-import wave
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..core.audio import MIC_RATE
 from ..emulator.voice import espeak
+from . import harness
 
-RATE = 16_000
+RATE = MIC_RATE
 VOICES = [
     "en-us",
     "en",
@@ -181,16 +182,11 @@ def _sox(args: list[str], data: np.ndarray | None = None) -> np.ndarray:
 
 
 def write_wav(path: Path, x: np.ndarray) -> None:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(RATE)
-        w.writeframes(np.asarray(x, dtype="<i2").tobytes())
+    harness.write_wav(path, np.asarray(x, dtype="<i2").tobytes(), RATE)
 
 
 def read_wav(path: Path) -> np.ndarray:
-    with wave.open(str(path), "rb") as w:
-        return np.frombuffer(w.readframes(w.getnframes()), "<i2").copy()
+    return np.frombuffer(harness.read_wav(path), "<i2").copy()
 
 
 @functools.lru_cache(maxsize=8)

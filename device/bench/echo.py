@@ -24,7 +24,7 @@ from typing import Any
 
 from ..app import App, RunOptions
 from ..config import Secret, parse_config
-from ..core.audio import FRAME_MS
+from ..core.audio import FRAME_MS, MIC_RATE
 from ..emulator import Emulator, Scenario
 from ..emulator.voice import espeak
 
@@ -85,11 +85,11 @@ async def one_run(
         }
     )
     cfg = dataclasses.replace(cfg, api_key=Secret("bench"))
-    question = espeak(QUESTION, 16_000)
+    question = espeak(QUESTION, MIC_RATE)
     room = Room(bytes(8000) + question + bytes(32_000), paced=False, jitter_ms=30_000, **room_kw)
     app = App(cfg, RunOptions(room=room, events_log=tmp / "events.jsonl", leds="none"))
     said: dict[str, int] = {}
-    barge_in = espeak(BARGE_IN, 16_000)
+    barge_in = espeak(BARGE_IN, MIC_RATE)
 
     def cue(frame: int) -> bytes | None:
         state = app.machine.state.value

@@ -39,12 +39,12 @@ from ..adapters.control import request
 from ..app import App, RunOptions
 from ..config import Secret, parse_config
 from ..core import states as st
-from ..core.audio import FRAME_SAMPLES
+from ..core.audio import CLOUD_RATE, FRAME_SAMPLES, MIC_RATE
 from ..emulator import Emulator, Scenario
 from . import corpus as C
+from .harness import QUESTION, asoundrc
 
-QUESTION = "okay nabu, what's the weather like today?"
-RATE = 16_000
+RATE = MIC_RATE
 
 
 def idle_audio(minutes: float) -> np.ndarray:
@@ -92,19 +92,6 @@ async def cpu_pipeline(wav: Path, tmp: Path, noise_suppression: int = 3) -> floa
 # A daemon process on ALSA devices
 
 
-def alsa_config(tmp: Path, fifo: Path) -> Path:
-    """`benchmic` reads a FIFO that a thread feeds at real time (ALSA's null device keeps no
-    time by itself); `benchspk` plays into nothing."""
-    path = tmp / "asoundrc"
-    path.write_text(
-        "</usr/share/alsa/alsa.conf>\n"
-        f'pcm.benchmic {{ type file; slave.pcm "null"; file "/dev/null"; infile "{fifo}"; '
-        'format "raw"; hint { show on description "bench mic" } }\n'
-        'pcm.benchspk { type null; hint { show on description "bench speaker" } }\n'
-    )
-    return path
-
-
 class RealTimeSilence:
     """Feeds a FIFO with 20 ms of silence every 20 ms: a quiet room, at the pace of a real
     microphone. PortAudio opens and closes devices when it starts: the writer reopens."""
@@ -149,7 +136,9 @@ class Daemon:
         self.env = {
             **os.environ,
             "AZURE_OPENAI_API_KEY": "bench-key",
-            "ALSA_CONFIG_PATH": str(alsa_config(self.tmp, self.tmp / "mic.fifo")),
+            "ALSA_CONFIG_PATH": str(
+                asoundrc(self.tmp, self.tmp / "mic.fifo", None, "benchmic", "benchspk")
+            ),
             "NOTIFY_SOCKET": str(self.notify),
             "VOICE_DEVICE_CONFIG": str(self.tmp / "none.toml"),
         }
@@ -287,7 +276,7 @@ async def latencies(tmp: Path) -> dict[str, float]:
                 break
             await asyncio.sleep(0.01)
         await asyncio.sleep(0.5)
-        app._handle(st.Summon(app.pos))  # as `voice-device wake` does
+        app.handle(st.Summon(app.pos))  # as `voice-device wake` does
         await asyncio.sleep(0.5)
         after_stop = app.speaker.audible_after_stop
         app.request_stop()
@@ -319,7 +308,7 @@ async def latencies(tmp: Path) -> dict[str, float]:
         "first_reply_audio_to_played_ms": to_play * 1000,
         "device_added_ms": (to_commit + to_play) * 1000,
         "jitter_buffer_ms": float(cfg.audio.jitter_ms),
-        "barge_in_audible_after_press_ms": after_stop / 24,
+        "barge_in_audible_after_press_ms": after_stop * 1000 / CLOUD_RATE,
         "output_period_ms": 20.0,
     }
 

@@ -37,7 +37,7 @@ from ..adapters.speaker import WavSpeaker
 from ..app import App, RunOptions
 from ..config import Secret, parse_config
 from ..core import states as st
-from ..core.audio import FRAME_SAMPLES, SAMPLE_BYTES
+from ..core.audio import FRAME_SAMPLES, MIC_RATE, SAMPLE_BYTES
 from ..emulator import Emulator, Faults, Scenario
 from ..emulator.voice import espeak
 
@@ -107,7 +107,7 @@ async def settled_resources(emu: Emulator, app: App) -> dict[str, float]:
     can take the emulator a second to let go of). A leak does not settle: after 5 s the
     count is taken as it is."""
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and (emu.open_connections or app.session is not None):
+    while time.monotonic() < deadline and (emu.open_connections or app.link.session is not None):
         await asyncio.sleep(0.05)
     await asyncio.sleep(0.05)  # the handlers' last callbacks
     return resources()
@@ -158,8 +158,8 @@ class SoakResult:
 class Soak:
     def __init__(self, emu: Emulator, app: App, mic: SoakMic, rng: random.Random) -> None:
         self.emu, self.app, self.mic, self.rng = emu, app, mic, rng
-        self.question = espeak("okay nabu, what time is it?", 16_000)
-        self.follow_up = espeak("and what about tomorrow?", 16_000)
+        self.question = espeak("okay nabu, what time is it?", MIC_RATE)
+        self.follow_up = espeak("and what about tomorrow?", MIC_RATE)
         self.base = emu.scenario
 
     @property
@@ -175,7 +175,7 @@ class Soak:
         return True
 
     def over(self) -> bool:
-        return self.state in (st.State.IDLE, st.State.MUTED) and self.app.session is None
+        return self.state in (st.State.IDLE, st.State.MUTED) and self.app.link.session is None
 
     async def settle(self, what: str, result: SoakResult) -> None:
         """Wait for the conversation to end; an error state ends on its own."""
@@ -194,12 +194,12 @@ class Soak:
 
     async def one(self, kind: str, result: SoakResult) -> None:
         if kind == "typed":
-            await self.app._ask("what time is it?")
+            await self.app.verbs("ask", "what time is it?")
         elif kind == "mute":
-            self.app._handle(st.SetMute(True))
+            self.app.handle(st.SetMute(True))
             await self.until(lambda: not self.mic.is_open, 2)
             await asyncio.sleep(self.rng.uniform(0, 0.05))
-            self.app._handle(st.SetMute(False))
+            self.app.handle(st.SetMute(False))
             await self.until(lambda: self.state is st.State.IDLE, 2)
             return
         elif kind == "fault":
@@ -222,8 +222,8 @@ class Soak:
                     if self.state in replying:
                         result.barge_ins += 1
                         if kind.startswith("button"):
-                            self.app._on_button("down")
-                            self.app._on_button("up")
+                            self.app.handle(st.ButtonDown(self.app.pos))
+                            self.app.handle(st.ButtonUp())
                         else:
                             self.mic.say(self.question)
         await self.settle(kind, result)

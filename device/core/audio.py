@@ -6,6 +6,7 @@ samples, which is exact, rather than in seconds of wall-clock time, which is not
 
 from __future__ import annotations
 
+import enum
 import math
 from collections import deque
 from dataclasses import dataclass, field
@@ -205,13 +206,25 @@ class Uplink:
 # Playout: what the speaker plays, and what it has played, per item
 
 
+class Source(enum.StrEnum):
+    """Where a played sound comes from: only replies are part of the server's conversation."""
+
+    REPLY = "reply"
+    """Audio the service sent for a response."""
+    EARCON = "earcon"
+    """One of the device's own short sounds; the state machine never hears of it."""
+    REPLAY = "replay"
+    """The last answer played again from memory (double press)."""
+
+
 @dataclass(frozen=True)
 class ItemStarted:
     """The first sample of an assistant item went to the speaker."""
 
     response_id: str
     item_id: str
-    phase: str
+    phase: str | None
+    source: Source = Source.REPLY
 
 
 @dataclass(frozen=True)
@@ -219,11 +232,15 @@ class ResponsePlayed:
     """Everything received for a response has gone to the speaker."""
 
     response_id: str
+    source: Source = Source.REPLY
 
 
 @dataclass(frozen=True)
 class PlayoutStopped:
-    """Playback was cut (barge-in). `played_ms` is how much of `item_id` the speaker was given."""
+    """Playback was cut (barge-in). `played_ms` is how much of `item_id` the speaker was given.
+
+    Only the service's items are named: the device's own sounds and repeats are in no
+    conversation, so a cut earcon reports `item_id` None and is not among the unplayed."""
 
     item_id: str | None
     played_ms: int
@@ -237,7 +254,8 @@ PlayoutEvent = ItemStarted | ResponsePlayed | PlayoutStopped
 class _Segment:
     response_id: str
     item_id: str
-    phase: str
+    phase: str | None
+    source: Source
     pcm: bytearray = field(default_factory=bytearray)
 
 
@@ -251,37 +269,38 @@ class PlayoutBuffer:
 
     def __init__(self, rate: int = CLOUD_RATE) -> None:
         self.rate = rate
-        self._queue: deque[_Segment | str] = deque()  # segments, and response ids as end markers
+        # segments, and (response id, source) pairs as end markers
+        self._queue: deque[_Segment | tuple[str, Source]] = deque()
         self._played: dict[str, int] = {}
-        self._current: str | None = None
+        self._current: _Segment | None = None
         self.underruns = 0
 
-    def add(self, response_id: str, item_id: str, phase: str, pcm: bytes) -> None:
+    def add(
+        self,
+        response_id: str,
+        item_id: str,
+        phase: str | None,
+        pcm: bytes,
+        source: Source = Source.REPLY,
+    ) -> None:
         if not pcm:
             return
         last = self._queue[-1] if self._queue else None
         if isinstance(last, _Segment) and last.item_id == item_id:
             last.pcm += pcm
         else:
-            self._queue.append(_Segment(response_id, item_id, phase, bytearray(pcm)))
+            self._queue.append(_Segment(response_id, item_id, phase, source, bytearray(pcm)))
 
-    def end(self, response_id: str) -> None:
-        self._queue.append(response_id)
+    def end(self, response_id: str, source: Source = Source.REPLY) -> None:
+        self._queue.append((response_id, source))
 
     @property
     def buffered_samples(self) -> int:
         return sum(pcm_samples(s.pcm) for s in self._queue if isinstance(s, _Segment))
 
     @property
-    def has_end_marker(self) -> bool:
-        return any(isinstance(s, str) for s in self._queue)
-
-    @property
     def idle(self) -> bool:
         return not self._queue
-
-    def played_samples(self, item_id: str) -> int:
-        return self._played.get(item_id, 0)
 
     def pull(self, samples: int, pad: bool = True) -> tuple[bytes, list[PlayoutEvent]]:
         """Up to `samples` of audio; padded with silence (an underrun) when `pad` is set."""
@@ -290,19 +309,19 @@ class PlayoutBuffer:
         want = samples * SAMPLE_BYTES
         while self._queue:
             head = self._queue[0]
-            if isinstance(head, str):
+            if isinstance(head, tuple):
                 # An end marker right after the last audio is reported with that audio.
                 self._queue.popleft()
                 self._played.clear()
                 self._current = None
-                events.append(ResponsePlayed(head))
+                events.append(ResponsePlayed(*head))
                 continue
             if len(out) >= want:
                 break
             if head.item_id not in self._played:
                 self._played[head.item_id] = 0
-                events.append(ItemStarted(head.response_id, head.item_id, head.phase))
-            self._current = head.item_id
+                events.append(ItemStarted(head.response_id, head.item_id, head.phase, head.source))
+            self._current = head
             n = min(want - len(out), len(head.pcm))
             out += head.pcm[:n]
             del head.pcm[:n]
@@ -319,13 +338,19 @@ class PlayoutBuffer:
         """Drop everything queued; report what was being heard and what never was."""
         unplayed: list[str] = []
         for s in self._queue:
-            if isinstance(s, _Segment) and s.item_id not in (*self._played, *unplayed):
+            if (
+                isinstance(s, _Segment)
+                and s.source is Source.REPLY
+                and s.item_id not in (*self._played, *unplayed)
+            ):
                 unplayed.append(s.item_id)
         self._queue.clear()
         current = self._current
-        played = self._played.get(current, 0) if current else 0
         self._current = None
-        return PlayoutStopped(current, samples_to_ms(played, self.rate), tuple(unplayed))
+        if current is None or current.source is not Source.REPLY:
+            return PlayoutStopped(None, 0, tuple(unplayed))
+        played = self._played.get(current.item_id, 0)
+        return PlayoutStopped(current.item_id, samples_to_ms(played, self.rate), tuple(unplayed))
 
 
 def scale(pcm: bytes, gain: float) -> bytes:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import enum
+
 import numpy as np
 
 from .audio import CLOUD_RATE
@@ -19,19 +21,41 @@ def _tone_sequence(notes: list[tuple[float, float]], volume: float, rate: int) -
     return bytes(np.rint(x * 32767).astype("<i2").tobytes())
 
 
-EARCONS = {
+class Earcon(enum.StrEnum):
+    WAKE = "wake"
+    END_OF_TURN = "end_of_turn"
+    ERROR = "error"
+    MUTE_ON = "mute_on"
+    MUTE_OFF = "mute_off"
+    MUTED = "muted"
+    """Pressed while muted: still muted."""
+
+    @property
+    def switch(self) -> str:
+        """The name that turns this sound on in `audio.earcons`: the three mute sounds
+        share one switch, `mute`."""
+        return SWITCHES[self]
+
+
+SWITCHES = {
+    k: "mute" if k in (Earcon.MUTE_ON, Earcon.MUTE_OFF, Earcon.MUTED) else k.value for k in Earcon
+}
+EARCON_SWITCHES = tuple(dict.fromkeys(SWITCHES.values()))
+"""What `audio.earcons` may list: wake, end_of_turn, error, mute."""
+
+NOTES: dict[Earcon, list[tuple[float, float]]] = {
     # two quick rising notes: I'm listening
-    "wake": [(660.0, 0.06), (880.0, 0.08)],
+    Earcon.WAKE: [(660.0, 0.06), (880.0, 0.08)],
     # one soft low note: got it, thinking
-    "end_of_turn": [(523.0, 0.09)],
+    Earcon.END_OF_TURN: [(523.0, 0.09)],
     # two falling notes: something went wrong
-    "error": [(660.0, 0.12), (0.0, 0.04), (440.0, 0.18)],
+    Earcon.ERROR: [(660.0, 0.12), (0.0, 0.04), (440.0, 0.18)],
     # falling, rising, and a single low blip while still muted
-    "mute_on": [(784.0, 0.07), (523.0, 0.1)],
-    "mute_off": [(523.0, 0.07), (784.0, 0.1)],
-    "muted": [(392.0, 0.12)],
+    Earcon.MUTE_ON: [(784.0, 0.07), (523.0, 0.1)],
+    Earcon.MUTE_OFF: [(523.0, 0.07), (784.0, 0.1)],
+    Earcon.MUTED: [(392.0, 0.12)],
 }
 
 
-def earcon(kind: str, volume: float = 0.3, rate: int = CLOUD_RATE) -> bytes:
-    return _tone_sequence(EARCONS[kind], volume, rate)
+def earcon(kind: Earcon | str, volume: float = 0.3, rate: int = CLOUD_RATE) -> bytes:
+    return _tone_sequence(NOTES[Earcon(kind)], volume, rate)

@@ -21,9 +21,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-COMMENTARY = "commentary"
-FINAL_ANSWER = "final_answer"
-PHASES = (COMMENTARY, FINAL_ANSWER)
+
+class Phase(enum.StrEnum):
+    """What an assistant message is: what the LEDs show while it plays."""
+
+    COMMENTARY = "commentary"
+    """A preamble ("let me check that…") spoken before the answer."""
+    FINAL_ANSWER = "final_answer"
+
+
+COMMENTARY = Phase.COMMENTARY
+FINAL_ANSWER = Phase.FINAL_ANSWER
 
 REASONING_EFFORTS = ("minimal", "low", "medium", "high", "xhigh")
 GA = "ga"
@@ -687,11 +695,12 @@ class Item:
     phase: str | None
 
 
-def effective_phase(item_type: str, phase: str | None) -> str | None:
-    """A message without a phase is the final answer; other item kinds have none."""
+def effective_phase(item_type: str, phase: str | None) -> Phase | None:
+    """A message without a phase (or with one we do not know) is the final answer; other
+    item kinds have none."""
     if item_type != "message":
         return None
-    return phase if phase in PHASES else FINAL_ANSWER
+    return Phase.COMMENTARY if phase == Phase.COMMENTARY else Phase.FINAL_ANSWER
 
 
 class Conversation:
@@ -727,7 +736,7 @@ class Conversation:
         while len(self._items) > self.MAX_ITEMS:
             self._items.popitem(last=False)
 
-    def phase_of(self, item_id: str) -> str:
+    def phase_of(self, item_id: str) -> Phase:
         item = self._items.get(item_id)
         if item is None:
             return FINAL_ANSWER

@@ -1,9 +1,12 @@
 """The device's state machine: inputs in, commands out. No I/O, no threads, no clocks.
 
-Every transition is a row of `TRANSITIONS` at the bottom of this file: (state, input type) →
-handler. An input with no row in the current state is ignored on purpose (the world is full
-of harmless races: a late playback report after a barge-in, a wake word while already
-listening) and counted in `Machine.ignored`.
+Every (state, input) pair of the product is in one of two places at the bottom of this file:
+a row of `TRANSITIONS`, which names the handler and every state it may lead to, or the
+state's set in `IGNORED`, inputs that mean nothing there on purpose (the world is full of
+harmless races: a late playback report after a barge-in, a wake word while already
+listening). Ignored inputs are logged at debug level. A handler that enters a state its row
+does not name raises `TransitionError`: a bug in this file, never the world's doing. What
+the button means in each state is the table `BUTTON` beside them.
 
 Time comes in two kinds, both passed in. Audio positions (samples of the microphone stream)
 drive everything about the user's speech: endpointing, the no-speech timeout, the follow-up
@@ -14,12 +17,17 @@ how long an error is shown.
 from __future__ import annotations
 
 import enum
+import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from .backoff import BackoffPolicy, Outage
+from .earcons import Earcon
 from .endpoint import Endpointer, EndpointSettings, NoSpeech, SpeechStarted, TurnEnded
+from .realtime import Phase
+
+log = logging.getLogger(__name__)
 
 
 class State(enum.Enum):
@@ -133,7 +141,7 @@ class ResponseEnded:
 class PlaybackStarted:
     response_id: str
     item_id: str
-    phase: str
+    phase: Phase
 
 
 @dataclass(frozen=True)
@@ -332,9 +340,9 @@ class ReplayAnswer:
 
 @dataclass(frozen=True)
 class PlayEarcon:
-    """A short sound that needs no words: `error` for now."""
+    """A short sound that needs no words (see `core.earcons`)."""
 
-    kind: str
+    kind: Earcon
 
 
 Command = (
@@ -362,6 +370,26 @@ Command = (
 # ---------------------------------------------------------------------------------------------
 
 
+class DoublePress(enum.StrEnum):
+    """What a second short press within `double_press_s` does."""
+
+    NONE = "none"
+    """Nothing: short presses act at once."""
+    REPEAT = "repeat"
+    """Play the last answer again, from memory."""
+    CANCEL = "cancel"
+    """End whatever is going on."""
+    MUTE = "mute"
+    """Mute or unmute."""
+
+
+class ButtonMode(enum.StrEnum):
+    PRESS = "press"
+    """A short press wakes, a long one mutes."""
+    HOLD_TO_TALK = "hold-to-talk"
+    """The turn lasts while the button is held."""
+
+
 @dataclass(frozen=True)
 class Settings:
     rate: int = 16_000
@@ -379,9 +407,12 @@ class Settings:
     endpoint: EndpointSettings = field(default_factory=EndpointSettings)
     hold_to_talk: bool = False
     """The button streams while held and ends the turn when released (no mute on hold)."""
-    double_press: str = "none"
-    """none, repeat, cancel or mute; other than none, short presses wait double_press_s."""
+    double_press: DoublePress = DoublePress.NONE
+    """Other than none, short presses wait double_press_s for a second one."""
     double_press_s: float = 0.4
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "double_press", DoublePress(self.double_press))
 
 
 class Turn(enum.Enum):
@@ -393,6 +424,12 @@ class Turn(enum.Enum):
 
 
 Handler = Callable[["Machine", Input, float], list[Command]]
+Action = Callable[["Machine", int], list[Command]]
+"""Something the button does in one state, given the sample it was pressed at."""
+
+
+class TransitionError(Exception):
+    """A handler entered a state that its row in `TRANSITIONS` does not name."""
 
 
 class Machine:
@@ -432,7 +469,6 @@ class Machine:
         """A typed question waiting for the session to be ready."""
         self.replay_from: State | None = None
         """Replaying the last answer; where to return when it is over."""
-        self.ignored = 0
 
     def reconfigure(self, settings: Settings) -> None:
         """New settings (a reloaded configuration), keeping the conversation and any outage."""
@@ -445,14 +481,19 @@ class Machine:
     def handle(self, event: Input, now: float) -> list[Command]:
         if isinstance(event, Heard):
             self.audio_pos = event.end_sample
-        handler = TRANSITIONS.get((self.state, type(event)))
-        if handler is None:
+        row = TRANSITIONS.get((self.state, type(event)))
+        if row is None:
             if not isinstance(event, Heard | Tick):
-                self.ignored += 1
+                log.debug("%s ignored in %s", type(event).__name__, self.state.value)
             return []
-        commands = handler(self, event, now)
+        commands = row.handler(self, event, now)
         for c in commands:
             if isinstance(c, Enter):
+                if c.state not in row.leads_to:
+                    raise TransitionError(
+                        f"{type(event).__name__} in {self.state.value} entered {c.state.value}, "
+                        f"which its row does not name"
+                    )
                 self.state = c.state
                 self.entered_at = now
         return commands
@@ -461,6 +502,9 @@ class Machine:
 
     def _samples(self, ms: float) -> int:
         return int(ms * self.s.rate // 1000)
+
+    def _preroll_start(self, end_sample: int) -> int:
+        return end_sample - self._samples(self.s.preroll_ms)
 
     def _start_turn(self, start_sample: int, reason: str, wait_for_speech: bool) -> list[Command]:
         self.turn = Turn.OPEN
@@ -478,12 +522,12 @@ class Machine:
     def _submit(self, reason: str, commit: bool = True) -> list[Command]:
         self.turn = Turn.NONE
         self.response_expected = True
-        return [SubmitTurn(commit), PlayEarcon("end_of_turn"), Enter(State.THINKING, reason)]
+        return [SubmitTurn(commit), PlayEarcon(Earcon.END_OF_TURN), Enter(State.THINKING, reason)]
 
     def _teardown(self, reason: str) -> list[Command]:
         """Abandon whatever conversation is going on."""
         cmds: list[Command] = []
-        if self.state in (State.THINKING, State.PREAMBLE, State.ANSWERING):
+        if self.state in REPLY:
             cmds.append(StopPlayback())
         # No response.cancel: closing the session ends any response with it.
         self.pending_text = None
@@ -518,9 +562,13 @@ class Machine:
         return [
             *self._teardown(code),
             ReportError(code, message, repeat),
-            *([PlayEarcon("error")] if earcon else []),
+            *([PlayEarcon(Earcon.ERROR)] if earcon else []),
             Enter(State.ERROR, code),
         ]
+
+    def _enter_once(self, state: State, reason: str) -> list[Command]:
+        """Enter `state` unless the machine is already there."""
+        return [] if self.state is state else [Enter(state, reason)]
 
     # -- waking -----------------------------------------------------------------------------
 
@@ -529,7 +577,7 @@ class Machine:
         return [
             *self._start_turn(start_sample, reason, wait_for_speech=True),
             OpenSession(),
-            PlayEarcon("wake"),
+            PlayEarcon(Earcon.WAKE),
             Enter(State.CONNECTING, reason),
         ]
 
@@ -542,40 +590,60 @@ class Machine:
             )
             return [
                 ReportError("offline", message, True),
-                PlayEarcon("error"),
+                PlayEarcon(Earcon.ERROR),
                 Enter(State.ERROR, "offline"),
             ]
-        return self._wake(e.end_sample - self._samples(self.s.preroll_ms), "wake word")
+        return self._wake(self._preroll_start(e.end_sample), "wake word")
 
-    def on_wake_in_session(self, e: Input, now: float) -> list[Command]:
+    def on_wake_in_follow_up(self, e: Input, now: float) -> list[Command]:
         assert isinstance(e, Wake)
-        start = e.end_sample - self._samples(self.s.preroll_ms)
         return [
-            *self._start_turn(start, "wake word", True),
-            PlayEarcon("wake"),
+            *self._start_turn(self._preroll_start(e.end_sample), "wake word", True),
+            PlayEarcon(Earcon.WAKE),
             Enter(State.LISTENING, "wake word"),
         ]
 
+    def on_wake_over_reply(self, e: Input, now: float) -> list[Command]:
+        """The wake word said over a reply interrupts it, like the button."""
+        assert isinstance(e, Wake)
+        return self._interrupt(self._preroll_start(e.end_sample))
+
     # -- the user's turn --------------------------------------------------------------------
 
-    def on_heard_in_turn(self, e: Input, now: float) -> list[Command]:
-        assert isinstance(e, Heard)
-        if self.turn is not Turn.OPEN:
-            return []  # connecting for a typed question, or the turn already ended
+    def _endpoint(self, e: Heard) -> NoSpeech | TurnEnded | None:
+        """What this frame means for the open turn: no speech at all, its end, or nothing."""
         ev = self.endpointer.feed(e.end_sample, e.speech)
         if isinstance(ev, NoSpeech):
-            return [*self._teardown("no speech"), Enter(State.IDLE, "no speech")]
+            return ev
         if self.s.server_turns or self.held_turn:
             # The server (or the button) ends the turn; locally only an endless one is cut.
             limit = self._samples(self.s.endpoint.max_turn_ms + self.s.no_speech_ms)
             if e.end_sample - self.turn_start < limit:
-                return []
-            ev = TurnEnded(e.end_sample, e.end_sample, "max_length")
+                return None
+            return TurnEnded(e.end_sample, e.end_sample, "max_length")
+        return ev if isinstance(ev, TurnEnded) else None
+
+    def on_heard_connecting(self, e: Input, now: float) -> list[Command]:
+        """The turn is captured while the session opens; it is submitted once ready."""
+        assert isinstance(e, Heard)
+        if self.turn is not Turn.OPEN:
+            return []  # connecting for a typed question, or the turn already ended
+        ev = self._endpoint(e)
+        if isinstance(ev, NoSpeech):
+            return [*self._teardown("no speech"), Enter(State.IDLE, "no speech")]
         if isinstance(ev, TurnEnded):
-            cmds = self._end_turn(ev.end_sample, ev.reason)
-            if self.state is State.LISTENING:
-                cmds += self._submit("end of speech")
-            return cmds
+            return self._end_turn(ev.end_sample, ev.reason)
+        return []
+
+    def on_heard_listening(self, e: Input, now: float) -> list[Command]:
+        assert isinstance(e, Heard)
+        if self.turn is not Turn.OPEN:
+            return []
+        ev = self._endpoint(e)
+        if isinstance(ev, NoSpeech):
+            return [*self._teardown("no speech"), Enter(State.IDLE, "no speech")]
+        if isinstance(ev, TurnEnded):
+            return [*self._end_turn(ev.end_sample, ev.reason), *self._submit("end of speech")]
         return []
 
     def on_server_committed(self, e: Input, now: float) -> list[Command]:
@@ -599,11 +667,15 @@ class Machine:
         return cmds
 
     def on_session_failed(self, e: Input, now: float) -> list[Command]:
-        """The connection failed or dropped: there is nothing left to close."""
-        assert isinstance(e, SessionFailed | SessionLost)
+        """The connection could not be opened: there is nothing left to close."""
+        assert isinstance(e, SessionFailed)
         self.session_open = False
-        if isinstance(e, SessionFailed):
-            return self._fail(e.code, e.message, now, e.retryable, e.retry_after_s)
+        return self._fail(e.code, e.message, now, e.retryable, e.retry_after_s)
+
+    def on_session_lost(self, e: Input, now: float) -> list[Command]:
+        """The connection dropped: there is nothing left to close."""
+        assert isinstance(e, SessionLost)
+        self.session_open = False
         return self._fail(e.code, e.message, now, retryable=True)
 
     def on_cloud_error(self, e: Input, now: float) -> list[Command]:
@@ -611,11 +683,14 @@ class Machine:
         assert isinstance(e, CloudError)
         return self._fail(e.code, e.message, now, retryable=e.back_off)
 
-    def on_session_ended_quietly(self, e: Input, now: float) -> list[Command]:
+    def on_session_lost_in_follow_up(self, e: Input, now: float) -> list[Command]:
         """The session ended during the follow-up window: the conversation was over anyway."""
-        assert isinstance(e, SessionLost | CloudError)
-        if isinstance(e, SessionLost):
-            self.session_open = False
+        assert isinstance(e, SessionLost)
+        self.session_open = False
+        return [*self._teardown(e.code), Enter(State.IDLE, e.code)]
+
+    def on_cloud_error_in_follow_up(self, e: Input, now: float) -> list[Command]:
+        assert isinstance(e, CloudError)
         return [*self._teardown(e.code), Enter(State.IDLE, e.code)]
 
     # -- the reply --------------------------------------------------------------------------
@@ -636,10 +711,8 @@ class Machine:
 
     def on_playback_started(self, e: Input, now: float) -> list[Command]:
         assert isinstance(e, PlaybackStarted)
-        target = State.PREAMBLE if e.phase == "commentary" else State.ANSWERING
-        if target is self.state:
-            return []
-        return [Enter(target, e.phase)]
+        target = State.PREAMBLE if e.phase == Phase.COMMENTARY else State.ANSWERING
+        return self._enter_once(target, str(e.phase))
 
     def on_playback_finished(self, e: Input, now: float) -> list[Command]:
         if self.replay_from is not None:
@@ -650,9 +723,7 @@ class Machine:
             return [Enter(State.IDLE, "repeated")]
         if self.response_expected or self.response_id:
             # A tool ran and the rest of the reply is coming: nothing audible meanwhile.
-            if self.state is State.THINKING:
-                return []
-            return [Enter(State.THINKING, "waiting for the rest of the reply")]
+            return self._enter_once(State.THINKING, "waiting for the rest of the reply")
         if now - self.session_opened_at >= self.s.max_session_s:
             return [*self._teardown("session age"), Enter(State.IDLE, "session age")]
         self.endpointer.wait_for_speech(self.audio_pos, self.s.follow_up_ms)
@@ -662,7 +733,7 @@ class Machine:
         assert isinstance(e, Heard)
         ev = self.endpointer.feed(e.end_sample, e.speech)
         if isinstance(ev, SpeechStarted):
-            start = max(0, ev.onset_sample - self._samples(self.s.preroll_ms))
+            start = max(0, self._preroll_start(ev.onset_sample))
             self.turn = Turn.OPEN  # the endpointer is already following this speech
             self.turn_start = start
             return [StartTurn(start, "follow-up"), Enter(State.LISTENING, "follow-up")]
@@ -679,32 +750,6 @@ class Machine:
             cmds.append(DeleteItems(e.unplayed_item_ids))
         return cmds
 
-    # -- the button -------------------------------------------------------------------------
-
-    def on_button_down(self, e: Input, now: float) -> list[Command]:
-        assert isinstance(e, ButtonDown)
-        if now <= self.double_until:
-            self.pending_press, self.double_until = None, -1.0
-            self.press_sample = e.sample
-            self.press_consumed = True
-            return self._double_press(now)
-        self.pending_press = None
-        self.press_sample = e.sample
-        self.press_consumed = False
-        if self.s.hold_to_talk:
-            return self._hold_to_talk_down(e.sample)
-        return []
-
-    def _hold_to_talk_down(self, sample: int) -> list[Command]:
-        self.press_consumed = True
-        if self.state in (State.IDLE, State.ERROR):
-            return self._wake(sample, "hold")
-        if self.state is State.FOLLOW_UP:
-            return [*self._start_turn(sample, "hold", True), Enter(State.LISTENING, "hold")]
-        if self.state is State.MUTED:
-            return [PlayEarcon("muted")]
-        return []
-
     def _interrupt(self, start_sample: int, reason: str = "barge-in") -> list[Command]:
         """Silence the reply, cancel what is still being generated, and listen."""
         cmds: list[Command] = [StopPlayback()]
@@ -720,19 +765,44 @@ class Machine:
         cmds += self._start_turn(start_sample, reason, wait_for_speech=True)
         return [*cmds, Enter(State.LISTENING, reason)]
 
-    def on_barge_in(self, e: Input, now: float) -> list[Command]:
+    # -- the button: what each kind of press does in a state is in `BUTTON` ------------------
+
+    def on_button_down(self, e: Input, now: float) -> list[Command]:
+        assert isinstance(e, ButtonDown)
+        button = BUTTON[self.state]
+        if now <= self.double_until:
+            self.pending_press, self.double_until = None, -1.0
+            self.press_sample = e.sample
+            self.press_consumed = True
+            return button.double.get(self.s.double_press, _nothing)(self, e.sample)
+        self.pending_press = None
+        self.press_sample = e.sample
+        self.press_consumed = False
+        if self.s.hold_to_talk:
+            self.press_consumed = True
+            return button.talk(self, e.sample)
+        return []
+
+    def on_button_down_over_reply(self, e: Input, now: float) -> list[Command]:
         """Button pressed during a reply: silence it now, on the press, not the release."""
         assert isinstance(e, ButtonDown)
         self.press_sample = e.sample
         self.press_consumed = True
-        if self.s.double_press != "none":
+        if self.s.double_press is not DoublePress.NONE:
             self.double_until = now + self.s.double_press_s  # a second press may follow
         return self._interrupt(e.sample, "hold" if self.s.hold_to_talk else "barge-in")
 
-    def on_wake_barge_in(self, e: Input, now: float) -> list[Command]:
-        """The wake word said over a reply interrupts it, like the button."""
-        assert isinstance(e, Wake)
-        return self._interrupt(e.end_sample - self._samples(self.s.preroll_ms))
+    def on_button_up(self, e: Input, now: float) -> list[Command]:
+        button = BUTTON[self.state]
+        if self.s.hold_to_talk and self.held_turn and self.turn is Turn.OPEN:
+            self.press_sample = None
+            return button.release_held(self, self.audio_pos)
+        sample = self._take_short_press(now)
+        return [] if sample is None else button.short(self, sample)
+
+    def on_button_up_over_reply(self, e: Input, now: float) -> list[Command]:
+        self.press_sample = None  # the press already interrupted the reply
+        return []
 
     def _take_short_press(self, now: float) -> int | None:
         """The press's sample if this release ends a short press nobody has acted on yet.
@@ -744,122 +814,125 @@ class Machine:
         self.press_sample = None
         if consumed or sample is None:
             return None
-        if self.s.double_press != "none":
+        if self.s.double_press is not DoublePress.NONE:
             self.pending_press = (sample, self.state)
             self.double_until = now + self.s.double_press_s
             return None
         return sample
 
-    def _short_press(self, sample: int) -> list[Command]:
-        """What a short press means in the current state."""
-        if self.state in (State.IDLE, State.ERROR):
-            return self._wake(sample, "button")
-        if self.state in (State.CONNECTING, State.LISTENING):
-            if self.turn is not Turn.OPEN:
-                return []
-            cmds = self._end_turn(self.audio_pos, "button")
-            if self.state is State.LISTENING:
-                cmds += self._submit("button")
-            return cmds
-        if self.state is State.FOLLOW_UP:
-            return [*self._start_turn(sample, "button", True), Enter(State.LISTENING, "button")]
-        if self.state is State.MUTED:
-            return [PlayEarcon("muted")]
-        return []
+    def on_hold(self, e: Input, now: float) -> list[Command]:
+        """A long press mutes (in hold-to-talk mode, holding is talking)."""
+        if self.s.hold_to_talk:
+            return []
+        self.press_consumed = True
+        return self._mute(self.audio_pos)
 
-    def on_button_up(self, e: Input, now: float) -> list[Command]:
-        if self.s.hold_to_talk and self.held_turn and self.turn is Turn.OPEN:
-            self.press_sample = None
-            cmds = self._end_turn(self.audio_pos, "released")
-            if self.state is State.LISTENING:
-                cmds += self._submit("released")
-            return cmds
-        sample = self._take_short_press(now)
-        return [] if sample is None else self._short_press(sample)
+    def on_hold_muted(self, e: Input, now: float) -> list[Command]:
+        if self.s.hold_to_talk:
+            return []
+        self.press_consumed = True
+        return self._unmute(self.audio_pos)
 
-    def on_tick_pending_press(self, now: float) -> list[Command]:
+    # what a press means, state by state (the rows of `BUTTON`)
+
+    def _press_wakes(self, sample: int) -> list[Command]:
+        return self._wake(sample, "button")
+
+    def _press_ends_turn(self, sample: int) -> list[Command]:
+        """While connecting: the turn is complete; it is submitted once the session is ready."""
+        if self.turn is not Turn.OPEN:
+            return []
+        return self._end_turn(self.audio_pos, "button")
+
+    def _press_submits_turn(self, sample: int) -> list[Command]:
+        if self.turn is not Turn.OPEN:
+            return []
+        return [*self._end_turn(self.audio_pos, "button"), *self._submit("button")]
+
+    def _press_starts_turn(self, sample: int) -> list[Command]:
+        return [*self._start_turn(sample, "button", True), Enter(State.LISTENING, "button")]
+
+    def _press_while_muted(self, sample: int) -> list[Command]:
+        return [PlayEarcon(Earcon.MUTED)]
+
+    def _talk_wakes(self, sample: int) -> list[Command]:
+        return self._wake(sample, "hold")
+
+    def _talk_starts_turn(self, sample: int) -> list[Command]:
+        return [*self._start_turn(sample, "hold", True), Enter(State.LISTENING, "hold")]
+
+    def _release_ends_turn(self, sample: int) -> list[Command]:
+        return self._end_turn(sample, "released")
+
+    def _release_submits_turn(self, sample: int) -> list[Command]:
+        return [*self._end_turn(sample, "released"), *self._submit("released")]
+
+    def _cancel(self, sample: int) -> list[Command]:
+        return [*self._teardown("cancelled"), Enter(State.IDLE, "cancelled")]
+
+    def _repeat(self, sample: int) -> list[Command]:
+        self.replay_from = self.state
+        self.endpointer.stop()
+        return [ReplayAnswer(), Enter(State.ANSWERING, "repeat")]
+
+    def _mute(self, sample: int) -> list[Command]:
+        self.pending_press = None
+        return [
+            *self._teardown("muted"),
+            CloseMic(),
+            PlayEarcon(Earcon.MUTE_ON),
+            Enter(State.MUTED, "muted"),
+        ]
+
+    def _unmute(self, sample: int) -> list[Command]:
+        return [OpenMic(), PlayEarcon(Earcon.MUTE_OFF), Enter(State.IDLE, "unmuted")]
+
+    # -- commands from `voice-device` on the control socket ---------------------------------
+
+    def on_mute_on(self, e: Input, now: float) -> list[Command]:
+        assert isinstance(e, SetMute)
+        return self._mute(self.audio_pos) if e.on else []
+
+    def on_mute_off(self, e: Input, now: float) -> list[Command]:
+        assert isinstance(e, SetMute)
+        return [] if e.on else self._unmute(self.audio_pos)
+
+    def on_summon(self, e: Input, now: float) -> list[Command]:
+        """`voice-device wake`: as a short press, acted on at once."""
+        assert isinstance(e, Summon)
+        return BUTTON[self.state].short(self, e.sample)
+
+    def on_summon_over_reply(self, e: Input, now: float) -> list[Command]:
+        assert isinstance(e, Summon)
+        return self._interrupt(e.sample)
+
+    def on_ask(self, e: Input, now: float) -> list[Command]:
+        """A typed question is asked in a session of its own, like a new conversation."""
+        assert isinstance(e, AskText)
+        self.session_open = True
+        self.pending_text = e.text
+        return [OpenSession(), Enter(State.CONNECTING, "typed question")]
+
+    def on_ask_in_follow_up(self, e: Input, now: float) -> list[Command]:
+        return [*self._teardown("typed question"), *self.on_ask(e, now)]
+
+    # -- time -------------------------------------------------------------------------------
+
+    def on_tick(self, e: Input, now: float) -> list[Command]:
+        """Time passes: a short press held back for a double press is acted on."""
         if self.pending_press is None or now <= self.double_until:
             return []
         (sample, meant_for), self.pending_press = self.pending_press, None
         if meant_for is not self.state:
             return []  # overtaken (the wake word, the reply ended…): the press meant that
-        return self._short_press(sample)
-
-    def _double_press(self, now: float) -> list[Command]:
-        action = self.s.double_press
-        if action == "mute":
-            return self._toggle_mute(self.state is not State.MUTED)
-        if action == "cancel":
-            if self.state in (State.IDLE, State.MUTED, State.ERROR):
-                return []
-            return [*self._teardown("cancelled"), Enter(State.IDLE, "cancelled")]
-        if action == "repeat" and self.state in (State.IDLE, State.FOLLOW_UP, State.ERROR):
-            self.replay_from = self.state
-            self.endpointer.stop()
-            return [ReplayAnswer(), Enter(State.ANSWERING, "repeat")]
-        return []
-
-    def on_release_ignored(self, e: Input, now: float) -> list[Command]:
-        self.press_sample = None
-        return []
-
-    def on_hold(self, e: Input, now: float) -> list[Command]:
-        if self.s.hold_to_talk:
-            return []  # holding is talking
-        self.press_consumed = True
-        return self._toggle_mute(self.state is not State.MUTED)
-
-    def _toggle_mute(self, on: bool) -> list[Command]:
-        if not on:
-            if self.state is not State.MUTED:
-                return []
-            return [OpenMic(), PlayEarcon("mute_off"), Enter(State.IDLE, "unmuted")]
-        if self.state is State.MUTED:
-            return []
-        self.pending_press = None
-        return [
-            *self._teardown("muted"),
-            CloseMic(),
-            PlayEarcon("mute_on"),
-            Enter(State.MUTED, "muted"),
-        ]
-
-    def on_set_mute(self, e: Input, now: float) -> list[Command]:
-        assert isinstance(e, SetMute)
-        return self._toggle_mute(e.on)
-
-    def on_summon(self, e: Input, now: float) -> list[Command]:
-        """`voice-device wake`: as a short press, acted on at once."""
-        assert isinstance(e, Summon)
-        if self.state in (State.THINKING, State.PREAMBLE, State.ANSWERING):
-            return self._interrupt(e.sample)
-        return self._short_press(e.sample)
-
-    def on_ask(self, e: Input, now: float) -> list[Command]:
-        """A typed question is asked in a session of its own, like a new conversation."""
-        assert isinstance(e, AskText)
-        cmds = self._teardown("typed question") if self.state is State.FOLLOW_UP else []
-        self.session_open = True
-        self.pending_text = e.text
-        return [*cmds, OpenSession(), Enter(State.CONNECTING, "typed question")]
-
-    # -- time -------------------------------------------------------------------------------
-
-    def on_tick(self, e: Input, now: float) -> list[Command]:
-        """Time passes: deferred short presses, and the state's own timers."""
-        cmds = self.on_tick_pending_press(now)
-        if cmds:
-            return cmds
-        if self.state in (State.THINKING, State.PREAMBLE, State.ANSWERING):
-            return self.on_tick_in_reply(e, now)
-        if self.state is State.ERROR:
-            return self.on_tick_error(e, now)
-        return []
+        return BUTTON[self.state].short(self, sample)
 
     def on_tick_in_reply(self, e: Input, now: float) -> list[Command]:
+        """…and the reply may not keep the user waiting for ever."""
         assert isinstance(e, Tick)
-        if self.replay_from is not None:
-            return []
+        cmds = self.on_tick(e, now)
+        if cmds or self.replay_from is not None:
+            return cmds
         waiting = self.response_id is not None or self.response_expected
         quiet = e.server_quiet_s
         if not waiting or quiet is None or quiet < self.s.reply_timeout_s:
@@ -868,19 +941,27 @@ class Machine:
             "no_reply", f"the service went quiet for {quiet:.0f} s", now, retryable=True
         )
 
-    def on_tick_error(self, e: Input, now: float) -> list[Command]:
-        if self.mic_down or now - self.entered_at < self.s.error_hold_s:
-            return []
+    def on_tick_in_error(self, e: Input, now: float) -> list[Command]:
+        """…and an error shows for a while (while the microphone is gone: until it is back)."""
+        cmds = self.on_tick(e, now)
+        if cmds or self.mic_down or now - self.entered_at < self.s.error_hold_s:
+            return cmds
         return [Enter(State.IDLE, "error shown")]
 
-    # -- the microphone ---------------------------------------------------------------------
+    # -- the microphone and the speaker -----------------------------------------------------
 
     def on_mic_lost(self, e: Input, now: float) -> list[Command]:
         assert isinstance(e, MicLost)
         self.mic_down = True
         return self._fail("mic_lost", e.message, now, retryable=False)
 
-    # -- the speaker ------------------------------------------------------------------------
+    def on_mic_back(self, e: Input, now: float) -> list[Command]:
+        self.mic_down = False
+        return []
+
+    def on_mic_back_in_error(self, e: Input, now: float) -> list[Command]:
+        self.mic_down = False
+        return [Enter(State.IDLE, "microphone back")]
 
     def on_speaker_failed(self, e: Input, now: float) -> list[Command]:
         """Whatever was going on is over: the user cannot hear it. No error sound either (it
@@ -888,57 +969,208 @@ class Machine:
         assert isinstance(e, SpeakerFailed)
         return self._fail("speaker_failed", e.message, now, retryable=False, earcon=False)
 
-    def on_mic_back(self, e: Input, now: float) -> list[Command]:
-        self.mic_down = False
-        if self.state is State.ERROR:
-            return [Enter(State.IDLE, "microphone back")]
-        return []
+
+def _nothing(m: Machine, sample: int) -> list[Command]:
+    return []
+
+
+# ---------------------------------------------------------------------------------------------
+# The tables
+
+
+@dataclass(frozen=True)
+class Button:
+    """What the button does in one state."""
+
+    short: Action = _nothing
+    """A short press released (or `voice-device wake`)."""
+    talk: Action = _nothing
+    """Pressed, in hold-to-talk mode."""
+    release_held: Action = _nothing
+    """Released at the end of a hold-to-talk turn."""
+    double: Mapping[DoublePress, Action] = field(default_factory=dict)
+    """A second press soon after the first, by `button.double_press`."""
 
 
 S = State
 M = Machine
-_REPLY = (S.THINKING, S.PREAMBLE, S.ANSWERING)
-_SESSION = (S.LISTENING, *_REPLY)
-
-TRANSITIONS: dict[tuple[State, type], Handler] = {
-    # waking
-    (S.IDLE, Wake): M.on_wake,
-    (S.ERROR, Wake): M.on_wake,
-    (S.FOLLOW_UP, Wake): M.on_wake_in_session,
-    **{(s, Wake): M.on_wake_barge_in for s in _REPLY},
-    # the user's turn
-    (S.CONNECTING, Heard): M.on_heard_in_turn,
-    (S.LISTENING, Heard): M.on_heard_in_turn,
-    (S.CONNECTING, SessionReady): M.on_session_ready,
-    (S.LISTENING, ServerCommitted): M.on_server_committed,
-    (S.CONNECTING, SessionFailed): M.on_session_failed,
-    **{(s, SessionLost): M.on_session_failed for s in (S.CONNECTING, *_SESSION)},
-    **{(s, CloudError): M.on_cloud_error for s in (S.CONNECTING, *_SESSION)},
-    (S.FOLLOW_UP, SessionLost): M.on_session_ended_quietly,
-    (S.FOLLOW_UP, CloudError): M.on_session_ended_quietly,
-    # the reply
-    **{(s, ResponseStarted): M.on_response_started for s in (*_SESSION, S.FOLLOW_UP)},
-    **{(s, ResponseEnded): M.on_response_ended for s in (*_SESSION, S.FOLLOW_UP)},
-    **{(s, PlaybackStarted): M.on_playback_started for s in _REPLY},
-    **{(s, PlaybackFinished): M.on_playback_finished for s in _REPLY},
-    **{(s, PlaybackStopped): M.on_playback_stopped for s in State},
-    (S.FOLLOW_UP, Heard): M.on_heard_in_follow_up,
-    # the button: down records the press (or interrupts a reply at once, or starts talking in
-    # hold-to-talk), up acts on a short press (or ends a held turn), held toggles mute
-    **{(s, ButtonDown): M.on_button_down for s in State if s not in _REPLY},
-    **{(s, ButtonDown): M.on_barge_in for s in _REPLY},
-    **{(s, ButtonHeld): M.on_hold for s in State},
-    **{(s, ButtonUp): M.on_button_up for s in State if s not in _REPLY},
-    **{(s, ButtonUp): M.on_release_ignored for s in _REPLY},
-    # commands from `voice-device` on the control socket
-    **{(s, SetMute): M.on_set_mute for s in State},
-    **{(s, Summon): M.on_summon for s in State if s is not S.MUTED},
-    **{(s, AskText): M.on_ask for s in (S.IDLE, S.ERROR, S.FOLLOW_UP)},
-    # time
-    **{(s, Tick): M.on_tick for s in State},
-    # the microphone (a muted one is closed on purpose and cannot fail)
-    **{(s, MicLost): M.on_mic_lost for s in State if s is not S.MUTED},
-    **{(s, MicBack): M.on_mic_back for s in State},
-    # the speaker (a muted device plays nothing that could fail but its own earcons)
-    **{(s, SpeakerFailed): M.on_speaker_failed for s in State if s is not S.MUTED},
+REPLY = frozenset({S.THINKING, S.PREAMBLE, S.ANSWERING})
+"""The user is waiting for, or hearing, a reply."""
+_ALL = frozenset(State)
+_MUTE = {DoublePress.MUTE: M._mute}
+_READY = Button(  # idle, and an error being shown
+    short=M._press_wakes,
+    talk=M._talk_wakes,
+    double={**_MUTE, DoublePress.REPEAT: M._repeat},
+)
+BUTTON: dict[State, Button] = {
+    S.IDLE: _READY,
+    S.ERROR: _READY,
+    S.CONNECTING: Button(
+        short=M._press_ends_turn,
+        release_held=M._release_ends_turn,
+        double={**_MUTE, DoublePress.CANCEL: M._cancel},
+    ),
+    S.LISTENING: Button(
+        short=M._press_submits_turn,
+        release_held=M._release_submits_turn,
+        double={**_MUTE, DoublePress.CANCEL: M._cancel},
+    ),
+    # in a reply a press interrupts at once (`on_button_down_over_reply`), and a second
+    # press finds the device listening
+    **{s: Button() for s in REPLY},
+    S.FOLLOW_UP: Button(
+        short=M._press_starts_turn,
+        talk=M._talk_starts_turn,
+        double={**_MUTE, DoublePress.CANCEL: M._cancel, DoublePress.REPEAT: M._repeat},
+    ),
+    S.MUTED: Button(
+        short=M._press_while_muted,
+        talk=M._press_while_muted,
+        double={DoublePress.MUTE: M._unmute},
+    ),
 }
+
+
+@dataclass(frozen=True)
+class Row:
+    handler: Handler
+    leads_to: frozenset[State]
+    """Every state the handler may enter (staying where it is needs no mention)."""
+
+
+def row(handler: Handler, *leads_to: State) -> Row:
+    return Row(handler, frozenset(leads_to))
+
+
+_WAKES = (S.CONNECTING,)
+"""Where a short press in idle or error leads (the wake)."""
+
+TRANSITIONS: dict[tuple[State, type], Row] = {
+    # waking
+    (S.IDLE, Wake): row(M.on_wake, S.CONNECTING, S.ERROR),
+    (S.ERROR, Wake): row(M.on_wake, S.CONNECTING, S.ERROR),
+    (S.FOLLOW_UP, Wake): row(M.on_wake_in_follow_up, S.LISTENING),
+    **{(s, Wake): row(M.on_wake_over_reply, S.LISTENING, S.CONNECTING) for s in REPLY},
+    # the user's turn
+    (S.CONNECTING, Heard): row(M.on_heard_connecting, S.IDLE),
+    (S.LISTENING, Heard): row(M.on_heard_listening, S.IDLE, S.THINKING),
+    (S.CONNECTING, SessionReady): row(M.on_session_ready, S.LISTENING, S.THINKING),
+    (S.LISTENING, ServerCommitted): row(M.on_server_committed, S.THINKING),
+    (S.CONNECTING, SessionFailed): row(M.on_session_failed, S.ERROR),
+    **{
+        (s, SessionLost): row(M.on_session_lost, S.ERROR)
+        for s in (S.CONNECTING, S.LISTENING, *REPLY)
+    },
+    **{
+        (s, CloudError): row(M.on_cloud_error, S.ERROR) for s in (S.CONNECTING, S.LISTENING, *REPLY)
+    },
+    (S.FOLLOW_UP, SessionLost): row(M.on_session_lost_in_follow_up, S.IDLE),
+    (S.FOLLOW_UP, CloudError): row(M.on_cloud_error_in_follow_up, S.IDLE),
+    # the reply
+    **{
+        (s, ResponseStarted): row(M.on_response_started) for s in (S.LISTENING, *REPLY, S.FOLLOW_UP)
+    },
+    **{(s, ResponseEnded): row(M.on_response_ended) for s in (S.LISTENING, *REPLY, S.FOLLOW_UP)},
+    **{(s, PlaybackStarted): row(M.on_playback_started, S.PREAMBLE, S.ANSWERING) for s in REPLY},
+    **{
+        (s, PlaybackFinished): row(M.on_playback_finished, S.FOLLOW_UP, S.IDLE, S.THINKING)
+        for s in REPLY
+    },
+    **{(s, PlaybackStopped): row(M.on_playback_stopped) for s in State},
+    (S.FOLLOW_UP, Heard): row(M.on_heard_in_follow_up, S.LISTENING, S.IDLE),
+    # the button: down records the press (or interrupts a reply at once, or starts talking in
+    # hold-to-talk, or is the second of a double press), up acts on a short press (or ends a
+    # held turn), held toggles mute; what each does in a state is in `BUTTON`
+    (S.IDLE, ButtonDown): row(M.on_button_down, S.CONNECTING, S.MUTED, S.ANSWERING),
+    (S.ERROR, ButtonDown): row(M.on_button_down, S.CONNECTING, S.MUTED, S.ANSWERING),
+    (S.CONNECTING, ButtonDown): row(M.on_button_down, S.IDLE, S.MUTED),
+    (S.LISTENING, ButtonDown): row(M.on_button_down, S.IDLE, S.MUTED),
+    (S.FOLLOW_UP, ButtonDown): row(M.on_button_down, S.LISTENING, S.IDLE, S.MUTED, S.ANSWERING),
+    (S.MUTED, ButtonDown): row(M.on_button_down, S.IDLE),
+    **{(s, ButtonDown): row(M.on_button_down_over_reply, S.LISTENING, S.CONNECTING) for s in REPLY},
+    (S.IDLE, ButtonUp): row(M.on_button_up, *_WAKES),
+    (S.ERROR, ButtonUp): row(M.on_button_up, *_WAKES),
+    (S.CONNECTING, ButtonUp): row(M.on_button_up),
+    (S.LISTENING, ButtonUp): row(M.on_button_up, S.THINKING),
+    (S.FOLLOW_UP, ButtonUp): row(M.on_button_up, S.LISTENING),
+    (S.MUTED, ButtonUp): row(M.on_button_up),
+    **{(s, ButtonUp): row(M.on_button_up_over_reply) for s in REPLY},
+    **{(s, ButtonHeld): row(M.on_hold, S.MUTED) for s in _ALL - {S.MUTED}},
+    (S.MUTED, ButtonHeld): row(M.on_hold_muted, S.IDLE),
+    # commands from `voice-device` on the control socket
+    **{(s, SetMute): row(M.on_mute_on, S.MUTED) for s in _ALL - {S.MUTED}},
+    (S.MUTED, SetMute): row(M.on_mute_off, S.IDLE),
+    (S.IDLE, Summon): row(M.on_summon, *_WAKES),
+    (S.ERROR, Summon): row(M.on_summon, *_WAKES),
+    (S.CONNECTING, Summon): row(M.on_summon),
+    (S.LISTENING, Summon): row(M.on_summon, S.THINKING),
+    (S.FOLLOW_UP, Summon): row(M.on_summon, S.LISTENING),
+    **{(s, Summon): row(M.on_summon_over_reply, S.LISTENING, S.CONNECTING) for s in REPLY},
+    (S.IDLE, AskText): row(M.on_ask, S.CONNECTING),
+    (S.ERROR, AskText): row(M.on_ask, S.CONNECTING),
+    (S.FOLLOW_UP, AskText): row(M.on_ask_in_follow_up, S.CONNECTING),
+    # time: a short press held back for a double press is acted on (as `BUTTON` says),
+    # and each state's own timers run
+    (S.IDLE, Tick): row(M.on_tick, *_WAKES),
+    (S.CONNECTING, Tick): row(M.on_tick),
+    (S.LISTENING, Tick): row(M.on_tick, S.THINKING),
+    **{(s, Tick): row(M.on_tick_in_reply, S.ERROR) for s in REPLY},
+    (S.FOLLOW_UP, Tick): row(M.on_tick, S.LISTENING),
+    (S.MUTED, Tick): row(M.on_tick),
+    (S.ERROR, Tick): row(M.on_tick_in_error, S.IDLE, *_WAKES),
+    # the microphone (a muted one is closed on purpose and cannot fail)
+    **{(s, MicLost): row(M.on_mic_lost, S.ERROR) for s in _ALL - {S.MUTED}},
+    **{(s, MicBack): row(M.on_mic_back) for s in _ALL - {S.ERROR}},
+    (S.ERROR, MicBack): row(M.on_mic_back_in_error, S.IDLE),
+    # the speaker (a muted device plays nothing that could fail but its own earcons)
+    **{(s, SpeakerFailed): row(M.on_speaker_failed, S.ERROR) for s in _ALL - {S.MUTED}},
+}
+
+_SESSION_EVENTS = {SessionReady, SessionFailed, ServerCommitted, SessionLost, CloudError}
+_REPLY_EVENTS = {ResponseStarted, ResponseEnded, PlaybackStarted, PlaybackFinished}
+IGNORED: dict[State, frozenset[type]] = {
+    state: frozenset(inputs)
+    for state, inputs in {
+        # no session, no turn: only waking, the button, the socket's commands and time
+        S.IDLE: {Heard, *_SESSION_EVENTS, *_REPLY_EVENTS},
+        S.ERROR: {Heard, *_SESSION_EVENTS, *_REPLY_EVENTS},
+        # a wake word while already awake; a reply before the turn is even sent
+        S.CONNECTING: {Wake, ServerCommitted, AskText, *_REPLY_EVENTS},
+        S.LISTENING: {
+            Wake,
+            SessionReady,
+            SessionFailed,
+            AskText,
+            PlaybackStarted,
+            PlaybackFinished,
+        },
+        # the device's own voice is not a turn; a reply is already on its way
+        **{s: {Heard, SessionReady, SessionFailed, ServerCommitted, AskText} for s in REPLY},
+        S.FOLLOW_UP: {
+            SessionReady,
+            SessionFailed,
+            ServerCommitted,
+            PlaybackStarted,
+            PlaybackFinished,
+        },
+        # the microphone is closed on purpose: nothing it could hear, nothing to wake or ask
+        S.MUTED: {
+            Wake,
+            Heard,
+            *_SESSION_EVENTS,
+            *_REPLY_EVENTS,
+            Summon,
+            AskText,
+            MicLost,
+            SpeakerFailed,
+        },
+    }.items()
+}
+"""Inputs that mean nothing in a state, on purpose: logged at debug level, nothing else."""
+
+
+def accepts(state: State, kind: type) -> bool:
+    """Whether an input of `kind` means something in `state` (the control socket asks before
+    it promises a caller anything)."""
+    return (state, kind) in TRANSITIONS

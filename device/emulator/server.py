@@ -36,7 +36,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from ..core.audio import CLOUD_RATE, SAMPLE_BYTES, Resampler
+from ..core.audio import CLOUD_RATE, MIC_RATE, SAMPLE_BYTES, Resampler
 from .scenario import Faults, Scenario
 from .voice import speak
 
@@ -189,7 +189,7 @@ class _ServerVad:
 
     def __init__(self, silence_ms: int) -> None:
         self._vad = webrtcvad.Vad(2)
-        self._resampler = Resampler(CLOUD_RATE, 16_000)
+        self._resampler = Resampler(CLOUD_RATE, MIC_RATE)
         self._pending = bytearray()
         self._ms = 0
         self._voiced_run = 0
@@ -205,7 +205,7 @@ class _ServerVad:
             frame = bytes(self._pending[: self.FRAME])
             del self._pending[: self.FRAME]
             self._ms += 20
-            voiced = self._vad.is_speech(frame, 16_000)
+            voiced = self._vad.is_speech(frame, MIC_RATE)
             self._voiced_run = self._voiced_run + 1 if voiced else 0
             if not self.speaking and self._voiced_run >= 3:
                 self.speaking, self._silent_ms = True, 0

@@ -1,0 +1,54 @@
+"""What the device listens for in each state, and when it must not trust its own ears.
+
+The wake word runs in every state; its verdict counts only where a wake word means
+something. The VAD runs only where the user's speech is awaited, and not on the device's
+own sounds: a beep while someone is already talking costs a few frames, while a reply's echo
+must never open a follow-up turn.
+"""
+
+from __future__ import annotations
+
+from .audio import MIC_RATE, ms_to_samples
+from .states import State
+
+WAKE_STATES = frozenset(
+    {State.IDLE, State.ERROR, State.FOLLOW_UP, State.THINKING, State.PREAMBLE, State.ANSWERING}
+)
+"""Where a wake word means something: to wake, or to interrupt a reply (barge-in)."""
+VAD_STATES = frozenset({State.CONNECTING, State.LISTENING, State.FOLLOW_UP})
+"""Where the user's speech is awaited."""
+EARCON_TAIL_MS = 150
+"""While listening, the VAD ignores the device's own sounds and this much of their echo."""
+
+
+class DeafWindow:
+    """When the VAD must not listen: while the device makes a sound, and for its echo's tail
+    after (the earcon tail while listening; the room's `echo_tail_ms` in the follow-up
+    window, which a reply's echo must not open).
+
+    Only a sound the device actually makes counts, not an output that is merely running
+    (filling its buffer, or not yet stopped on a busy machine). Positions are microphone
+    samples.
+    """
+
+    def __init__(self, echo_tail_ms: int, rate: int = MIC_RATE) -> None:
+        self.echo_tail_ms = echo_tail_ms
+        self.rate = rate
+        self._last_sound = -(10**9)
+        self._vad_ran = False
+
+    def sounded(self, pos: int) -> None:
+        """The device made a sound during the frame that ends at `pos`."""
+        self._last_sound = pos
+
+    def deaf(self, state: State, pos: int) -> bool:
+        tail_ms = self.echo_tail_ms if state is State.FOLLOW_UP else EARCON_TAIL_MS
+        return pos - self._last_sound < ms_to_samples(tail_ms, self.rate)
+
+    def vad_runs(self, state: State, pos: int) -> tuple[bool, bool]:
+        """Whether the VAD hears the frame ending at `pos`, and whether it must first forget
+        what it heard before a gap (no stale hangover across one)."""
+        runs = state in VAD_STATES and not self.deaf(state, pos)
+        fresh = runs and not self._vad_ran
+        self._vad_ran = runs
+        return runs, fresh

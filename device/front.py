@@ -1,0 +1,130 @@
+"""The audio front end: microphone frames in, the state machine's inputs out.
+
+Each 20 ms frame is cleaned of the device's own echo, kept in the pre-roll, denoised for the
+device's own detectors, shown to the wake word model and (where `core.hearing` says) to the
+VAD. What it means is decided in `core`: which wake word wins (`core.wake`), which states
+hear it, and when the VAD must not trust its ears (`core.hearing`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from .adapters.denoise import denoiser
+from .adapters.echo import FAR_FRAME, EchoGuard
+from .adapters.speaker import Speaker
+from .adapters.vad import Vad
+from .adapters.wakeword import WakeEngine, load_engine
+from .config import Config
+from .core import states as st
+from .core.audio import MIC_RATE, PreRoll, ms_to_samples, samples_to_ms
+from .core.hearing import WAKE_STATES, DeafWindow
+from .core.wake import DuringPlayback, WakeFilter, choose_wake
+from .events import EventLog
+
+log = logging.getLogger(__name__)
+
+
+def detectors(cfg: Config) -> tuple[WakeEngine, EchoGuard]:
+    """The wake word model, and the echo guard with its reference model if echo-match is on.
+    Slow (models load): called off the event loop on a reload."""
+    w = cfg.wake
+    wake = load_engine(w.engine, w.models, w.thresholds)
+    reference = (
+        load_engine(w.engine, w.models, role="echo-match reference")
+        if DuringPlayback(w.during_playback) is DuringPlayback.ECHO_MATCH
+        else None
+    )
+    return wake, EchoGuard(reference, cfg.audio.echo_tail_ms, cfg.audio.echo_cancellation)
+
+
+class FrontEnd:
+    def __init__(
+        self,
+        cfg: Config,
+        events: EventLog,
+        handle: Callable[[st.Input], None],
+        state: Callable[[], st.State],
+        uplink: Callable[[bytes], None],
+    ) -> None:
+        """`uplink`: where each cleaned frame goes at once (the turn being streamed, if one
+        is), before anything this frame makes happen."""
+        self.events = events
+        self._handle = handle
+        self._state = state
+        self._uplink = uplink
+        self.pos = 0
+        """Microphone samples seen so far: the audio clock."""
+        self.preroll = PreRoll(ms_to_samples(cfg.audio.preroll_ms, MIC_RATE))
+        self.wake, self.echo = detectors(cfg)
+        self.configure(cfg)
+
+    def configure(self, cfg: Config, found: tuple[WakeEngine, EchoGuard] | None = None) -> None:
+        """Apply a (re)loaded configuration; `found`: its detectors, already loaded."""
+        if found is not None:
+            self.wake, self.echo = found
+        w = cfg.wake
+        self.rule = DuringPlayback(w.during_playback)
+        self.playback_threshold = w.playback_threshold
+        self.wake_filter = WakeFilter(ms_to_samples(w.refractory_ms, MIC_RATE))
+        self.vad = Vad(cfg.turn.vad_aggressiveness)
+        self.denoise = denoiser(cfg.audio.noise_suppression)
+        self.deaf = DeafWindow(cfg.audio.echo_tail_ms)
+        preroll = ms_to_samples(cfg.audio.preroll_ms, MIC_RATE)
+        if preroll != self.preroll.capacity:
+            self.preroll = PreRoll(preroll)
+
+    @property
+    def audio_ms(self) -> int:
+        return samples_to_ms(self.pos, MIC_RATE)
+
+    def phrases(self) -> str:
+        return " or ".join(f"'{w.phrase}'" for w in self.wake.words)
+
+    def hear(self, frame: bytes, speaker: Speaker) -> None:
+        """Take one microphone frame."""
+        self.pos += len(frame) // 2
+        playing = speaker.playing
+        far = speaker.take_far_end(FAR_FRAME)
+        frame = self.echo.process(frame, far, playing, self.pos)
+        if playing and far.strip(b"\0"):
+            self.deaf.sounded(self.pos)
+        self.preroll.append(frame)
+        self._uplink(frame)
+        heard = self.denoise.process(frame)  # what the device's own detectors listen to
+        scores = self.wake.process(heard)
+        if self._state() in WAKE_STATES:
+            self._offer_wake(scores)
+        runs, fresh = self.deaf.vad_runs(self._state(), self.pos)
+        if fresh:
+            self.vad.reset()  # no stale hangover from before the gap
+        speech = self.vad.is_speech(heard) if runs else False
+        self._handle(st.Heard(self.pos, speech))
+
+    def _offer_wake(self, scores: list[float]) -> None:
+        """The best wake word over its threshold, under the playback rules while the device
+        is (or was just) speaking, and outside the refractory period."""
+        during_playback = self.echo.active(self.pos)
+        words = self.wake.words
+        best = choose_wake(
+            [w.threshold for w in words],
+            scores,
+            during_playback,
+            self.rule,
+            self.playback_threshold,
+        )
+        if best is None:
+            return
+        word = words[best.index]
+        echo_match = during_playback and self.rule is DuringPlayback.ECHO_MATCH
+        if echo_match and self.echo.said_by_device(best.index, self.pos):
+            log.debug("ignored '%s': the device said it itself", word.phrase)
+            self.wake_filter.quiet_until(self.pos + self.wake_filter.refractory_samples)
+            return
+        hit = self.wake_filter.offer(word.phrase, best.score, word.threshold, self.pos)
+        if hit is None:
+            return
+        self.events.emit("wake", self.audio_ms, word=hit.word, score=round(hit.score, 3))
+        log.info("wake word '%s' (score %.2f)", hit.word, hit.score)
+        self._handle(st.Wake(hit.word, hit.score, hit.end_sample))

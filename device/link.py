@@ -1,0 +1,365 @@
+"""The cloud link: owns the realtime session, the turn being streamed and the reply's audio.
+
+It carries out the state machine's session commands (open, stream, commit, cancel,
+truncate…), turns what the server says into the machine's inputs through one dispatch table
+(`_server_table`), and turns what the speaker reports having played into inputs too. The
+protocol itself is `core.realtime`'s; which responses are played and how many tool rounds a
+turn may take is `core.replies`'s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from .adapters.cloud import CloudSession, auth_headers
+from .adapters.entra import EntraTokens
+from .adapters.speaker import Speaker
+from .adapters.systemd import CONTEXT
+from .config import Config, realtime_endpoint
+from .core import realtime as rt
+from .core import states as st
+from .core.audio import (
+    CLOUD_RATE,
+    SAMPLE_BYTES,
+    ItemStarted,
+    PlayoutEvent,
+    PlayoutStopped,
+    PreRoll,
+    ResponsePlayed,
+    Source,
+    Uplink,
+    samples_to_ms,
+)
+from .core.earcons import Earcon
+from .core.replies import Replies
+from .events import EventLog
+from .tools import Toolbox
+
+log = logging.getLogger(__name__)
+
+MAX_REPLAY_S = 60
+"""The last answer is kept in RAM for a repeat, up to this long (never written anywhere)."""
+
+
+def session_settings(cfg: Config, tools: tuple[rt.Tool, ...]) -> rt.SessionSettings:
+    a = cfg.assistant
+    return rt.SessionSettings(
+        model=cfg.cloud.deployment,
+        instructions=a.instructions,
+        voice=a.voice,
+        reasoning_effort=a.reasoning_effort,
+        speed=a.speed,
+        turn_detection=rt.turn_detection(cfg.turn.detection, cfg.turn.silence_ms),
+        tools=tools,
+        dialect=realtime_endpoint(cfg.cloud).dialect,
+    )
+
+
+class CloudLink:
+    def __init__(
+        self,
+        cfg: Config,
+        speaker: Speaker,
+        events: EventLog,
+        handle: Callable[[st.Input], None],
+        audio_ms: Callable[[], int],
+        play_earcon: Callable[[Earcon], None],
+        answer_text: Callable[[str], None],
+        credential: Any = None,
+    ) -> None:
+        """`answer_text`: each final answer's transcript, as it completes (for `ask`);
+        `credential`: an azure-identity TokenCredential for Entra auth."""
+        self.speaker = speaker
+        self.events = events
+        self._handle = handle
+        self._audio_ms = audio_ms
+        self._play_earcon = play_earcon
+        self._answer_text = answer_text
+        self._credential = credential
+        self._bearer: Any = None
+        self.session: CloudSession | None = None
+        self.uplink: Uplink | None = None
+        self.conversation = rt.Conversation()
+        self.client = rt.ClientEvents()
+        self.replies = Replies()
+        self._heard_from: set[str] = set()
+        """Responses whose first audio has arrived (the `reply_audio` event, once each)."""
+        self._answer_pcm: dict[str, bytearray] = {}
+        """Final-answer audio of the responses in progress, by response id."""
+        self.last_answer = b""
+        self._replays = 0
+        self._warned: set[str] = set()
+        self.tg: asyncio.TaskGroup | None = None
+        self.configure(cfg)
+        self._server_table: dict[type, Callable[[Any], None]] = {
+            rt.AudioDelta: self._on_audio,
+            rt.ResponseCreated: self._on_response_created,
+            rt.ResponseDone: self._on_response_done,
+            rt.OutputItemAdded: self.conversation_apply,
+            rt.OutputItemDone: self.conversation_apply,
+            rt.InputCommitted: lambda ev: self._handle(st.ServerCommitted()),
+            rt.ServerError: self._on_server_error,
+            rt.TranscriptDone: self._on_transcript,
+            rt.InputTranscript: self._on_transcript,
+            rt.SpeechStarted: lambda ev: log.debug("server heard speech start"),
+            rt.SpeechStopped: lambda ev: log.debug("server heard speech stop"),
+            rt.FunctionCallDone: lambda ev: log.debug("model calls %s", ev.name),
+            rt.RateLimits: self._on_rate_limits,
+            rt.Malformed: self._on_bad_event,
+            rt.Unknown: self._on_bad_event,
+        }
+
+    def configure(self, cfg: Config) -> None:
+        """Apply a (re)loaded configuration: the next session uses it."""
+        self.cfg = cfg
+        self.toolbox = Toolbox(cfg.assistant.tools)
+        self.endpoint = realtime_endpoint(cfg.cloud)
+        if cfg.cloud.auth == "entra" and self._bearer is None:
+            self._bearer = EntraTokens(self._credential).bearer
+
+    # -- the session ------------------------------------------------------------------------
+
+    def open_session(self, c: st.OpenSession) -> None:
+        assert self.tg is not None
+        self._heard_from.clear()
+        self.conversation = rt.Conversation()
+        self.client = rt.ClientEvents()
+        self.replies = Replies()
+        session = CloudSession(
+            self.endpoint,
+            auth_headers(self.endpoint.kind, self.cfg.api_key, self._bearer),
+            session_settings(self.cfg, self.toolbox.declarations),
+            self.client,
+            on_event=lambda ev: self._on_server_event(session, ev),
+            on_status=lambda ev: self._on_session_status(session, ev),
+            connect_timeout_s=self.cfg.cloud.connect_timeout_s,
+            keepalive_s=self.cfg.cloud.keepalive_s,
+        )
+        self.session = session
+        session.start(self.tg)
+
+    def close_session(self, c: st.CloseSession) -> None:
+        session, self.session = self.session, None
+        CONTEXT["SESSION_ID"] = ""
+        if session is not None:
+            log.info("session %s closed (%s)", session.session_id or "(not open)", c.reason)
+            session.close(c.reason)
+            self.events.emit("session_closed", self._audio_ms(), reason=c.reason)
+        self.uplink = None
+
+    def _on_session_status(self, session: CloudSession, ev: st.Input) -> None:
+        if session is not self.session:
+            return  # a session we already let go of
+        if isinstance(ev, st.SessionReady):
+            CONTEXT["SESSION_ID"] = session.session_id
+            log.info("session %s open", session.session_id)
+            self.events.emit("session_open", self._audio_ms(), session_id=session.session_id)
+            self._pump_uplink()
+        elif isinstance(ev, st.SessionFailed | st.SessionLost):
+            CONTEXT["SESSION_ID"] = ""
+            self.session = None
+            self.uplink = None
+            self.events.emit("session_closed", self._audio_ms(), reason=ev.code)
+        self._handle(ev)
+
+    def _send(self, event: dict[str, Any]) -> None:
+        if self.session is not None:
+            self.session.send(event)
+
+    # -- the user's turn --------------------------------------------------------------------
+
+    def start_turn(self, c: st.StartTurn, preroll: PreRoll) -> None:
+        start = max(c.start_sample, preroll.start)
+        self.uplink = Uplink(start)
+        self.uplink.push(preroll.since(start))
+        self._pump_uplink()
+
+    def stream(self, frame: bytes) -> None:
+        """A microphone frame, for the turn being captured if there is one."""
+        if self.uplink is not None and not self.uplink.finished:
+            self.uplink.push(frame)
+            self._pump_uplink()
+
+    def end_turn(self, c: st.EndTurn) -> None:
+        up = self.uplink
+        if up is None:
+            return
+        up.finish()
+        self.events.emit(
+            "turn_end",
+            self._audio_ms(),
+            reason=c.reason,
+            start_sample=up.start_sample,
+            end_sample=up.end_sample,
+        )
+        self._pump_uplink()
+
+    def _pump_uplink(self, up: Uplink | None = None) -> None:
+        up, session = up or self.uplink, self.session
+        if up is None or session is None or not session.ready:
+            return
+        for chunk in up.take():
+            session.send(self.client.append_audio(chunk))
+
+    def submit_turn(self, c: st.SubmitTurn) -> None:
+        up = self.uplink
+        self.uplink = None
+        self.replies.new_turn()
+        if up is None or self.session is None:
+            return
+        if c.commit:
+            self._pump_uplink(up)
+            self._send(self.client.commit())
+            self._send(self.client.create_response())
+        # else the server committed the turn itself: audio not yet sent belongs to no turn
+        self.events.emit("audio_sent", self._audio_ms(), ms=up.sent_ms)
+
+    def discard_turn(self, c: st.DiscardTurn) -> None:
+        up, self.uplink = self.uplink, None
+        if up is not None and up.sent_bytes and self.session is not None:
+            self.events.emit("audio_sent", self._audio_ms(), ms=up.sent_ms, discarded=True)
+            self._send(self.client.clear_input())
+
+    def send_text(self, c: st.SendText) -> None:
+        self.replies.new_turn()
+        self._send(self.client.user_text(c.text))
+        self._send(self.client.create_response())
+
+    # -- the reply --------------------------------------------------------------------------
+
+    def _on_server_event(self, session: CloudSession, ev: rt.ServerEvent) -> None:
+        if session is not self.session:
+            return
+        handler = self._server_table.get(type(ev))
+        if handler is not None:
+            handler(ev)
+
+    def conversation_apply(self, ev: rt.ServerEvent) -> None:
+        self.conversation.apply(ev)
+
+    def _on_response_created(self, ev: rt.ResponseCreated) -> None:
+        self.conversation.apply(ev)
+        if not self.replies.created():
+            self.conversation.discard(ev.response_id)
+            return
+        self._handle(st.ResponseStarted(ev.response_id))
+
+    def _on_audio(self, ev: rt.AudioDelta) -> None:
+        if not self.conversation.audible(ev.response_id):
+            return
+        phase = self.conversation.phase_of(ev.item_id)
+        if ev.response_id not in self._heard_from:
+            self._heard_from.add(ev.response_id)
+            self.events.emit("reply_audio", self._audio_ms(), response_id=ev.response_id)
+        self.speaker.play(ev.response_id, ev.item_id, phase, ev.pcm)
+        if phase is rt.Phase.FINAL_ANSWER:  # kept (in RAM) for a repeat
+            kept = self._answer_pcm.setdefault(ev.response_id, bytearray())
+            if len(kept) < MAX_REPLAY_S * CLOUD_RATE * SAMPLE_BYTES:
+                kept += ev.pcm
+
+    def _on_response_done(self, ev: rt.ResponseDone) -> None:
+        self.conversation.apply(ev)
+        if not self.conversation.audible(ev.response_id):
+            return
+        log.info("response %s: %s", ev.response_id, ev.status)
+        self.speaker.end(ev.response_id)
+        answer = self._answer_pcm.pop(ev.response_id, None)
+        if answer and ev.status == "completed":
+            self.last_answer = bytes(answer)
+        calls = ev.function_calls if ev.status == "completed" else ()
+        continues = self.replies.tool_round(len(calls))
+        if continues:
+            for call in calls:
+                output = self.toolbox.call(call.name or "", call.arguments or "")
+                self.events.emit("tool_call", self._audio_ms(), name=call.name)
+                self._send(self.client.function_output(call.call_id or "", output))
+            self._send(self.client.create_response())
+        elif calls:
+            rounds = self.replies.tool_rounds
+            log.warning("the model kept calling tools (%d rounds); stopping here", rounds)
+        self._handle(st.ResponseEnded(ev.response_id, ev.status, continues))
+
+    def _on_transcript(self, ev: rt.TranscriptDone | rt.InputTranscript) -> None:
+        # the user's words and the reply's are personal: only in debug logs, never at INFO
+        if isinstance(ev, rt.TranscriptDone):
+            phase = self.conversation.phase_of(ev.item_id)
+            log.debug("assistant (%s): %s", phase, ev.transcript)
+            if phase is rt.Phase.FINAL_ANSWER:
+                self._answer_text(ev.transcript)
+        elif ev.final:
+            log.debug("user: %s", ev.text)
+
+    def _on_rate_limits(self, ev: rt.RateLimits) -> None:
+        for name, remaining, reset in ev.limits:
+            log.debug("rate limit %s: %g left, resets in %gs", name, remaining, reset)
+
+    def _on_server_error(self, ev: rt.ServerError) -> None:
+        code = ev.code or ev.kind or "error"
+        reaction = rt.reaction_to(code)
+        if reaction is rt.Reaction.IGNORE:
+            log.debug("server: %s (%s)", code, ev.message)
+        elif reaction is rt.Reaction.CONTINUE:
+            self.events.emit("error", self._audio_ms(), code=code, message=ev.message)
+            log.warning("server error %s: %s", code, ev.message)
+        else:
+            back_off = reaction is rt.Reaction.BACK_OFF
+            self._handle(st.CloudError(code, ev.message or code, back_off))
+
+    def _on_bad_event(self, ev: rt.Malformed | rt.Unknown) -> None:
+        key = f"{type(ev).__name__}:{ev.type}"
+        if key not in self._warned:  # once per kind, not per event
+            self._warned.add(key)
+            what = ev.reason if isinstance(ev, rt.Malformed) else "unknown event type"
+            log.warning("ignoring server event %s: %s", ev.type or "?", what)
+
+    def cancel_response(self, c: st.CancelResponse) -> None:
+        active = self.conversation.active_response
+        if active is not None:
+            self.conversation.discard(active)
+        self.replies.cancelled(active)
+        self._send(self.client.cancel_response())
+
+    def truncate(self, c: st.Truncate) -> None:
+        self._send(self.client.truncate(c.item_id, c.audio_end_ms))
+
+    def delete_items(self, c: st.DeleteItems) -> None:
+        for item_id in c.item_ids:
+            self._send(self.client.delete_item(item_id))
+
+    def replay_answer(self, c: st.ReplayAnswer) -> None:
+        """Play the last answer again from memory; it reports played like a response."""
+        if not self.last_answer:
+            log.info("double press: no answer to repeat yet")
+            self._play_earcon(Earcon.ERROR)
+            self._handle(st.PlaybackFinished("no answer to repeat"))
+            return
+        self._replays += 1
+        rid = f"replay {self._replays}"
+        ms = samples_to_ms(len(self.last_answer) // SAMPLE_BYTES, CLOUD_RATE)
+        self.events.emit("replay", self._audio_ms(), ms=ms)
+        self.speaker.play(rid, rid, rt.Phase.FINAL_ANSWER, self.last_answer, Source.REPLAY)
+        self.speaker.end(rid, Source.REPLAY)
+
+    # -- what the speaker played ------------------------------------------------------------
+
+    def playout(self, ev: PlayoutEvent) -> None:
+        """What the user heard, as the machine's inputs (the device's own sounds are in no
+        conversation; a repeat is reported like a response)."""
+        ms = self._audio_ms()
+        if isinstance(ev, ItemStarted | ResponsePlayed) and ev.source is Source.EARCON:
+            return
+        if isinstance(ev, ItemStarted):
+            self.events.emit("playback_start", ms, phase=ev.phase, item_id=ev.item_id)
+            phase = rt.Phase(ev.phase or rt.Phase.FINAL_ANSWER)
+            self._handle(st.PlaybackStarted(ev.response_id, ev.item_id, phase))
+        elif isinstance(ev, ResponsePlayed):
+            self.events.emit("playback_end", ms, response_id=ev.response_id)
+            self._handle(st.PlaybackFinished(ev.response_id))
+        elif isinstance(ev, PlayoutStopped):
+            if ev.item_id is not None:
+                self.events.emit("barge_in", ms, item_id=ev.item_id, played_ms=ev.played_ms)
+                self.events.emit("playback_end", ms, stopped=True)
+            self._handle(st.PlaybackStopped(ev.item_id, ev.played_ms, ev.unplayed_item_ids))

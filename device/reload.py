@@ -1,0 +1,76 @@
+"""Reloading the configuration (SIGHUP, `systemctl reload`) under a running daemon.
+
+The new configuration and its wake word models are read off the event loop while the wake
+word keeps listening; a configuration with a mistake is reported and the running one kept.
+What cannot change under a running daemon (the audio devices, the pin library) is named and
+waits for the next restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from .adapters.systemd import REDACT
+from .config import Config, machine_settings
+from .front import detectors
+
+if TYPE_CHECKING:
+    from .app import App
+
+log = logging.getLogger(__name__)
+
+RESTART_KEYS = (
+    "audio.input_device",
+    "audio.output_device",
+    "audio.input_rate",
+    "audio.input_channels",
+    "audio.input_channel",
+    "audio.jitter_ms",
+    "gpio.pin_factory",
+)
+"""What a reload cannot change under a running daemon: the audio devices and pin library."""
+
+
+async def reload(app: App) -> None:
+    assert app.opts.reload is not None
+    app.notifier.reloading()
+    log.info("reloading the configuration")
+    try:
+        new = await asyncio.to_thread(app.opts.reload)
+        found = await asyncio.to_thread(detectors, new)
+    except Exception as e:  # ConfigError, a model that does not load…
+        log.error("configuration not reloaded, keeping the running one: %s", e)
+        app.notifier.ready(f"{app.status_text()} (reload failed: {e})")
+        return
+    REDACT.add(new.api_key.reveal())
+    apply(app, new, found)
+    app.notifier.ready(app.status_text())
+
+
+def apply(app: App, new: Config, found: Any) -> None:
+    old = app.cfg
+    later = [k for k in RESTART_KEYS if _get(old, k) != _get(new, k)]
+    if later:
+        log.warning("%s changed: takes effect at the next restart", ", ".join(later))
+    app.front.configure(new, found)
+    app.machine.reconfigure(machine_settings(new))
+    if new.audio.volume != old.audio.volume:  # the file changed it: the file wins
+        app.speaker.volume = new.audio.volume
+    app.verbs.volume_config = new.audio.volume
+    app.presenter.configure(new)
+    if (new.leds, new.button, new.gpio) != (old.leds, old.button, old.gpio):
+        app.leds.close()
+        if app.button is not None:
+            app.button.close()
+        app.build_gpio(new)
+    app.presenter.show_leds(app.machine.state)
+    app.link.configure(new)
+    app.cfg = new
+    log.info("configuration reloaded (the next session uses it)")
+
+
+def _get(cfg: Config, dotted: str) -> Any:
+    section, key = dotted.split(".")
+    return getattr(getattr(cfg, section), key)
