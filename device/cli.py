@@ -1,4 +1,8 @@
-"""`voice-device` command line: run, demo, emulator, devices."""
+"""`voice-device` command line.
+
+The daemon and its tools: run, demo, emulator, check, bench, devices, leds. The running
+daemon's control verbs, through its control socket: status, mute, wake, ask, volume.
+"""
 
 from __future__ import annotations
 

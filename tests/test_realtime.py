@@ -106,19 +106,19 @@ GA_EVENTS = [
         server("input_audio_buffer.committed", item_id="u1", previous_item_id=None),
         rt.InputCommitted("u1"),
     ),
-    (server("input_audio_buffer.cleared"), rt.InputCleared()),
+    (server("input_audio_buffer.cleared"), rt.Ignored("input_audio_buffer.cleared")),
     (
         server("conversation.item.added", item=item("i1", "commentary")),
-        rt.ItemAdded("i1", "message", "assistant", "commentary"),
+        rt.Ignored("conversation.item.added"),
     ),
     (
         server("conversation.item.done", item=item("i1")),
-        rt.ItemDone("i1", "message", "assistant", None),
+        rt.Ignored("conversation.item.done"),
     ),
-    (server("conversation.item.deleted", item_id="i3"), rt.ItemDeleted("i3")),
+    (server("conversation.item.deleted", item_id="i3"), rt.Ignored("conversation.item.deleted")),
     (
         server("conversation.item.truncated", item_id="i1", content_index=0, audio_end_ms=900),
-        rt.ItemTruncated("i1", 900),
+        rt.Ignored("conversation.item.truncated"),
     ),
     (
         server(
@@ -162,13 +162,13 @@ GA_EVENTS = [
     ),
     (
         server("response.content_part.added", **WHERE, part={"type": "audio", "transcript": ""}),
-        rt.ContentPart("resp_1", "i1", done=False),
+        rt.Ignored("response.content_part.added"),
     ),
     (server("response.output_audio.delta", **WHERE, delta=B64), rt.AudioDelta("resp_1", "i1", PCM)),
-    (server("response.output_audio.done", **WHERE), rt.AudioDone("resp_1", "i1")),
+    (server("response.output_audio.done", **WHERE), rt.Ignored("response.output_audio.done")),
     (
         server("response.output_audio_transcript.delta", **WHERE, delta="Let "),
-        rt.TranscriptDelta("resp_1", "i1", "Let "),
+        rt.Ignored("response.output_audio_transcript.delta"),
     ),
     (
         server("response.output_audio_transcript.done", **WHERE, transcript="Let me check."),
@@ -176,7 +176,7 @@ GA_EVENTS = [
     ),
     (
         server("response.output_text.delta", **WHERE, delta="Hi"),
-        rt.TranscriptDelta("resp_1", "i1", "Hi"),
+        rt.Ignored("response.output_text.delta"),
     ),
     (
         server("response.output_text.done", **WHERE, text="Hi there"),
@@ -184,7 +184,7 @@ GA_EVENTS = [
     ),
     (
         server("response.content_part.done", **WHERE, part={"type": "audio", "transcript": "Hi"}),
-        rt.ContentPart("resp_1", "i1", done=True),
+        rt.Ignored("response.content_part.done"),
     ),
     (
         server(
@@ -195,7 +195,7 @@ GA_EVENTS = [
             call_id="call_1",
             delta='{"a',
         ),
-        rt.FunctionArgumentsDelta("resp_1", "f1", '{"a'),
+        rt.Ignored("response.function_call_arguments.delta"),
     ),
     (
         server(
@@ -249,20 +249,20 @@ GA_EVENTS = [
 OTHER_EVENTS = [
     # beta / Azure preview names
     (server("response.audio.delta", **WHERE, delta=B64), rt.AudioDelta("resp_1", "i1", PCM)),
-    (server("response.audio.done", **WHERE), rt.AudioDone("resp_1", "i1")),
+    (server("response.audio.done", **WHERE), rt.Ignored("response.audio.done")),
     (
         server("response.audio_transcript.delta", **WHERE, delta="Let"),
-        rt.TranscriptDelta("resp_1", "i1", "Let"),
+        rt.Ignored("response.audio_transcript.delta"),
     ),
     (
         server("response.audio_transcript.done", **WHERE, transcript="Let me check."),
         rt.TranscriptDone("resp_1", "i1", "Let me check."),
     ),
-    (server("response.text.delta", **WHERE, delta="Hi"), rt.TranscriptDelta("resp_1", "i1", "Hi")),
+    (server("response.text.delta", **WHERE, delta="Hi"), rt.Ignored("response.text.delta")),
     (server("response.text.done", **WHERE, text="Hi"), rt.TranscriptDone("resp_1", "i1", "Hi")),
     (
         server("conversation.item.created", item=item("x")),
-        rt.ItemAdded("x", "message", "assistant", None),
+        rt.Ignored("conversation.item.created"),
     ),
     (server("conversation.created", conversation={"id": "c"}), rt.Ignored("conversation.created")),
     # what must never hurt
@@ -296,7 +296,8 @@ def test_sample_events_are_what_the_service_sends(text: str) -> None:
 
 def test_every_event_the_device_parses_is_covered_here() -> None:
     ignored = {name for name, parse in rt.PARSERS.items() if parse is rt._ignored}
-    assert set(rt.PARSERS) - ignored == {json.loads(t)["type"] for t, _ in GA_EVENTS}
+    sampled = {json.loads(t)["type"] for t, _ in GA_EVENTS}
+    assert set(rt.PARSERS) - ignored <= sampled <= set(rt.PARSERS)
 
 
 @pytest.mark.parametrize(

@@ -259,40 +259,6 @@ class InputCommitted:
 
 
 @dataclass(frozen=True)
-class InputCleared:
-    pass
-
-
-@dataclass(frozen=True)
-class ItemAdded:
-    """conversation.item.added (GA) / conversation.item.created (beta)."""
-
-    item_id: str
-    item_type: str
-    role: str | None
-    phase: str | None
-
-
-@dataclass(frozen=True)
-class ItemDone:
-    item_id: str
-    item_type: str
-    role: str | None
-    phase: str | None
-
-
-@dataclass(frozen=True)
-class ItemDeleted:
-    item_id: str
-
-
-@dataclass(frozen=True)
-class ItemTruncated:
-    item_id: str
-    audio_end_ms: int
-
-
-@dataclass(frozen=True)
 class InputTranscript:
     """The user's words, if the session transcribes input (delta, completed, or failed)."""
 
@@ -316,15 +282,6 @@ class OutputItemAdded:
 
 
 @dataclass(frozen=True)
-class ContentPart:
-    """response.content_part.added / .done."""
-
-    response_id: str
-    item_id: str
-    done: bool
-
-
-@dataclass(frozen=True)
 class AudioDelta:
     response_id: str
     item_id: str
@@ -338,32 +295,10 @@ class AudioDelta:
 
 
 @dataclass(frozen=True)
-class AudioDone:
-    response_id: str
-    item_id: str
-
-
-@dataclass(frozen=True)
-class TranscriptDelta:
-    """Words of the reply as they are generated (audio transcript or text output)."""
-
-    response_id: str
-    item_id: str
-    delta: str
-
-
-@dataclass(frozen=True)
 class TranscriptDone:
     response_id: str
     item_id: str
     transcript: str
-
-
-@dataclass(frozen=True)
-class FunctionArgumentsDelta:
-    response_id: str
-    item_id: str
-    delta: str
 
 
 @dataclass(frozen=True)
@@ -438,20 +373,11 @@ ServerEvent = (
     | SpeechStarted
     | SpeechStopped
     | InputCommitted
-    | InputCleared
-    | ItemAdded
-    | ItemDone
-    | ItemDeleted
-    | ItemTruncated
     | InputTranscript
     | ResponseCreated
     | OutputItemAdded
-    | ContentPart
     | AudioDelta
-    | AudioDone
-    | TranscriptDelta
     | TranscriptDone
-    | FunctionArgumentsDelta
     | FunctionCallDone
     | OutputItemDone
     | ResponseDone
@@ -493,11 +419,6 @@ def _item(item: Any) -> OutputItem:
     )
 
 
-def _role(item: Any) -> str | None:
-    role: str | None = _get(item, "role", str, optional=True)
-    return role
-
-
 def _ids(d: dict[str, Any]) -> tuple[str, str]:
     return _get(d, "response_id", str), _get(d, "item_id", str)
 
@@ -514,18 +435,6 @@ def _error(d: dict[str, Any]) -> ServerEvent:
         message=_get(err, "message", str, optional=True) or "",
         event_id=_get(err, "event_id", str, optional=True),
     )
-
-
-def _item_added(d: dict[str, Any]) -> ServerEvent:
-    raw = _get(d, "item", dict)
-    i = _item(raw)
-    return ItemAdded(i.item_id, i.item_type, _role(raw), i.phase)
-
-
-def _item_done(d: dict[str, Any]) -> ServerEvent:
-    raw = _get(d, "item", dict)
-    i = _item(raw)
-    return ItemDone(i.item_id, i.item_type, _role(raw), i.phase)
 
 
 def _output_item_added(d: dict[str, Any]) -> ServerEvent:
@@ -548,10 +457,6 @@ def _audio_delta(d: dict[str, Any]) -> ServerEvent:
     if len(pcm) % 2:
         raise _Bad("audio delta has an odd number of bytes")
     return AudioDelta(*_ids(d), pcm)
-
-
-def _transcript_delta(d: dict[str, Any]) -> ServerEvent:
-    return TranscriptDelta(*_ids(d), _get(d, "delta", str))
 
 
 def _transcript_done(d: dict[str, Any]) -> ServerEvent:
@@ -608,30 +513,15 @@ PARSERS: dict[str, Callable[[dict[str, Any]], ServerEvent]] = {
         _get(d, "audio_end_ms", int), _get(d, "item_id", str)
     ),
     "input_audio_buffer.committed": lambda d: InputCommitted(_get(d, "item_id", str)),
-    "input_audio_buffer.cleared": lambda d: InputCleared(),
-    "conversation.item.added": _item_added,
-    "conversation.item.done": _item_done,
-    "conversation.item.deleted": lambda d: ItemDeleted(_get(d, "item_id", str)),
-    "conversation.item.truncated": lambda d: ItemTruncated(
-        _get(d, "item_id", str), _get(d, "audio_end_ms", int)
-    ),
     "conversation.item.input_audio_transcription.delta": _input_transcript(final=False),
     "conversation.item.input_audio_transcription.completed": _input_transcript(final=True),
     "conversation.item.input_audio_transcription.failed": _input_transcript(False, failed=True),
     "response.created": lambda d: ResponseCreated(_get(_get(d, "response", dict), "id", str)),
     "response.output_item.added": _output_item_added,
     "response.output_item.done": _output_item_done,
-    "response.content_part.added": lambda d: ContentPart(*_ids(d), done=False),
-    "response.content_part.done": lambda d: ContentPart(*_ids(d), done=True),
     "response.output_audio.delta": _audio_delta,
-    "response.output_audio.done": lambda d: AudioDone(*_ids(d)),
-    "response.output_audio_transcript.delta": _transcript_delta,
     "response.output_audio_transcript.done": _transcript_done,
-    "response.output_text.delta": _transcript_delta,
     "response.output_text.done": _text_done,
-    "response.function_call_arguments.delta": lambda d: FunctionArgumentsDelta(
-        *_ids(d), _get(d, "delta", str)
-    ),
     "response.function_call_arguments.done": _function_call_done,
     "response.done": _response_done,
     "rate_limits.updated": _rate_limits,
@@ -643,6 +533,18 @@ def _ignored(d: dict[str, Any]) -> ServerEvent:
 
 
 for _name in (
+    # events the device has no use for: parsed no further, one kind (`Ignored`)
+    "input_audio_buffer.cleared",
+    "conversation.item.added",
+    "conversation.item.done",
+    "conversation.item.deleted",
+    "conversation.item.truncated",
+    "response.content_part.added",
+    "response.content_part.done",
+    "response.output_audio.done",
+    "response.output_audio_transcript.delta",
+    "response.output_text.delta",
+    "response.function_call_arguments.delta",
     "conversation.created",  # beta only
     "input_audio_buffer.timeout_triggered",
     "conversation.item.input_audio_transcription.segment",

@@ -1,0 +1,94 @@
+"""The rules the daemon lives by, with plain values: which wake word wins, when the VAD is
+deaf to the device's own sound, which states hear what, and which replies are played."""
+
+from __future__ import annotations
+
+import pytest
+
+from device.core.earcons import EARCON_SWITCHES, Earcon
+from device.core.hearing import EARCON_TAIL_MS, VAD_STATES, WAKE_STATES, DeafWindow
+from device.core.replies import MAX_TOOL_ROUNDS, Replies
+from device.core.states import State
+from device.core.wake import Candidate, DuringPlayback, choose_wake
+
+ECHO_TAIL_MS = 500
+
+
+@pytest.mark.parametrize(
+    "during_playback, rule, expected",
+    [
+        (False, DuringPlayback.ECHO_MATCH, Candidate(1, 0.9)),  # the best over its threshold
+        (True, DuringPlayback.ECHO_MATCH, Candidate(1, 0.9)),  # echo-match: checked later
+        (True, DuringPlayback.THRESHOLD, None),  # 0.9 is under the playback threshold
+        (True, DuringPlayback.OFF, None),
+        (False, DuringPlayback.OFF, Candidate(1, 0.9)),  # only while the device plays
+    ],
+)
+def test_the_best_wake_word_over_its_threshold_wins_under_the_playback_rule(
+    during_playback: bool, rule: DuringPlayback, expected: Candidate | None
+) -> None:
+    chosen = choose_wake([0.5, 0.6, 0.95], [0.7, 0.9, 0.2], during_playback, rule, 0.97)
+    assert chosen == expected
+
+
+def test_a_word_under_its_own_threshold_never_wins() -> None:
+    assert choose_wake([0.8, 0.8], [0.79, 0.5], False, DuringPlayback.THRESHOLD, 0.97) is None
+    louder = choose_wake([0.5], [0.99], True, DuringPlayback.THRESHOLD, 0.97)
+    assert louder == Candidate(0, 0.99)
+
+
+def test_the_wake_word_counts_where_it_acts_and_the_vad_where_speech_is_awaited() -> None:
+    assert State.MUTED not in WAKE_STATES and State.MUTED not in VAD_STATES
+    assert {State.CONNECTING, State.LISTENING} <= VAD_STATES - WAKE_STATES  # already awake
+    assert {State.THINKING, State.PREAMBLE, State.ANSWERING} <= WAKE_STATES - VAD_STATES
+    assert State.FOLLOW_UP in WAKE_STATES & VAD_STATES
+
+
+def test_the_vad_is_deaf_to_an_earcon_and_its_tail_while_listening() -> None:
+    w = DeafWindow(ECHO_TAIL_MS, rate=16_000)
+    assert w.vad_runs(State.LISTENING, 320) == (True, True)  # first frame: a fresh VAD
+    assert w.vad_runs(State.LISTENING, 640) == (True, False)
+    w.sounded(640)  # the device beeped during this frame
+    tail = EARCON_TAIL_MS * 16
+    assert w.deaf(State.LISTENING, 640 + tail - 1)
+    assert not w.deaf(State.LISTENING, 640 + tail)
+    assert w.vad_runs(State.LISTENING, 960) == (False, False)
+    assert w.vad_runs(State.LISTENING, 640 + tail) == (True, True)  # fresh after the gap
+
+
+def test_in_the_follow_up_window_the_vad_is_deaf_for_the_whole_echo_tail() -> None:
+    w = DeafWindow(ECHO_TAIL_MS, rate=16_000)
+    w.sounded(16_000)  # the reply's last sound
+    assert w.deaf(State.FOLLOW_UP, 16_000 + EARCON_TAIL_MS * 16)  # an earcon's tail is not enough
+    assert not w.deaf(State.FOLLOW_UP, 16_000 + ECHO_TAIL_MS * 16)
+
+
+def test_the_vad_does_not_run_where_no_speech_is_awaited() -> None:
+    w = DeafWindow(ECHO_TAIL_MS, rate=16_000)
+    for state in set(State) - VAD_STATES:
+        assert w.vad_runs(state, 10**6) == (False, False)
+
+
+def test_a_cancel_before_its_response_discards_that_response_only() -> None:
+    r = Replies()
+    r.cancelled(active_response=None)  # the user interrupted before response.created
+    assert r.created() is False  # that response is not played
+    assert r.created() is True  # the next one is
+    r.cancelled(active_response="resp_1")  # discarded by id: nothing pending
+    assert r.created() is True
+
+
+def test_tool_rounds_are_capped_per_turn() -> None:
+    r = Replies()
+    assert [r.tool_round(1) for _ in range(MAX_TOOL_ROUNDS + 1)] == [True] * MAX_TOOL_ROUNDS + [
+        False
+    ]
+    assert r.tool_round(0) is False  # no calls: nothing more to ask for
+    r.new_turn()
+    assert r.tool_round(2) is True
+
+
+def test_each_earcon_has_one_switch_in_the_configuration() -> None:
+    assert EARCON_SWITCHES == ("wake", "end_of_turn", "error", "mute")
+    assert {k.switch for k in (Earcon.MUTE_ON, Earcon.MUTE_OFF, Earcon.MUTED)} == {"mute"}
+    assert Earcon.WAKE.switch == "wake"
