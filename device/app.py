@@ -253,8 +253,7 @@ class App:
             self.supervisor.check_speaker()
             if self.machine.state is st.State.MUTED:
                 self.notifier.audio_alive()  # closed on purpose; the loop itself is alive
-            session = self.link.session
-            self.handle(st.Tick(session.quiet_s(time.monotonic()) if session else None))
+            self.handle(st.Tick(self.link.quiet_s(time.monotonic())))
             self.notifier.status(self.status_text())
 
     async def _audio_loop(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
+import ipaddress
 import os
 import tomllib
 import types
@@ -583,6 +584,16 @@ def realtime_endpoint(c: CloudConfig) -> Endpoint:
     return Endpoint(realtime_url(c.endpoint, c.deployment), kind, "ga")
 
 
+def is_loopback(host: str) -> bool:
+    """localhost, 127.0.0.0/8 or ::1: this machine, where the emulator runs."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def realtime_url(endpoint: str, deployment: str, path: str = "/openai/v1/realtime") -> str:
     """The Azure GA realtime URL for a resource endpoint and deployment name.
 
@@ -591,10 +602,20 @@ def realtime_url(endpoint: str, deployment: str, path: str = "/openai/v1/realtim
     """
     parts = urlsplit(endpoint.strip())
     scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(parts.scheme)
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError(
+            "cloud.endpoint must not hold a user name or password "
+            "(the key comes from AZURE_OPENAI_API_KEY or the azure-openai-api-key credential)"
+        )
     if scheme is None or not parts.netloc:
         raise ConfigError(
             f"cloud.endpoint must be a URL like https://<resource>.openai.azure.com "
             f"(got {endpoint!r})"
+        )
+    if scheme == "ws" and not is_loopback(parts.hostname or ""):
+        raise ConfigError(
+            f"cloud.endpoint {endpoint.strip()!r} is not encrypted: the key would cross the "
+            "network in clear text; use https:// (plain http:// is for a local emulator only)"
         )
     if not deployment:
         raise ConfigError("cloud.deployment must name the model deployment")

@@ -2,6 +2,8 @@
 
 `{"t": seconds since start (monotonic), "audio_ms": position in the mic stream, "event": NAME, ...}`
 Never audio, never secrets: only the fields passed in, which are names, numbers and codes.
+Text (a server's error message) is cut to MAX_TEXT characters with any known secret
+replaced, so a server cannot make the device write a secret, or without bound.
 NAME is one of `EventName`: the log is a contract (README), and a name outside it is a bug.
 """
 
@@ -12,6 +14,8 @@ import time
 import typing
 from pathlib import Path
 from typing import IO, Any, Literal
+
+from .adapters.systemd import REDACT
 
 EventName = Literal[
     "ready",
@@ -34,6 +38,7 @@ EventName = Literal[
     "stopped",
 ]
 EVENT_NAMES: frozenset[str] = frozenset(typing.get_args(EventName))
+MAX_TEXT = 300
 
 
 class EventLog:
@@ -52,7 +57,10 @@ class EventLog:
             "t": round(time.monotonic() - self.origin, 4),
             "audio_ms": audio_ms,
             "event": event,
-            **fields,
+            **{
+                k: REDACT.clean(v)[:MAX_TEXT] if isinstance(v, str) else v
+                for k, v in fields.items()
+            },
         }
         self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
 

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from .adapters.cloud import CloudSession, auth_headers
 from .adapters.entra import EntraTokens
 from .adapters.speaker import Speaker
-from .adapters.systemd import CONTEXT
+from .adapters.systemd import CONTEXT, escape
 from .config import Config, realtime_endpoint
 from .core import realtime as rt
 from .core import states as st
@@ -42,6 +44,11 @@ log = logging.getLogger(__name__)
 
 MAX_REPLAY_S = 60
 """The last answer is kept in RAM for a repeat, up to this long (never written anywhere)."""
+MAX_WARNED = 32
+"""Kinds of bad server event warned about once each; past that, one line says so."""
+ERRORS_PER_MINUTE = 5
+"""Non-fatal server errors logged and written to the events log; past that, counted."""
+MAX_SERVER_TEXT = 200
 
 
 def session_settings(cfg: Config, tools: tuple[rt.Tool, ...]) -> rt.SessionSettings:
@@ -85,21 +92,25 @@ class CloudLink:
         self.conversation = rt.Conversation()
         self.client = rt.ClientEvents()
         self.replies = Replies()
-        self._heard_from: set[str] = set()
-        """Responses whose first audio has arrived (the `reply_audio` event, once each)."""
-        self._answer_pcm: dict[str, bytearray] = {}
-        """Final-answer audio of the responses in progress, by response id."""
+        self._heard_from: str | None = None
+        """The response whose first audio has arrived (the `reply_audio` event, once each)."""
+        self._answer: tuple[str, bytearray] | None = None
+        """The final-answer audio of the response in progress: one, never more."""
         self.last_answer = b""
         self._replays = 0
         self._warned: set[str] = set()
+        self._errors: deque[float] = deque(maxlen=ERRORS_PER_MINUTE)
+        self._errors_unlogged = 0
+        self.progress_at = time.monotonic()
+        """When the awaited reply last made progress (the reply timeout counts from it)."""
         self.tg: asyncio.TaskGroup | None = None
         self.configure(cfg)
         self._server_table: dict[type, Callable[[Any], None]] = {
             rt.AudioDelta: self._on_audio,
             rt.ResponseCreated: self._on_response_created,
             rt.ResponseDone: self._on_response_done,
-            rt.OutputItemAdded: self.conversation_apply,
-            rt.OutputItemDone: self.conversation_apply,
+            rt.OutputItemAdded: self._on_output_item,
+            rt.OutputItemDone: self._on_output_item,
             rt.InputCommitted: lambda ev: self._handle(st.ServerCommitted()),
             rt.ServerError: self._on_server_error,
             rt.TranscriptDone: self._on_transcript,
@@ -124,7 +135,8 @@ class CloudLink:
 
     def open_session(self, c: st.OpenSession) -> None:
         assert self.tg is not None
-        self._heard_from.clear()
+        self._heard_from = None
+        self._answer = None
         self.conversation = rt.Conversation()
         self.client = rt.ClientEvents()
         self.replies = Replies()
@@ -149,11 +161,13 @@ class CloudLink:
             session.close(c.reason)
             self.events.emit("session_closed", self._audio_ms(), reason=c.reason)
         self.uplink = None
+        self._answer = None
 
     def _on_session_status(self, session: CloudSession, ev: st.Input) -> None:
         if session is not self.session:
             return  # a session we already let go of
         if isinstance(ev, st.SessionReady):
+            self.progress_at = time.monotonic()
             CONTEXT["SESSION_ID"] = session.session_id
             log.info("session %s open", session.session_id)
             self.events.emit("session_open", self._audio_ms(), session_id=session.session_id)
@@ -162,6 +176,7 @@ class CloudLink:
             CONTEXT["SESSION_ID"] = ""
             self.session = None
             self.uplink = None
+            self._answer = None
             self.events.emit("session_closed", self._audio_ms(), reason=ev.code)
         self._handle(ev)
 
@@ -237,36 +252,55 @@ class CloudLink:
         if handler is not None:
             handler(ev)
 
-    def conversation_apply(self, ev: rt.ServerEvent) -> None:
+    def _progress(self, response_id: str) -> None:
+        """The awaited reply moved on; anything else the server says (rate limits, a
+        cancelled response's trickle) does not hold the reply timeout off."""
+        if self.conversation.audible(response_id):
+            self.progress_at = time.monotonic()
+
+    def quiet_s(self, now: float) -> float | None:
+        """Seconds since the awaited reply last made progress (None: no session yet)."""
+        session = self.session
+        return now - self.progress_at if session is not None and session.ready else None
+
+    def _on_output_item(self, ev: rt.OutputItemAdded | rt.OutputItemDone) -> None:
         self.conversation.apply(ev)
+        self._progress(ev.response_id)
 
     def _on_response_created(self, ev: rt.ResponseCreated) -> None:
         self.conversation.apply(ev)
         if not self.replies.created():
             self.conversation.discard(ev.response_id)
             return
+        self._progress(ev.response_id)
         self._handle(st.ResponseStarted(ev.response_id))
 
     def _on_audio(self, ev: rt.AudioDelta) -> None:
         if not self.conversation.audible(ev.response_id):
             return
+        self._progress(ev.response_id)
         phase = self.conversation.phase_of(ev.item_id)
-        if ev.response_id not in self._heard_from:
-            self._heard_from.add(ev.response_id)
+        if ev.response_id != self._heard_from:
+            self._heard_from = ev.response_id
             self.events.emit("reply_audio", self._audio_ms(), response_id=ev.response_id)
         self.speaker.play(ev.response_id, ev.item_id, phase, ev.pcm)
         if phase is rt.Phase.FINAL_ANSWER:  # kept (in RAM) for a repeat
-            kept = self._answer_pcm.setdefault(ev.response_id, bytearray())
+            if self._answer is None or self._answer[0] != ev.response_id:
+                self._answer = (ev.response_id, bytearray())
+            kept = self._answer[1]
             if len(kept) < MAX_REPLAY_S * CLOUD_RATE * SAMPLE_BYTES:
                 kept += ev.pcm
 
     def _on_response_done(self, ev: rt.ResponseDone) -> None:
         self.conversation.apply(ev)
+        answer = None
+        if self._answer is not None and self._answer[0] == ev.response_id:
+            answer, self._answer = self._answer[1], None
         if not self.conversation.audible(ev.response_id):
             return
-        log.info("response %s: %s", ev.response_id, ev.status)
+        self._progress(ev.response_id)
+        log.info("response %s: %s", ev.response_id, escape(ev.status[:40]))
         self.speaker.end(ev.response_id)
-        answer = self._answer_pcm.pop(ev.response_id, None)
         if answer and ev.status == "completed":
             self.last_answer = bytes(answer)
         calls = ev.function_calls if ev.status == "completed" else ()
@@ -302,21 +336,40 @@ class CloudLink:
         if reaction is rt.Reaction.IGNORE:
             log.debug("server: %s (%s)", code, ev.message)
         elif reaction is rt.Reaction.CONTINUE:
-            self.events.emit("error", self._audio_ms(), code=code, message=ev.message)
-            log.warning("server error %s: %s", code, ev.message)
+            self._report_server_error(code, ev.message or "")
         else:
             back_off = reaction is rt.Reaction.BACK_OFF
             self._handle(st.CloudError(code, ev.message or code, back_off))
 
+    def _report_server_error(self, code: str, message: str) -> None:
+        """A server error the session goes on after: logged and written to the events log
+        at most ERRORS_PER_MINUTE times a minute, cut short; a flood is counted instead."""
+        now = time.monotonic()
+        if len(self._errors) == self._errors.maxlen and now - self._errors[0] < 60:
+            self._errors_unlogged += 1
+            return
+        self._errors.append(now)
+        code, message = code[:MAX_SERVER_TEXT], message[:MAX_SERVER_TEXT]
+        if self._errors_unlogged:
+            message += f" ({self._errors_unlogged} more errors not logged)"
+            self._errors_unlogged = 0
+        self.events.emit("error", self._audio_ms(), code=code, message=message)
+        log.warning("server error %s: %s", code, message)
+
     def _on_bad_event(self, ev: rt.Malformed | rt.Unknown) -> None:
         key = f"{type(ev).__name__}:{ev.type}"
-        if key not in self._warned:  # once per kind, not per event
-            self._warned.add(key)
-            what = ev.reason if isinstance(ev, rt.Malformed) else "unknown event type"
-            log.warning("ignoring server event %s: %s", ev.type or "?", what)
+        if key in self._warned or len(self._warned) > MAX_WARNED:
+            return  # once per kind, not per event; and a bounded number of kinds
+        self._warned.add(key)
+        if len(self._warned) > MAX_WARNED:
+            log.warning("more kinds of bad server event: no longer reported")
+            return
+        what = ev.reason if isinstance(ev, rt.Malformed) else "unknown event type"
+        log.warning("ignoring server event %s: %s", (ev.type or "?")[:80], what)
 
     def cancel_response(self, c: st.CancelResponse) -> None:
         active = self.conversation.active_response
+        self._answer = None
         if active is not None:
             self.conversation.discard(active)
         self.replies.cancelled(active)

@@ -807,7 +807,7 @@ inputs = hst.one_of(
         hst.one_of(hst.none(), hst.floats(0, 100)),
     ),
     hst.just(ServerCommitted()),
-    hst.builds(SessionLost, hst.just("connection_lost"), hst.just("x")),
+    hst.builds(SessionLost, hst.just("connection_lost"), hst.just("x"), hst.booleans()),
     hst.builds(CloudError, hst.just("invalid_api_key"), hst.just("x"), hst.booleans()),
     hst.builds(ResponseStarted, hst.sampled_from(["r1", "r2"])),
     hst.builds(
@@ -871,15 +871,13 @@ def test_random_inputs_keep_the_machine_coherent(
             assert m.state in (State.CONNECTING, State.LISTENING)
         if m.state in (State.IDLE, State.MUTED, State.ERROR):
             assert not m.session_open and m.turn is Turn.NONE
-        if m.state in (
-            State.CONNECTING,
-            State.LISTENING,
-            State.THINKING,
-            State.PREAMBLE,
-            State.ANSWERING,
-        ):
-            # (a repeated answer plays from memory: it needs no session)
-            assert m.session_open or m.replay_from is not None
+        if m.state in (State.CONNECTING, State.LISTENING):
+            assert m.session_open
+        if m.state in (State.THINKING, State.PREAMBLE, State.ANSWERING):
+            # (a repeated answer plays from memory: it needs no session; a reply the server
+            # sent whole and then closed the session normally plays out without one)
+            finished = m.response_id is None and not m.response_expected
+            assert m.session_open or m.replay_from is not None or finished
         if m.state is State.MUTED:
             assert m.pending_text is None
 
@@ -1247,3 +1245,33 @@ def test_a_handler_that_enters_a_state_its_row_does_not_name_is_a_named_error() 
             m.handle(Wake("okay nabu", 0.9, WAKE_AT), 0)
     finally:
         TRANSITIONS[(State.IDLE, Wake)] = row
+
+
+def test_a_normal_close_after_the_whole_reply_lets_it_play_out_then_ends_quietly() -> None:
+    m = answering_after_response_done()
+    assert m.handle(SessionLost("connection_lost", "code 1000", clean=True), 3) == []
+    assert m.state is State.ANSWERING  # nothing cut, no error, no barge-in
+    assert m.handle(PlaybackFinished("r1"), 5) == [Enter(State.IDLE, "conversation over")]
+    assert m.handle(Tick(), 100) == []  # no outage was started
+
+
+def test_a_normal_close_in_the_middle_of_a_reply_is_still_a_lost_session() -> None:
+    m = answering()  # the response is still being generated
+    cmds = m.handle(SessionLost("connection_lost", "code 1000", clean=True), 3)
+    assert cmds[-1] == Enter(State.ERROR, "connection_lost")
+
+
+def test_pressing_over_a_reply_whose_session_is_gone_opens_a_new_one() -> None:
+    m = answering_after_response_done()
+    m.handle(SessionLost("connection_lost", "code 1001", clean=True), 3)
+    cmds = m.handle(ButtonDown(WAKE_AT + 100 * F), 4)
+    assert StopPlayback() in cmds and OpenSession() in cmds
+    assert cmds[-1] == Enter(State.CONNECTING, "barge-in")
+
+
+@pytest.mark.parametrize("prepare", [connecting, listening, follow_up])
+def test_a_reply_nobody_asked_for_is_cancelled_unheard(prepare: Callable[[], Machine]) -> None:
+    m = prepare()
+    state = m.state
+    assert m.handle(ResponseStarted("r9"), 3) == [CancelResponse()]
+    assert m.state is state and m.response_id is None

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import json
 import logging
 import os
@@ -27,17 +26,20 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from .. import __version__
-from ..config import Endpoint, Secret
+from ..config import Endpoint, Secret, is_loopback
 from ..core.realtime import (
     ClientEvents,
+    Reaction,
     ServerEvent,
     SessionCreated,
     SessionSettings,
     for_the_log,
     parse_server_event,
+    reaction_to,
 )
 from ..core.realtime import ServerError as ServerErrorEvent
 from ..core.states import Input, SessionFailed, SessionLost, SessionReady
+from .systemd import escape
 
 log = logging.getLogger(__name__)
 trace = logging.getLogger("device.protocol")
@@ -47,6 +49,15 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 """Largest server event accepted; the biggest real ones (response.done) are far smaller."""
 MAX_OUTGOING = 1000
 """Client events waiting to be written (≈ 40 s of audio): more means the link is stuck."""
+
+
+class NoRedirects(connect):
+    """websockets' connect, refusing every redirect. websockets drops only Authorization and
+    Cookie on a redirect to another origin, so `api-key` would follow a 302 to any host;
+    Azure never redirects the realtime path, so nothing is lost by following none."""
+
+    def process_redirect(self, exc: Exception) -> Exception | str:
+        return exc
 
 
 class Refused(Exception):
@@ -78,7 +89,8 @@ def classify(exc: BaseException, url: str) -> Failure:
     host = urlsplit(url).netloc
     if isinstance(exc, Refused):
         code = exc.event.code or "refused"
-        return Failure(code, f"{host} refused the session: {exc.event.message}", False)
+        back_off = reaction_to(code) is Reaction.BACK_OFF
+        return Failure(code, f"{host} refused the session: {exc.event.message}", back_off)
     if isinstance(exc, InvalidStatus):
         status = exc.response.status_code
         if status in (401, 403):
@@ -93,6 +105,15 @@ def classify(exc: BaseException, url: str) -> Failure:
                 "not_found",
                 f"{host} has no realtime endpoint for this deployment (HTTP 404): "
                 "check cloud.endpoint and cloud.deployment",
+                False,
+            )
+        if 300 <= status < 400:
+            where = exc.response.headers.get("Location", "")
+            return Failure(
+                "redirected",
+                f"{host} redirected the session to {urlsplit(where).netloc or 'elsewhere'} "
+                f"(HTTP {status}); not followed: the realtime path is never redirected, "
+                "so check cloud.endpoint",
                 False,
             )
         if status == 429:
@@ -146,32 +167,30 @@ def keepalive(within_s: float) -> dict[str, float]:
     return {"ping_interval": ping, "ping_timeout": ping, "close_timeout": close}
 
 
-def why_closed(ws: ClientConnection) -> tuple[str, str]:
-    """Why a session ended that we did not close: (code, message for the user).
+def why_closed(ws: ClientConnection) -> tuple[str, str, bool]:
+    """Why a session ended that we did not close: (code, message for the user, whether the
+    server closed it normally).
 
     When websockets gives up on a connection (no pong, an oversized frame) it is the close
     frame *we* sent that tells why; the peer usually sends none.
     """
     sent, received = ws.protocol.close_sent, ws.protocol.close_rcvd
     if sent is not None and sent.code == 1011 and "keepalive" in sent.reason:
-        return "keepalive_timeout", "the service stopped answering (no reply to keepalive pings)"
+        message = "the service stopped answering (no reply to keepalive pings)"
+        return "keepalive_timeout", message, False
     if sent is not None and sent.code == 1009:
         limit = MAX_MESSAGE_BYTES // (1024 * 1024)
-        return "connection_lost", f"the service sent an event over the {limit} MiB limit (1009)"
+        message = f"the service sent an event over the {limit} MiB limit (1009)"
+        return "connection_lost", message, False
     if received is not None:
-        why = f"code {received.code} {received.reason}".strip()
-        return "connection_lost", f"the service closed the session ({why})"
-    return "connection_lost", "the connection dropped"
+        why = escape(f"code {received.code} {received.reason[:80]}".strip())
+        message = f"the service closed the session ({why})"
+        return "connection_lost", message, received.code in (1000, 1001)
+    return "connection_lost", "the connection dropped", False
 
 
 def _is_loopback(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback(urlsplit(url).hostname or "")
 
 
 TIMESYNC = Path("/run/systemd/timesync")
@@ -227,8 +246,6 @@ class CloudSession:
         self.ready = False
         self.session_id = ""
         self.close_reason = ""
-        self.last_heard = time.monotonic()
-        """When the server last sent anything (an event)."""
 
     def __repr__(self) -> str:
         return f"CloudSession({urlsplit(self.url).netloc}, ready={self.ready})"
@@ -286,21 +303,17 @@ class CloudSession:
                 await self._read(ws)
             finally:
                 writer.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
+                with contextlib.suppress(asyncio.CancelledError, ConnectionClosed, OSError):
                     await writer
         finally:
             if self._ws is not None:
                 await self._ws.close()
 
-    def quiet_s(self, now: float) -> float | None:
-        """Seconds since the server last spoke, once the session is up."""
-        return now - self.last_heard if self.ready else None
-
     async def _connect(self) -> ClientConnection:
         if not _is_loopback(self.url):
             await clock_set()
         k = keepalive(self._keepalive_s)
-        self._ws = await connect(
+        self._ws = await NoRedirects(
             self.url,
             additional_headers=await self._headers(),
             user_agent_header=f"voice-device/{__version__}",
@@ -320,28 +333,30 @@ class CloudSession:
         # The first event is session.created; an error before it means the session is refused.
         while True:
             text = await ws.recv()
-            trace.debug("← %s", _for_the_log(text))
+            if trace.isEnabledFor(logging.DEBUG):
+                trace.debug("← %s", _for_the_log(text))
             ev = parse_server_event(text)
-            self.last_heard = time.monotonic()
             if isinstance(ev, SessionCreated):
                 self.session_id = ev.session_id
                 return ws
-            if isinstance(ev, ServerErrorEvent):
+            if isinstance(ev, ServerErrorEvent) and refuses(ev):
                 raise Refused(ev)
             self._on_event(ev)
 
     async def _write(self, ws: ClientConnection) -> None:
-        while True:
-            text = await self._outgoing.get()
-            if text is None:
-                await ws.close(1000, self.close_reason[:100])
-                return
-            await ws.send(text)
+        """Send what is queued. A connection that drops under it is the reader's to report
+        (it sees the same close): the writer just stops."""
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                text = await self._outgoing.get()
+                if text is None:
+                    await ws.close(1000, self.close_reason[:100])
+                    return
+                await ws.send(text)
 
     async def _read(self, ws: ClientConnection) -> None:
         try:
             async for text in ws:
-                self.last_heard = time.monotonic()
                 if trace.isEnabledFor(logging.DEBUG):
                     trace.debug("← %s", _for_the_log(text))
                 self._on_event(parse_server_event(text))
@@ -350,12 +365,12 @@ class CloudSession:
         if not self._closing:
             self._lost(*why_closed(ws))
 
-    def _lost(self, code: str, message: str) -> None:
+    def _lost(self, code: str, message: str, clean: bool = False) -> None:
         if self._closing:
             return
         self._closing = True
         log.debug("session lost: %s", message)
-        self._on_status(SessionLost(code, message))
+        self._on_status(SessionLost(code, message, clean))
         if self._ws is not None:
             self._closer = asyncio.ensure_future(self._ws.close())
 
@@ -363,5 +378,12 @@ class CloudSession:
 def _for_the_log(text: str | bytes) -> str:
     try:
         return for_the_log(json.loads(text))
-    except ValueError:
-        return f"<{len(text)} bytes that are not JSON>"
+    except (ValueError, RecursionError):
+        return f"<{len(text)} bytes of unreadable JSON>"
+
+
+def refuses(ev: ServerErrorEvent) -> bool:
+    """Whether an `error` before `session.created` means there will be no session: not the
+    benign ones (a race, a notice), which the session outlives."""
+    reaction = reaction_to(ev.code or ev.kind)
+    return reaction in (Reaction.FATAL, Reaction.BACK_OFF)

@@ -1,7 +1,8 @@
 """Event hooks: a user's command run on state changes (lights, home automation, logging).
 
 The command runs through /bin/sh with VOICE_DEVICE_STATE, VOICE_DEVICE_PREVIOUS_STATE and
-VOICE_DEVICE_REASON set — never audio, transcripts or secrets. Hooks run one at a time, in
+VOICE_DEVICE_REASON set — never audio, transcripts or secrets: it gets a clean environment
+(PATH, HOME, the locale), not the daemon's, which holds the API key. Hooks run one at a time, in
 order, off the event loop's critical path: a slow hook delays the next hook, never the
 device. One that runs past TIMEOUT_S is killed; a backlog past MAX_QUEUED drops the oldest.
 """
@@ -15,6 +16,26 @@ import os
 from collections import deque
 
 log = logging.getLogger(__name__)
+
+
+PASSED_ON = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "USER", "LOGNAME")
+"""All a hook inherits of the daemon's environment: never its secrets (the API key, the
+credentials directory), whatever else the service was given."""
+MAX_VALUE = 200
+
+
+def _safe(value: str) -> str:
+    """A value an environment can hold and a log can show: no NUL, no lone surrogate, no
+    control character, and not too long (a server's error code ends up here)."""
+    text = value.encode("utf-8", "backslashreplace").decode("utf-8")
+    text = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+    return text[:MAX_VALUE]
+
+
+def hook_environment(variables: dict[str, str]) -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if k in PASSED_ON}
+    base.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    return {**base, **{k: _safe(v) for k, v in variables.items()}}
 
 
 class Hooks:
@@ -54,12 +75,12 @@ class Hooks:
                 "/bin/sh",
                 "-c",
                 self.command,
-                env={**os.environ, **env},
+                env=hook_environment(env),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE,
             )
-        except OSError as e:
+        except (OSError, ValueError) as e:
             log.warning("hook command could not start: %s", e)
             return
         try:

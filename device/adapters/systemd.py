@@ -143,21 +143,32 @@ class RedactSecrets(logging.Filter):
         if len(secret) >= self.MIN_SECRET and secret not in self.secrets:
             self.secrets.append(secret)
 
-    def _clean(self, text: str) -> str:
+    def clean(self, text: str) -> str:
+        """`text` without secrets, for a log or the events log."""
         for s in self.secrets:
             text = text.replace(s, "***")
         return self.HEADER.sub(r"\1***", text)
 
     def filter(self, record: logging.LogRecord) -> bool:
         msg = record.getMessage()
-        clean = self._clean(msg)
+        # one record, one line: text from a server cannot forge log lines (CR, LF, ESC, NUL)
+        clean = escape(self.clean(msg))
         if clean != msg:
             record.msg, record.args = clean, None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
-            record.exc_text = self._clean(record.exc_text)
+            record.exc_text = self.clean(record.exc_text)
         return True
+
+
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def escape(text: str) -> str:
+    """Control characters as escapes (\\n, \\x1b), and text any encoding can carry."""
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 REDACT = RedactSecrets([])

@@ -16,6 +16,7 @@ import base64
 import binascii
 import enum
 import json
+import math
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -214,7 +215,10 @@ def for_the_log(event: Any) -> str:
             out[key] = f"<{len(value) * 3 // 4} bytes of audio>"
         else:
             out[key] = value
-    return json.dumps(out, separators=(",", ":"), ensure_ascii=False)[:2000]
+    try:
+        return json.dumps(out, separators=(",", ":"), ensure_ascii=False)[:2000]
+    except (ValueError, TypeError, RecursionError):
+        return f"<{kind[:80]!r} event that cannot be shown>"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -404,7 +408,16 @@ def _get(d: Any, key: str, kind: type | tuple[type, ...], optional: bool = False
 
 
 def _number(d: Any, key: str) -> float:
-    return float(_get(d, key, (int, float)))
+    value = _get(d, key, (int, float))
+    if isinstance(value, bool):
+        raise _Bad(f"field {key!r} is not a number")
+    try:
+        number = float(value)
+    except OverflowError:
+        raise _Bad(f"field {key!r} is out of range") from None
+    if not math.isfinite(number):
+        raise _Bad(f"field {key!r} is out of range")
+    return number
 
 
 def _item(item: Any) -> OutputItem:
@@ -584,6 +597,8 @@ def parse_server_event(text: str | bytes) -> ServerEvent:
         return parser(d)
     except _Bad as e:
         return Malformed(str(e), type_)
+    except Exception as e:  # a promise: nothing a server sends raises out of here
+        return Malformed(f"unreadable ({type(e).__name__})", type_)
 
 
 # ---------------------------------------------------------------------------------------------

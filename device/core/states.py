@@ -107,6 +107,8 @@ class SessionLost:
 
     code: str
     message: str
+    clean: bool = False
+    """The server closed it normally (1000, 1001): nothing was cut, nothing is wrong."""
 
 
 @dataclass(frozen=True)
@@ -199,7 +201,7 @@ class SpeakerFailed:
 @dataclass(frozen=True)
 class Tick:
     server_quiet_s: float | None = None
-    """Seconds since the session last heard from the server (None: no session)."""
+    """Seconds since the awaited reply last made progress (None: no session)."""
 
 
 Input = (
@@ -678,6 +680,15 @@ class Machine:
         self.session_open = False
         return self._fail(e.code, e.message, now, retryable=True)
 
+    def on_session_lost_in_reply(self, e: Input, now: float) -> list[Command]:
+        """A server that closes normally once the reply has all arrived cut nothing: the
+        reply plays out, then the conversation is over (there is no session to go on in)."""
+        assert isinstance(e, SessionLost)
+        if e.clean and self.response_id is None and not self.response_expected:
+            self.session_open = False
+            return []
+        return self.on_session_lost(e, now)
+
     def on_cloud_error(self, e: Input, now: float) -> list[Command]:
         """The server said the session cannot go on: close it ourselves."""
         assert isinstance(e, CloudError)
@@ -700,6 +711,13 @@ class Machine:
         self.response_id = e.response_id
         self.response_expected = False
         return []
+
+    def on_response_started_unasked(self, e: Input, now: float) -> list[Command]:
+        """A reply nobody asked for while the user speaks (or may speak): it would play
+        under the wrong light and deafen the VAD to the user. Cancelled unheard."""
+        if self.response_expected:
+            return self.on_response_started(e, now)
+        return [CancelResponse()]
 
     def on_response_ended(self, e: Input, now: float) -> list[Command]:
         assert isinstance(e, ResponseEnded)
@@ -724,6 +742,8 @@ class Machine:
         if self.response_expected or self.response_id:
             # A tool ran and the rest of the reply is coming: nothing audible meanwhile.
             return self._enter_once(State.THINKING, "waiting for the rest of the reply")
+        if not self.session_open:  # the server ended the session once the reply was sent
+            return [Enter(State.IDLE, "conversation over")]
         if now - self.session_opened_at >= self.s.max_session_s:
             return [*self._teardown("session age"), Enter(State.IDLE, "session age")]
         self.endpointer.wait_for_speech(self.audio_pos, self.s.follow_up_ms)
@@ -753,8 +773,9 @@ class Machine:
     def _interrupt(self, start_sample: int, reason: str = "barge-in") -> list[Command]:
         """Silence the reply, cancel what is still being generated, and listen."""
         cmds: list[Command] = [StopPlayback()]
-        if self.replay_from is not None:
-            # A repeated answer: nothing is being generated, and there may be no session.
+        if self.replay_from is not None or not self.session_open:
+            # A repeated answer (nothing is being generated), or a reply whose session the
+            # server has already closed: the user is heard in a new session.
             self.replay_from = None
             if not self.session_open:
                 return [*cmds, *self._wake(start_sample, reason)]
@@ -1058,18 +1079,18 @@ TRANSITIONS: dict[tuple[State, type], Row] = {
     (S.CONNECTING, SessionReady): row(M.on_session_ready, S.LISTENING, S.THINKING),
     (S.LISTENING, ServerCommitted): row(M.on_server_committed, S.THINKING),
     (S.CONNECTING, SessionFailed): row(M.on_session_failed, S.ERROR),
-    **{
-        (s, SessionLost): row(M.on_session_lost, S.ERROR)
-        for s in (S.CONNECTING, S.LISTENING, *REPLY)
-    },
+    **{(s, SessionLost): row(M.on_session_lost, S.ERROR) for s in (S.CONNECTING, S.LISTENING)},
+    **{(s, SessionLost): row(M.on_session_lost_in_reply, S.ERROR) for s in REPLY},
     **{
         (s, CloudError): row(M.on_cloud_error, S.ERROR) for s in (S.CONNECTING, S.LISTENING, *REPLY)
     },
     (S.FOLLOW_UP, SessionLost): row(M.on_session_lost_in_follow_up, S.IDLE),
     (S.FOLLOW_UP, CloudError): row(M.on_cloud_error_in_follow_up, S.IDLE),
     # the reply
+    **{(s, ResponseStarted): row(M.on_response_started) for s in REPLY},
     **{
-        (s, ResponseStarted): row(M.on_response_started) for s in (S.LISTENING, *REPLY, S.FOLLOW_UP)
+        (s, ResponseStarted): row(M.on_response_started_unasked)
+        for s in (S.CONNECTING, S.LISTENING, S.FOLLOW_UP)
     },
     **{(s, ResponseEnded): row(M.on_response_ended) for s in (S.LISTENING, *REPLY, S.FOLLOW_UP)},
     **{(s, PlaybackStarted): row(M.on_playback_started, S.PREAMBLE, S.ANSWERING) for s in REPLY},
@@ -1136,7 +1157,7 @@ IGNORED: dict[State, frozenset[type]] = {
         S.IDLE: {Heard, *_SESSION_EVENTS, *_REPLY_EVENTS},
         S.ERROR: {Heard, *_SESSION_EVENTS, *_REPLY_EVENTS},
         # a wake word while already awake; a reply before the turn is even sent
-        S.CONNECTING: {Wake, ServerCommitted, AskText, *_REPLY_EVENTS},
+        S.CONNECTING: {Wake, ServerCommitted, AskText, *(_REPLY_EVENTS - {ResponseStarted})},
         S.LISTENING: {
             Wake,
             SessionReady,
