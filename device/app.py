@@ -28,7 +28,7 @@ from .adapters.room import Room
 from .adapters.speaker import Speaker
 from .adapters.store import Memory
 from .adapters.systemd import Notifier
-from .config import Config, machine_settings
+from .config import Config, ConfigError, machine_settings
 from .core import states as st
 from .events import EventLog
 from .front import FrontEnd
@@ -151,15 +151,26 @@ class App:
         }
 
     def build_gpio(self, cfg: Config) -> None:
+        """LEDs and button; a pin gpiozero refuses (in use, not on this board) is a
+        configuration error, and nothing is left half-built."""
         backend = self.opts.leds or cfg.leds.backend
         factory = None
         if backend == "gpio" or cfg.button.enabled:
             factory = make_pin_factory(cfg.gpio)
-        self.leds: Leds = make_leds(cfg.leds, factory, backend)
-        self.presenter.leds = self.leds
-        self.button = None
-        if cfg.button.enabled:
-            self.button = GpioButton(cfg.button, factory, self.handle, lambda: self.pos)
+        leds: Leds | None = None
+        try:
+            leds = make_leds(cfg.leds, factory, backend)
+            button = None
+            if cfg.button.enabled:
+                button = GpioButton(cfg.button, factory, self.handle, lambda: self.pos)
+        except Exception as e:
+            if leds is not None:
+                leds.close()
+            if isinstance(e, ConfigError):
+                raise
+            raise ConfigError(f"GPIO: {e} (check the [leds] and [button] pins)") from e
+        self.leds, self.button = leds, button
+        self.presenter.leds = leds
 
     # -- running ----------------------------------------------------------------------------
 

@@ -11,7 +11,9 @@ import dataclasses
 import difflib
 import enum
 import ipaddress
+import math
 import os
+import stat
 import tomllib
 import types
 import typing
@@ -262,6 +264,8 @@ def _coerce(key: str, value: Any, t: Any) -> Any:
     )
     if not ok:
         raise ConfigError(f"{key} must be {_type_name(t)}, got {value!r} ({type(value).__name__})")
+    if t is float and not math.isfinite(value):
+        raise ConfigError(f"{key} must be a finite number, got {value!r}")
     return float(value) if t is float else value
 
 
@@ -334,22 +338,96 @@ def parse_config(data: Mapping[str, Any], origin: str = "the configuration") -> 
     return cfg
 
 
+MAX_CONFIG_BYTES = 1 << 20
+
+
 def read_toml(path: Path) -> dict[str, Any]:
     try:
+        if not stat.S_ISREG(path.stat().st_mode):
+            raise ConfigError(f"configuration file {path} is not a regular file")
         with path.open("rb") as f:
-            return tomllib.load(f)
+            data = f.read(MAX_CONFIG_BYTES + 1)
+        if len(data) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"configuration file {path} is over {MAX_CONFIG_BYTES} bytes")
+        return tomllib.loads(data.decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"configuration file {path} does not exist") from None
     except PermissionError:
         raise ConfigError(f"configuration file {path} is not readable by this user") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not UTF-8 text (save it as UTF-8)") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path} is not valid TOML: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{path} is not valid TOML: nested too deeply") from None
+    except OSError as e:
+        raise ConfigError(f"configuration file {path} cannot be read: {e.strerror}") from None
 
 
 def _choices(kind: type[enum.StrEnum]) -> str:
     """`a, b or c`: the values of a choice, for a message."""
     *first, last = [k.value for k in kind]
     return f"{', '.join(first)} or {last}"
+
+
+LIMITS: dict[str, tuple[float, float]] = {
+    "cloud.connect_timeout_s": (0.1, 120),
+    "cloud.reply_timeout_s": (1, 300),
+    "cloud.keepalive_s": (0.2, 300),
+    "cloud.backoff_initial_s": (0.1, 600),
+    "cloud.backoff_max_s": (0.1, 3600),
+    "turn.silence_ms": (200, 5000),
+    "turn.no_speech_timeout_ms": (1000, 60_000),
+    "turn.max_turn_ms": (2000, 300_000),
+    "turn.follow_up_ms": (0, 60_000),
+    "wake.refractory_ms": (0, 60_000),
+    "audio.input_channel": (-1, 15),
+    "button.hold_ms": (200, 10_000),
+    "leds.red_pin": (0, 27),
+    "leds.green_pin": (0, 27),
+    "leds.blue_pin": (0, 27),
+    "leds.pin": (0, 27),
+    "leds.power_pin": (-1, 27),
+    "button.pin": (0, 27),
+}
+"""Every duration, count and pin, with its sane range: a mistyped value (inf, 2**63, a pin
+the header does not have) is a configuration error naming the range, not a device that
+never wakes, never stops listening, or dies in gpiozero."""
+
+
+def _check_limits(cfg: Config) -> None:
+    for key, (lowest, highest) in LIMITS.items():
+        value = setting(cfg, key)
+        _check(
+            lowest <= value <= highest,
+            f"{key} must be between {lowest:g} and {highest:g} (got {value!r})",
+        )
+
+
+def _check_pins(cfg: Config) -> None:
+    """Pins that clash would fail in gpiozero, at start or, worse, on a reload."""
+    used: dict[int, str] = {}
+    leds, button = cfg.leds, cfg.button
+    pins: list[tuple[str, int]] = []
+    if cfg.leds.backend == "gpio":
+        if leds.kind == "rgb":
+            pins += [("leds.red_pin", leds.red_pin), ("leds.green_pin", leds.green_pin)]
+            pins += [("leds.blue_pin", leds.blue_pin)]
+        elif leds.kind == "single":
+            pins.append(("leds.pin", leds.pin))
+        elif leds.power_pin >= 0:
+            pins.append(("leds.power_pin", leds.power_pin))
+    if button.enabled:
+        pins.append(("button.pin", button.pin))
+    for key, pin in pins:
+        _check(pin not in used, f"{key} and {used.get(pin)} are both GPIO{pin}: give each its own")
+        used[pin] = key
+
+
+def setting(cfg: Config, dotted: str) -> Any:
+    """The value of `section.key`."""
+    section, key = dotted.split(".")
+    return getattr(getattr(cfg, section), key)
 
 
 def _check(ok: bool, message: str) -> None:
@@ -454,6 +532,8 @@ def validate(cfg: Config) -> None:
             name in KNOWN_TOOLS,
             f"assistant.tools: unknown tool {name!r}; known: {', '.join(KNOWN_TOOLS)}",
         )
+    _check_limits(cfg)
+    _check_pins(cfg)
     if c.endpoint:
         realtime_endpoint(c)  # raises ConfigError if the URL is not usable
 

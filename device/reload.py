@@ -13,7 +13,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from .adapters.systemd import REDACT
-from .config import Config, machine_settings
+from .config import Config, machine_settings, setting
 from .front import detectors
 
 if TYPE_CHECKING:
@@ -44,14 +44,35 @@ async def reload(app: App) -> None:
         log.error("configuration not reloaded, keeping the running one: %s", e)
         app.notifier.ready(f"{app.status_text()} (reload failed: {e})")
         return
+    try:
+        _swap_gpio(app, app.cfg, new)
+    except Exception as e:  # the pins as they were are back; nothing else was changed
+        log.error("configuration not reloaded, keeping the running one: %s", e)
+        app.notifier.ready(f"{app.status_text()} (reload failed: {e})")
+        return
     REDACT.add(new.api_key.reveal())
     apply(app, new, found)
     app.notifier.ready(app.status_text())
 
 
+def _swap_gpio(app: App, old: Config, new: Config) -> None:
+    """New LEDs and button, all or nothing: if the new ones cannot be made (a pin the
+    board lacks), the old ones are made again and the error raised."""
+    if (new.leds, new.button, new.gpio) == (old.leds, old.button, old.gpio):
+        return
+    app.leds.close()
+    if app.button is not None:
+        app.button.close()
+    try:
+        app.build_gpio(new)
+    except Exception:
+        app.build_gpio(old)
+        raise
+
+
 def apply(app: App, new: Config, found: Any) -> None:
     old = app.cfg
-    later = [k for k in RESTART_KEYS if _get(old, k) != _get(new, k)]
+    later = [k for k in RESTART_KEYS if setting(old, k) != setting(new, k)]
     if later:
         log.warning("%s changed: takes effect at the next restart", ", ".join(later))
     app.front.configure(new, found)
@@ -60,17 +81,7 @@ def apply(app: App, new: Config, found: Any) -> None:
         app.speaker.volume = new.audio.volume
     app.verbs.volume_config = new.audio.volume
     app.presenter.configure(new)
-    if (new.leds, new.button, new.gpio) != (old.leds, old.button, old.gpio):
-        app.leds.close()
-        if app.button is not None:
-            app.button.close()
-        app.build_gpio(new)
     app.presenter.show_leds(app.machine.state)
     app.link.configure(new)
     app.cfg = new
     log.info("configuration reloaded (the next session uses it)")
-
-
-def _get(cfg: Config, dotted: str) -> Any:
-    section, key = dotted.split(".")
-    return getattr(getattr(cfg, section), key)

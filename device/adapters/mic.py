@@ -10,7 +10,6 @@ import asyncio
 import logging
 import threading
 import time
-import wave
 from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -255,21 +254,71 @@ class WavMic:
         return frame
 
 
+WAV_RATES = (8_000, 192_000)
+WAV_CHANNELS = 16
+
+
 def read_wav_16k_mono(path: Path) -> bytes:
-    """16-bit PCM WAV of any rate and channel count → 16 kHz mono int16 bytes."""
+    """A PCM WAV file (8, 16, 24 or 32-bit integers or 32-bit float, plain or
+    WAVE_FORMAT_EXTENSIBLE as sox writes, any sensible rate and channel count) as 16 kHz mono
+    int16. A file that is not one says why, in a sentence."""
     import numpy as np
 
     try:
-        with wave.open(str(path), "rb") as w:
-            channels, width, rate = w.getnchannels(), w.getsampwidth(), w.getframerate()
-            raw = w.readframes(w.getnframes())
-    except (OSError, EOFError, wave.Error) as e:
-        raise OSError(f"cannot read WAV file {path}: {e}") from e
-    if width != 2:
-        raise OSError(f"{path}: only 16-bit PCM WAV files are supported (got {8 * width}-bit)")
-    if channels > 1:
-        x = np.frombuffer(raw, "<i2").reshape(-1, channels).astype(np.int32).mean(axis=1)
-        raw = np.rint(x).astype("<i2").tobytes()
+        data = path.read_bytes()
+    except OSError as e:
+        raise OSError(f"cannot read WAV file {path}: {e.strerror or e}") from e
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        what = "empty" if not data else "not a WAV file (no RIFF/WAVE header)"
+        raise OSError(f"{path}: {what}")
+    fmt: bytes | None = None
+    raw: bytes | None = None
+    at = 12
+    while at + 8 <= len(data) and (fmt is None or raw is None):
+        name, size = data[at : at + 4], int.from_bytes(data[at + 4 : at + 8], "little")
+        body = data[at + 8 : at + 8 + size]
+        if name == b"fmt ":
+            fmt = body
+        elif name == b"data":
+            raw = body  # a truncated file keeps what is there
+        at += 8 + size + (size & 1)
+    if fmt is None or len(fmt) < 16:
+        raise OSError(f"{path}: no format chunk: the file is truncated or not a WAV file")
+    if raw is None:
+        raise OSError(f"{path}: no audio (no data chunk)")
+    tag, channels, rate = (
+        int.from_bytes(fmt[i : i + n], "little") for i, n in ((0, 2), (2, 2), (4, 4))
+    )
+    bits = int.from_bytes(fmt[14:16], "little")
+    if tag == 0xFFFE and len(fmt) >= 26:  # WAVE_FORMAT_EXTENSIBLE: the real tag is the subformat
+        tag = int.from_bytes(fmt[24:26], "little")
+    if not WAV_RATES[0] <= rate <= WAV_RATES[1]:
+        raise OSError(
+            f"{path}: a sample rate of {rate} Hz (expected {WAV_RATES[0]} to {WAV_RATES[1]})"
+        )
+    if not 1 <= channels <= WAV_CHANNELS:
+        raise OSError(f"{path}: {channels} channels (expected 1 to {WAV_CHANNELS})")
+    width = bits // 8
+    if (tag, bits) not in ((1, 8), (1, 16), (1, 24), (1, 32), (3, 32)):
+        kind = "float" if tag == 3 else f"format {tag}" if tag != 1 else "PCM"
+        raise OSError(f"{path}: {bits}-bit {kind} audio is not supported (PCM or 32-bit float)")
+    frames = len(raw) // (width * channels)
+    if frames == 0:
+        raise OSError(f"{path}: no audio (the data chunk is empty)")
+    raw = raw[: frames * width * channels]
+    if tag == 3:
+        x = np.frombuffer(raw, "<f4").astype(np.float64) * 32767
+    elif width == 1:
+        x = (np.frombuffer(raw, "u1").astype(np.float64) - 128) * 256
+    elif width == 3:
+        b = np.frombuffer(raw, "u1").reshape(-1, 3).astype(np.int32)
+        x = ((b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)) << 8 >> 8).astype(np.float64) / 256
+    else:
+        x = np.frombuffer(raw, "<i2" if width == 2 else "<i4").astype(np.float64)
+        if width == 4:
+            x /= 65536
+    mono = x.reshape(-1, channels).mean(axis=1) if channels > 1 else x
+    pcm = np.clip(np.rint(mono), -32768, 32767).astype("<i2").tobytes()
     if rate != MIC_RATE:
-        raw = resample(raw, rate, MIC_RATE)
-    return raw
+        pcm = resample(pcm, rate, MIC_RATE)
+    return pcm

@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import stat
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 FILE_NAME = "state.json"
+MAX_BYTES = 4096
+"""Far more than the few fields it holds."""
 
 
 def default_state_dir() -> Path:
@@ -46,12 +49,21 @@ class StateStore:
         self.path = directory / FILE_NAME
 
     def load(self) -> Remembered:
+        """What was remembered; anything odd in its place (not a file, huge, not JSON,
+        nested without end) is reported and forgotten, never fatal: a bad file must not
+        stop every start."""
         try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
+            if not stat.S_ISREG(self.path.stat().st_mode):  # a FIFO would hang the start
+                raise ValueError("not a regular file")
+            with self.path.open("rb") as f:
+                text = f.read(MAX_BYTES + 1)
+            if len(text) > MAX_BYTES:
+                raise ValueError(f"over {MAX_BYTES} bytes")
+            data = json.loads(text)
         except FileNotFoundError:
             return Remembered()
-        except (OSError, ValueError) as e:
-            log.warning("ignoring the saved state in %s: %s", self.path, e)
+        except (OSError, ValueError, RecursionError) as e:
+            log.warning("ignoring the saved state in %s: %s", self.path, e or type(e).__name__)
             return Remembered()
         if not isinstance(data, dict):
             log.warning("ignoring the saved state in %s: not a JSON object", self.path)

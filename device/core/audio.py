@@ -259,6 +259,10 @@ class _Segment:
     pcm: bytearray = field(default_factory=bytearray)
 
 
+MAX_ITEMS_PLAYED = 64
+"""Items of one response whose played samples are counted (a response has a few)."""
+
+
 class PlayoutBuffer:
     """Queue of reply audio with per-item played-sample counts.
 
@@ -273,6 +277,9 @@ class PlayoutBuffer:
         self._queue: deque[_Segment | tuple[str, Source]] = deque()
         self._played: dict[str, int] = {}
         self._current: _Segment | None = None
+        self._samples = 0
+        """Samples queued: kept as a count, so that each delta costs the same however many
+        are queued (a flood of tiny ones must not freeze the loop)."""
         self.underruns = 0
 
     def add(
@@ -285,6 +292,7 @@ class PlayoutBuffer:
     ) -> None:
         if not pcm:
             return
+        self._samples += pcm_samples(pcm)
         last = self._queue[-1] if self._queue else None
         if isinstance(last, _Segment) and last.item_id == item_id:
             last.pcm += pcm
@@ -296,7 +304,7 @@ class PlayoutBuffer:
 
     @property
     def buffered_samples(self) -> int:
-        return sum(pcm_samples(s.pcm) for s in self._queue if isinstance(s, _Segment))
+        return self._samples
 
     @property
     def idle(self) -> bool:
@@ -320,11 +328,14 @@ class PlayoutBuffer:
                 break
             if head.item_id not in self._played:
                 self._played[head.item_id] = 0
+                if len(self._played) > MAX_ITEMS_PLAYED:  # the oldest item's count goes
+                    del self._played[next(iter(self._played))]
                 events.append(ItemStarted(head.response_id, head.item_id, head.phase, head.source))
             self._current = head
             n = min(want - len(out), len(head.pcm))
             out += head.pcm[:n]
             del head.pcm[:n]
+            self._samples -= n // SAMPLE_BYTES
             self._played[head.item_id] += n // SAMPLE_BYTES
             if not head.pcm:
                 self._queue.popleft()
@@ -336,15 +347,16 @@ class PlayoutBuffer:
 
     def flush(self) -> PlayoutStopped:
         """Drop everything queued; report what was being heard and what never was."""
-        unplayed: list[str] = []
+        unplayed: dict[str, None] = {}  # (in order, each once)
         for s in self._queue:
             if (
                 isinstance(s, _Segment)
                 and s.source is Source.REPLY
-                and s.item_id not in (*self._played, *unplayed)
+                and s.item_id not in self._played
             ):
-                unplayed.append(s.item_id)
+                unplayed[s.item_id] = None
         self._queue.clear()
+        self._samples = 0
         current = self._current
         self._current = None
         if current is None or current.source is not Source.REPLY:
