@@ -60,6 +60,9 @@ class RunOptions:
     """Serve `voice-device status|mute|wake|ask|volume` here (None: no control socket)."""
     reload: Callable[[], Config] | None = None
     """Reads the configuration again, for SIGHUP (None: SIGHUP is ignored)."""
+    signals: bool = True
+    """SIGTERM/SIGINT stop the daemon, SIGHUP reloads; off where the app runs inside another
+    program (a benchmark), whose Ctrl-C must stop the program, not one of its daemons."""
 
 
 class App:
@@ -200,11 +203,14 @@ class App:
             if not o.wait_for_devices:
                 raise
             self.supervisor.mic_failure = e  # (not a stall: waiting for it feeds the watchdog)
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig, handler in (
+            (signal.SIGTERM, self.request_stop),
+            (signal.SIGINT, self.request_stop),
+            (signal.SIGHUP, self.request_reload),
+        ):
             with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, self.request_stop)
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+                if o.signals:
+                    loop.add_signal_handler(sig, handler)
         self.presenter.ready(self.machine.state, self.mic.name, self.speaker.name)
         try:
             async with asyncio.TaskGroup() as tg:

@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .config import Config, ConfigError, realtime_endpoint, require_cloud
@@ -29,6 +30,14 @@ class Line:
 
 def check_key(cfg: Config, env: dict[str, str]) -> Line:
     if cfg.cloud.auth == "entra":
+        try:
+            import azure.identity  # noqa: F401
+        except ImportError:
+            return Line(
+                FAIL,
+                "credentials",
+                "cloud.auth = 'entra' needs azure-identity: pip install 'voice-device[entra]'",
+            )
         return Line(OK, "credentials", "Microsoft Entra ID (azure-identity)")
     if "AZURE_OPENAI_API_KEY" in env:
         return Line(OK, "api key", "from AZURE_OPENAI_API_KEY")
@@ -189,16 +198,25 @@ async def check_cloud(cfg: Config, credential: Any = None) -> Line:
 
 
 def run_checks(
-    load: Callable[[], Config], env: dict[str, str], cloud: bool, out: Callable[[str], None]
+    load: Callable[[], Config],
+    env: dict[str, str],
+    cloud: bool,
+    out: Callable[[str], None],
+    source: Path | None = None,
 ) -> int:
-    """Print every check; 0 when nothing is ✗, 1 otherwise, 78 for a configuration error."""
+    """Print every check; 0 when nothing is ✗, 1 otherwise, 78 for a configuration error.
+    `source`: the configuration file read (None: there is none)."""
     try:
         cfg = load()
     except ConfigError as e:
         out(f"  {FAIL} config       {e}")
         out("verdict: fix the configuration first")
         return 78
-    lines = [Line(OK, "config", "valid")]
+    if source is None:
+        read = "no file: the defaults and the environment (see systemd/config.example.toml)"
+    else:
+        read = f"{source} is valid"
+    lines = [Line(OK, "config", read)]
     lines.append(check_key(cfg, env))
     if cfg.cloud.endpoint:
         ep = realtime_endpoint(cfg.cloud)

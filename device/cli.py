@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -17,7 +18,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import EX_CONFIG, Config, ConfigError, Secret, load_config, require_cloud
+from . import __version__
+from .config import (
+    EX_CONFIG,
+    Config,
+    ConfigError,
+    Secret,
+    config_file,
+    load_config,
+    require_cloud,
+)
 from .core.audio import MIC_RATE
 
 log = logging.getLogger("device")
@@ -33,12 +43,43 @@ def _existing_file(value: str) -> Path:
     return p
 
 
+def _new_file(value: str) -> Path:
+    """A file to write: its folder must be there (checked now, not after minutes of work)."""
+    p = Path(value)
+    if not p.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{value}: the folder {p.parent} does not exist")
+    if p.is_dir():
+        raise argparse.ArgumentTypeError(f"{value} is a folder, not a file")
+    return p
+
+
+def _positive(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not 0 < number < 1e6:
+        raise argparse.ArgumentTypeError(f"{value} must be a positive number")
+    return number
+
+
+def _http_error(value: str) -> int:
+    try:
+        status = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an HTTP status") from None
+    if not 400 <= status <= 599:
+        raise argparse.ArgumentTypeError(f"{value}: a refusal is an HTTP status from 400 to 599")
+    return status
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="voice-device",
         description="Hands-free voice assistant: wake word on the device, "
         "gpt-realtime-2 in the cloud.",
     )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the assistant (what the systemd service does)")
@@ -60,10 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     out = run.add_mutually_exclusive_group()
     out.add_argument("--output-device", help="speaker: name (or part of it) or index")
     out.add_argument(
-        "--output-wav", type=Path, help="write the replies to a WAV file instead of playing them"
+        "--output-wav",
+        type=_new_file,
+        help="write the replies to a WAV file instead of playing them",
     )
     run.add_argument(
-        "--events-log", type=Path, help="append JSON lines describing what the device does"
+        "--events-log", type=_new_file, help="append JSON lines describing what the device does"
     )
     run.add_argument("--leds", choices=["gpio", "terminal", "none"], help="where LED patterns go")
     run.add_argument(
@@ -100,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--output-wav",
-        type=Path,
+        type=_new_file,
         default=Path("demo-reply.wav"),
         help="where the reply is written (default demo-reply.wav)",
     )
@@ -112,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     emu.add_argument("--port", type=int, default=8765)
     emu.add_argument(
         "--record",
-        type=Path,
+        type=_new_file,
         help="append every client event received as JSON lines (audio as size + sha256)",
     )
     emu.add_argument("--api-key", help="the only key accepted (default: any non-empty key)")
@@ -126,11 +169,13 @@ def build_parser() -> argparse.ArgumentParser:
     say.add_argument("--answer", help="the final answer's text")
     say.add_argument("--tool-call", metavar="NAME", help="call this function before answering")
     say.add_argument("--think-ms", type=int, help="delay before the first reply item")
-    say.add_argument("--speedup", type=float, help="audio sent this much faster than real time")
+    say.add_argument("--speedup", type=_positive, help="audio sent this much faster than real time")
     say.add_argument("--burst", type=int, help="audio chunks sent back to back before a pause")
     say.add_argument("--session-delay-ms", type=int, help="delay before session.created")
     bad = emu.add_argument_group("faults")
-    bad.add_argument("--reject", type=int, metavar="STATUS", help="refuse handshakes (401, 429…)")
+    bad.add_argument(
+        "--reject", type=_http_error, metavar="STATUS", help="refuse handshakes (401, 429…)"
+    )
     bad.add_argument("--retry-after", type=int, metavar="S", help="Retry-After for --reject")
     bad.add_argument("--drop-after", type=int, metavar="N", help="cut TCP after N server events")
     bad.add_argument("--stall-after", type=int, metavar="N", help="go silent after N events")
@@ -175,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     leds = sub.add_parser("leds", help="show every LED pattern in turn (to check the wiring)")
     leds.add_argument("--config", type=Path)
     leds.add_argument("--leds", choices=["gpio", "terminal"], help="default: the configured")
-    leds.add_argument("--seconds", type=float, default=3.0, help="per pattern (default 3)")
+    leds.add_argument("--seconds", type=_positive, default=3.0, help="per pattern (default 3)")
 
     def control(name: str, help: str) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help)
@@ -217,6 +262,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"voice-device: configuration error: {e}", file=sys.stderr)
         return EX_CONFIG
     except KeyboardInterrupt:
+        return 130 if args.command == "bench" else 0
+    except BrokenPipeError:  # `voice-device check | head -1`: the reader had enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
 
 
@@ -319,7 +367,15 @@ def cmd_emulator(args: argparse.Namespace) -> int:
         print(f"voice-device emulator: {e}", file=sys.stderr)
         return EX_CONFIG
     emu = Emulator(scenario, api_key=args.api_key, record=args.record, save_audio=args.save_audio)
-    asyncio.run(serve_forever(emu, args.host, args.port))
+    try:
+        asyncio.run(serve_forever(emu, args.host, args.port))
+    except OSError as e:
+        print(
+            f"voice-device emulator: cannot listen on {args.host}:{args.port}: "
+            f"{e.strerror or e} (another emulator? choose one with --port)",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
@@ -342,6 +398,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         dict(os.environ),
         cloud=not args.no_cloud,
         out=print,
+        source=config_file(args.config),
     )
 
 
@@ -365,7 +422,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "soak":
         from .bench import soak
 
-        return soak.run(args.conversations, args.seed, args.out)
+        conversations = min(args.conversations, 50) if args.quick else args.conversations
+        return soak.run(conversations, args.seed, args.out)
     return 2
 
 
@@ -486,6 +544,12 @@ def _status_lines(r: dict[str, Any]) -> str:
     err = r.get("last_error")
     if err:
         lines.append(f"last error: {err['code']}: {err['message']} ({err['ago_s']:.0f} s ago)")
+    reload = r.get("reload_failed")
+    if reload:
+        lines.append(
+            f"reload:   failed {reload['ago_s']:.0f} s ago, the running configuration kept: "
+            f"{reload['error']}"
+        )
     hours, rest = divmod(int(r["uptime_s"]), 3600)
     lines.append(f"uptime:   {hours}h{rest // 60:02d}m{rest % 60:02d}s (pid {r['pid']})")
     return "\n".join(lines)
@@ -520,6 +584,7 @@ def _describe(ev: dict[str, Any]) -> str | None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from .adapters.mic import read_wav_16k_mono
     from .app import App, RunOptions
     from .config import parse_config
     from .emulator import Emulator
@@ -547,30 +612,40 @@ def cmd_demo(args: argparse.Namespace) -> int:
         )
         print(f"emulator on 127.0.0.1:{emu.port}; the device hears {args.input_wav.name}\n")
         app = App(cfg, opts)
-        follower = asyncio.create_task(_follow(events_path))
+        heard_s = math.inf
+        if args.fast:  # the silence after the recording is read far ahead of the clock
+            heard_s = len(read_wav_16k_mono(args.input_wav)) / 2 / MIC_RATE
+        follower = asyncio.create_task(_follow(events_path, heard_s))
         try:
             code = await app.run()
         finally:
             await asyncio.sleep(0.2)
             follower.cancel()
             await emu.close()
+        said.extend([*emu.scenario.preambles, emu.scenario.answer])
         return code
+
+    said: list[str] = []
 
     with tempfile.TemporaryDirectory() as tmp:
         events_path = args.events_log or Path(tmp) / "events.jsonl"
         code = asyncio.run(go(events_path))
-        states = [
-            json.loads(line)["state"]
-            for line in events_path.read_text().splitlines()
-            if '"event":"state"' in line
-        ]
+        events = [json.loads(line) for line in events_path.read_text().splitlines()]
+    states = [e["state"] for e in events if e["event"] == "state"]
     print("\nstates: " + " → ".join(["idle", *states]))
+    if not any(e["event"] == "wake" for e in events):
+        print(f"no wake word was heard in {args.input_wav.name}: nothing was sent, no reply")
+        return code
+    if any(e["event"] == "playback_start" for e in events):
+        print("the reply said (the emulator's words): " + " ".join(f'"{t}"' for t in said))
     print(f"reply written to {args.output_wav}; listen with: aplay {args.output_wav}")
     return code
 
 
-async def _follow(path: Path) -> None:
-    """Print the events log as it grows (the demo's running commentary)."""
+async def _follow(path: Path, heard_s: float) -> None:
+    """Print the events log as it grows (the demo's running commentary). `heard_s`: how
+    long the recording is, with --fast (past it the microphone hears only silence, read far
+    ahead of the clock, so its column says `end`); infinite otherwise."""
     while not path.exists():
         await asyncio.sleep(0.05)
     with path.open(encoding="utf-8") as f:
@@ -582,7 +657,9 @@ async def _follow(path: Path) -> None:
             ev = json.loads(line)
             text = _describe(ev)
             if text:
-                print(f"  {ev['t']:6.2f}s  mic {ev['audio_ms'] / 1000:6.2f}s  {text}", flush=True)
+                mic_s = ev["audio_ms"] / 1000
+                mic = f"{mic_s:6.2f}s" if mic_s <= heard_s + 0.5 else "   end "
+                print(f"  {ev['t']:6.2f}s  mic {mic}  {text}", flush=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

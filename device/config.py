@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
+from .adapters.wakeword import MICRO_MODELS, OPENWAKEWORD_MODELS
 from .core import states as st
 from .core.audio import FRAME_SAMPLES, MAX_PREROLL_MS, MIC_RATE
 from .core.backoff import BackoffPolicy
@@ -471,6 +472,15 @@ def validate(cfg: Config) -> None:
         w.engine in WAKE_ENGINES, f"wake.engine must be micro or openwakeword (got {w.engine!r})"
     )
     _check(bool(w.models), "wake.models must name at least one wake word")
+    builtin = MICRO_MODELS if w.engine == "micro" else OPENWAKEWORD_MODELS
+    for name in w.models:
+        is_file = "/" in name or name.endswith((".json", ".tflite"))
+        _check(
+            is_file or name in builtin,
+            f"wake.models: {name!r} is not a built-in {w.engine} wake word "
+            f"({', '.join(builtin)}), nor a path to a model file of your own"
+            f"{_suggest(name, list(builtin))}",
+        )
     for name, value in w.thresholds.items():
         _check(name in w.models, f"wake.thresholds.{name}: {name!r} is not in wake.models")
         _check(0.0 < value < 1.0, f"wake.thresholds.{name} must be between 0 and 1")
@@ -559,6 +569,16 @@ ENV_OVERRIDES = {
 }
 
 
+def config_file(path: Path | None = None, env: Mapping[str, str] | None = None) -> Path | None:
+    """The file `load_config` reads: `path`, else $VOICE_DEVICE_CONFIG or the default path
+    if it exists (None: no file, only the defaults and the environment)."""
+    env = os.environ if env is None else env
+    if path is not None:
+        return path
+    default = Path(env.get("VOICE_DEVICE_CONFIG") or DEFAULT_PATH)
+    return default if default.exists() else None
+
+
 def load_config(
     path: Path | None = None,
     env: Mapping[str, str] | None = None,
@@ -573,13 +593,10 @@ def load_config(
     env = os.environ if env is None else env
     data: dict[str, Any] = {}
     origin = "the defaults"
-    default = Path(env.get("VOICE_DEVICE_CONFIG") or DEFAULT_PATH)
-    if path is not None:
-        data = read_toml(path)
-        origin = str(path)
-    elif default.exists():
-        data = read_toml(default)
-        origin = str(default)
+    source = config_file(path, env)
+    if source is not None:
+        data = read_toml(source)
+        origin = str(source)
     merged: dict[str, Any] = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
     for var, (section, key) in ENV_OVERRIDES.items():
         if env.get(var):

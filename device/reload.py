@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from .adapters.systemd import REDACT
@@ -41,18 +42,24 @@ async def reload(app: App) -> None:
         new = await asyncio.to_thread(app.opts.reload)
         found = await asyncio.to_thread(detectors, new)
     except Exception as e:  # ConfigError, a model that does not load…
-        log.error("configuration not reloaded, keeping the running one: %s", e)
-        app.notifier.ready(f"{app.status_text()} (reload failed: {e})")
+        _failed(app, e)
         return
     try:
         _swap_gpio(app, app.cfg, new)
     except Exception as e:  # the pins as they were are back; nothing else was changed
-        log.error("configuration not reloaded, keeping the running one: %s", e)
-        app.notifier.ready(f"{app.status_text()} (reload failed: {e})")
+        _failed(app, e)
         return
     REDACT.add(new.api_key.reveal())
     apply(app, new, found)
+    app.verbs.reload_failed = None
     app.notifier.ready(app.status_text())
+
+
+def _failed(app: App, e: Exception) -> None:
+    """Said in the journal, in systemd's status line and in `voice-device status`."""
+    log.error("configuration not reloaded, keeping the running one: %s", e)
+    app.verbs.reload_failed = (str(e), time.monotonic())
+    app.notifier.ready(f"{app.status_text()} (reload failed: {e})")
 
 
 def _swap_gpio(app: App, old: Config, new: Config) -> None:

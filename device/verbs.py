@@ -54,6 +54,8 @@ class ControlVerbs:
         """audio.volume of the configuration in force (a later change to it wins)."""
         self.started = time.monotonic()
         self.last_error: tuple[str, str, float] | None = None
+        self.reload_failed: tuple[str, float] | None = None
+        """Why the last reload was refused, and when (None: it worked, or none was tried)."""
         self.serving = False
         """False while starting up or stopping: verbs are refused."""
         self._asks: list[asyncio.Future[Reply]] = []
@@ -87,12 +89,17 @@ class ControlVerbs:
         if self.last_error is not None:
             code, message, at = self.last_error
             error = {"code": code, "message": message, "ago_s": round(now - at, 1)}
+        reload = None
+        if self.reload_failed is not None:
+            why, at = self.reload_failed
+            reload = {"error": why, "ago_s": round(now - at, 1)}
         return {
             "state": self.machine.state.value,
             **self._status(),
             "muted": self.machine.state is st.State.MUTED,
             "offline": self.machine.outage.ongoing,
             "last_error": error,
+            "reload_failed": reload,
             "uptime_s": round(now - self.started, 1),
             "pid": os.getpid(),
         }

@@ -36,10 +36,35 @@ class ControlError(Exception):
 
 
 def _user_dir() -> Path:
+    """A directory only this user can have made: root's is /run/voice-device; a user's is in
+    $XDG_RUNTIME_DIR, else (last resort) /tmp/voice-device-UID, checked before it is used."""
+    if os.getuid() == 0:
+        return SERVICE_DIR
     xdg = os.environ.get("XDG_RUNTIME_DIR", "")
     if xdg:
         return Path(xdg) / "voice-device"
     return Path(f"/tmp/voice-device-{os.getuid()}")
+
+
+def _trusted(path: Path) -> str | None:
+    """Why the socket at `path` may belong to someone else (None: it is safe to talk to).
+
+    /run/voice-device can only have been made by root or systemd. Anywhere else (/tmp above
+    all), the directory and the socket must be this user's, and the directory private:
+    another local user who made /tmp/voice-device-0 first must not read root's `ask` text
+    or answer `status` for the daemon."""
+    if path.parent == SERVICE_DIR:
+        return None
+    try:
+        folder, sock = path.parent.lstat(), path.lstat()
+    except OSError as e:
+        return str(e.strerror or e)
+    uid = os.getuid()
+    if not stat.S_ISDIR(folder.st_mode) or folder.st_uid != uid or folder.st_mode & 0o077:
+        return f"{path.parent} is not a private directory of this user"
+    if not stat.S_ISSOCK(sock.st_mode) or sock.st_uid != uid:
+        return f"{path} is not this user's socket"
+    return None
 
 
 def daemon_socket_path() -> Path:
@@ -70,7 +95,10 @@ def _private_dir(directory: Path) -> None:
     if not stat.S_ISDIR(info.st_mode):
         raise ControlError(f"{directory} is not a directory")
     if info.st_uid != os.getuid():
-        raise ControlError(f"{directory} belongs to another user")
+        raise ControlError(
+            f"{directory} belongs to another user; give the daemon another place with "
+            "--control-socket (or set XDG_RUNTIME_DIR)"
+        )
     if info.st_mode & 0o022:
         raise ControlError(f"{directory} is writable by others")
 
@@ -154,6 +182,10 @@ def request(line: str, path: Path | None = None, timeout: float = 10.0) -> Reply
     for p in candidates:
         if not (p.exists() or p.is_symlink()):
             errors.append(f"{p}: no such socket")
+            continue
+        doubt = _trusted(p) if path is None else None
+        if doubt is not None:
+            errors.append(f"{p}: not used: {doubt}")
             continue
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:

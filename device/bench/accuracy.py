@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import statistics
 import time
 from collections.abc import Callable, Iterable
@@ -218,6 +219,11 @@ def run(quick: bool = False, out: Path | None = None, engines: list[str] | None 
         print(f"  [{time.monotonic() - t0:5.0f} s] {msg}", flush=True)
 
     minutes = 6 if quick else 50
+    print(
+        f"bench accuracy{' --quick' if quick else ''}: {minutes} min of negative speech and "
+        f"noise per engine; this takes {'about 4' if quick else '30 or more'} minutes here",
+        flush=True,
+    )
     negatives = np.concatenate(
         [
             C.negative_speech(minutes),
@@ -279,9 +285,14 @@ def report(wake: list[WakeResult], endpointing: list[EndpointResult]) -> None:
     )
     for e in endpointing:
         print(
-            f"{e.condition:<10}{e.turns:>6}{e.late_ms_median:>7.0f}ms{e.late_ms_p95:>7.0f}ms"
+            f"{e.condition:<10}{e.turns:>6}{_ms(e.late_ms_median):>9}{_ms(e.late_ms_p95):>9}"
             f"{e.cut_short:>11}{e.never_ended:>13}"
         )
+
+
+def _ms(value: float) -> str:
+    """A latency, or a dash where there is none (no turn ended)."""
+    return "\u2013" if math.isnan(value) else f"{value:.0f}ms"
 
 
 def as_json(results: Any) -> str:

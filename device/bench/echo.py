@@ -87,7 +87,9 @@ async def one_run(
     cfg = dataclasses.replace(cfg, api_key=Secret("bench"))
     question = espeak(QUESTION, MIC_RATE)
     room = Room(bytes(8000) + question + bytes(32_000), paced=False, jitter_ms=30_000, **room_kw)
-    app = App(cfg, RunOptions(room=room, events_log=tmp / "events.jsonl", leds="none"))
+    app = App(
+        cfg, RunOptions(room=room, events_log=tmp / "events.jsonl", leds="none", signals=False)
+    )
     said: dict[str, int] = {}
     barge_in = espeak(BARGE_IN, MIC_RATE)
 

@@ -82,7 +82,9 @@ async def cpu_pipeline(wav: Path, tmp: Path, noise_suppression: int = 3) -> floa
         ),
         api_key=Secret("bench-key"),
     )
-    opts = RunOptions(input_wav=wav, fast=True, output_wav=tmp / "out.wav", leds="none")
+    opts = RunOptions(
+        input_wav=wav, fast=True, output_wav=tmp / "out.wav", leds="none", signals=False
+    )
     t = time.process_time()
     await App(cfg, opts).run()
     return time.process_time() - t
@@ -259,7 +261,9 @@ async def latencies(tmp: Path) -> dict[str, float]:
         api_key=Secret("bench-key"),
     )
     events = tmp / "events.jsonl"
-    opts = RunOptions(input_wav=wav, output_wav=tmp / "reply.wav", events_log=events, leds="none")
+    opts = RunOptions(
+        input_wav=wav, output_wav=tmp / "reply.wav", events_log=events, leds="none", signals=False
+    )
     app = App(cfg, opts)
     task = asyncio.ensure_future(app.run())
 

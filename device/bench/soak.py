@@ -255,7 +255,7 @@ async def soak(
     mic = SoakMic()
     room: Any = Room(mic, WavSpeaker(None, cfg.audio.jitter_ms, paced=False))
     events = tmp / "events.jsonl"
-    app = App(cfg, RunOptions(room=room, events_log=events, leds="none"))
+    app = App(cfg, RunOptions(room=room, events_log=events, leds="none", signals=False))
     # an error shows for 3 s on a device; here a moment is enough to see it handled
     app.machine.reconfigure(dataclasses.replace(app.machine.s, error_hold_s=0.1))
     run = asyncio.ensure_future(app.run())
