@@ -252,10 +252,17 @@ class CloudLink:
         if handler is not None:
             handler(ev)
 
+    def _awaited(self, response_id: str) -> bool:
+        """Whether `response_id` is the reply in progress: created, not yet done, not
+        cancelled. Audio of any other (a cancelled one's trickle, one never created) is
+        neither played nor taken as progress."""
+        active = self.conversation.active_response
+        return response_id == active and self.conversation.audible(response_id)
+
     def _progress(self, response_id: str) -> None:
         """The awaited reply moved on; anything else the server says (rate limits, a
         cancelled response's trickle) does not hold the reply timeout off."""
-        if self.conversation.audible(response_id):
+        if self._awaited(response_id):
             self.progress_at = time.monotonic()
 
     def quiet_s(self, now: float) -> float | None:
@@ -276,7 +283,7 @@ class CloudLink:
         self._handle(st.ResponseStarted(ev.response_id))
 
     def _on_audio(self, ev: rt.AudioDelta) -> None:
-        if not self.conversation.audible(ev.response_id):
+        if not self._awaited(ev.response_id):
             return
         self._progress(ev.response_id)
         phase = self.conversation.phase_of(ev.item_id)
@@ -298,7 +305,7 @@ class CloudLink:
             answer, self._answer = self._answer[1], None
         if not self.conversation.audible(ev.response_id):
             return
-        self._progress(ev.response_id)
+        self.progress_at = time.monotonic()
         log.info("response %s: %s", ev.response_id, escape(ev.status[:40]))
         self.speaker.end(ev.response_id)
         if answer and ev.status == "completed":

@@ -133,7 +133,7 @@ class ControlVerbs:
         reply: Reply = {"ok": True, "state": c.state.value, "answer": " ".join(self._ask_answer)}
         if c.state is st.State.ERROR and self.last_error is not None:
             reply = {"ok": False, "error": f"{self.last_error[0]}: {self.last_error[1]}"}
-        elif c.state is not st.State.FOLLOW_UP:
+        elif c.state is not st.State.FOLLOW_UP and not self._ask_answer:
             reply = {"ok": False, "error": f"no answer ({c.reason})"}
         self.answer_asks(reply)
 

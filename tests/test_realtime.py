@@ -316,7 +316,8 @@ json_values = hst.recursive(
     hst.none()
     | hst.booleans()
     | hst.integers()
-    | hst.floats(allow_nan=False)
+    | hst.integers(min_value=10**300, max_value=10**500)  # beyond any float
+    | hst.floats(allow_nan=True, allow_infinity=True)  # json writes NaN and Infinity
     | hst.text(max_size=20),
     lambda children: (
         hst.lists(children, max_size=4)
@@ -454,3 +455,26 @@ def test_any_sequence_of_events_keeps_tracking_bounded(seq: list[tuple[str, int]
         c.phase_of(f"i{n}")
     assert len(c._items) <= rt.Conversation.MAX_ITEMS
     assert len(c._discarded) <= rt.Conversation.MAX_ITEMS
+
+
+@pytest.mark.parametrize("depth", [1_000, 100_000])
+@pytest.mark.parametrize("type_", ["response.done", "rate_limits.updated", "error", "x.y"])
+def test_json_nested_without_end_is_malformed_not_fatal(type_: str, depth: int) -> None:
+    text = f'{{"type":"{type_}","response":' + "[" * depth + "]" * depth + "}"
+    ev = rt.parse_server_event(text)
+    assert isinstance(ev, rt.ServerEvent.__args__)  # type: ignore[attr-defined]
+    assert rt.for_the_log({"type": type_, "x": json_deep(depth)})
+
+
+def json_deep(depth: int) -> list[object]:
+    deep: list[object] = []
+    for _ in range(depth):
+        deep = [deep]
+    return deep
+
+
+@pytest.mark.parametrize("remaining", [10**400, float("inf"), float("nan")])
+def test_a_number_out_of_range_is_malformed(remaining: float) -> None:
+    limit = {"name": "tokens", "limit": 1, "remaining": remaining, "reset_seconds": 1}
+    ev = rt.parse_server_event(json.dumps({"type": "rate_limits.updated", "rate_limits": [limit]}))
+    assert ev == rt.Malformed("field 'remaining' is out of range", "rate_limits.updated")
