@@ -53,14 +53,23 @@ def _new_file(value: str) -> Path:
     return p
 
 
-def _positive(value: str) -> float:
+def _number(value: str, zero: bool) -> float:
     try:
         number = float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
-    if not 0 < number < 1e6:
-        raise argparse.ArgumentTypeError(f"{value} must be a positive number")
+    if not (0 <= number < 1e6 if zero else 0 < number < 1e6):
+        what = "a number of 0 or more" if zero else "a positive number"
+        raise argparse.ArgumentTypeError(f"{value} must be {what}")
     return number
+
+
+def _positive(value: str) -> float:
+    return _number(value, zero=False)
+
+
+def _not_negative(value: str) -> float:
+    return _number(value, zero=True)
 
 
 def _http_error(value: str) -> int:
@@ -220,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     leds = sub.add_parser("leds", help="show every LED pattern in turn (to check the wiring)")
     leds.add_argument("--config", type=Path)
     leds.add_argument("--leds", choices=["gpio", "terminal"], help="default: the configured")
-    leds.add_argument("--seconds", type=_positive, default=3.0, help="per pattern (default 3)")
+    leds.add_argument("--seconds", type=_not_negative, default=3.0, help="per pattern (default 3)")
 
     def control(name: str, help: str) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help)

@@ -330,7 +330,7 @@ def test_a_second_emulator_on_a_busy_port_is_a_sentence() -> None:
         (["emulator", "--record", "/nonexistent/dir/r.jsonl"], "does not exist"),
         (["emulator", "--speedup", "0"], "must be a positive number"),
         (["emulator", "--reject", "200"], "HTTP status from 400 to 599"),
-        (["leds", "--seconds", "-1"], "must be a positive number"),
+        (["leds", "--seconds", "-1"], "must be a number of 0 or more"),
         (["run", "--output-wav", "/nonexistent/dir/out.wav"], "does not exist"),
         (["run", "--events-log", "/nonexistent/dir/e.jsonl"], "does not exist"),
     ],
@@ -393,3 +393,33 @@ def test_entra_without_azure_identity_is_not_a_tick(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
     r = voice_device("check", "--no-cloud", "--config", str(conf), env=env)
     assert "✗ credentials  cloud.auth = 'entra' needs azure-identity" in r.stdout, r.stdout
+
+
+@pytest.mark.parametrize("what", ["soak", "echo"])
+def test_ctrl_c_stops_a_benchmark_with_no_traceback(what: str) -> None:
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "device", "bench", what, "--quick"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(6)  # well into the first conversations
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "RuntimeError" not in err, err
+
+
+def test_a_latency_with_no_turn_to_measure_is_a_dash() -> None:
+    from device.bench.accuracy import _ms
+
+    assert _ms(float("nan")) == "\u2013" and _ms(412.4) == "412ms"
+
+
+def test_a_quick_soak_is_quick() -> None:
+    r = voice_device("bench", "soak", "--quick")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "\n50 conversations in " in r.stdout
