@@ -139,9 +139,10 @@ async def good(h: Hostile, ws: ServerConnection) -> None:
 
 
 async def reset_while_writing(h: Hostile, ws: ServerConnection) -> None:
-    """The TCP connection dies (no close frame: 1006) just as the device starts writing."""
+    """The TCP connection dies (no close frame: 1006) while the device streams audio."""
     await h.until(ws, "session.update")
     await ws.send(created())
+    await h.until(ws, "input_audio_buffer.append")
     ws.transport.abort()
 
 
@@ -187,15 +188,16 @@ async def flood(h: Hostile, ws: ServerConnection) -> None:
 
 
 async def no_response_done(h: Hostile, ws: ServerConnection) -> None:
-    """Forty final answers, 3 s of audio each, and never a response.done."""
+    """Forty final answers of a minute each (what a repeat may keep), never a response.done."""
     await h.until(ws, "session.update")
     await ws.send(created())
     await h.until(ws, "response.create")
+    second = PCM * 2
     for n in range(40):
         rid, iid = f"resp_{n}", f"item_{n}"
         await ws.send(event("response.created", response={"id": rid, "status": "in_progress"}))
-        for _ in range(6):
-            await ws.send(audio(rid, iid, PCM))
+        for _ in range(60):
+            await ws.send(audio(rid, iid, second))
     await ws.close(1011, "enough")
 
 
