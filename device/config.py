@@ -30,7 +30,7 @@ from .core.backoff import BackoffPolicy
 from .core.earcons import EARCON_SWITCHES
 from .core.endpoint import EndpointSettings
 from .core.leds import with_overrides
-from .core.realtime import REASONING_EFFORTS
+from .core.realtime import AZURE_EFFORTS, NO_REASONING, REASONING_EFFORTS
 from .core.states import State
 from .core.wake import DuringPlayback
 
@@ -457,10 +457,11 @@ def validate(cfg: Config) -> None:
     _check(0 <= a.input_channels <= 16, "audio.input_channels must be between 0 and 16")
     _check(a.input_channel >= -1, "audio.input_channel must be -1 (mix) or a channel number")
 
+    efforts = REASONING_EFFORTS if endpoint_kind(cfg.cloud) == "openai" else AZURE_EFFORTS
     _check(
-        cfg.assistant.reasoning_effort in REASONING_EFFORTS,
-        f"assistant.reasoning_effort must be one of {', '.join(REASONING_EFFORTS)} "
-        f"(got {cfg.assistant.reasoning_effort!r})",
+        cfg.assistant.reasoning_effort in (*efforts, NO_REASONING),
+        f"assistant.reasoning_effort must be one of {', '.join(efforts)}, or {NO_REASONING} "
+        f"for a deployment that does not reason (got {cfg.assistant.reasoning_effort!r})",
     )
     _check(0.25 <= cfg.assistant.speed <= 1.5, "assistant.speed must be between 0.25 and 1.5")
     _check(t.vad_aggressiveness in (0, 1, 2, 3), "turn.vad_aggressiveness must be 0, 1, 2 or 3")

@@ -54,7 +54,6 @@ MAX_SERVER_TEXT = 200
 def session_settings(cfg: Config, tools: tuple[rt.Tool, ...]) -> rt.SessionSettings:
     a = cfg.assistant
     return rt.SessionSettings(
-        model=cfg.cloud.deployment,
         instructions=a.instructions,
         voice=a.voice,
         reasoning_effort=a.reasoning_effort,

@@ -151,3 +151,12 @@ def test_the_shipped_example_config_is_valid_and_documents_the_defaults() -> Non
         for f in dataclasses.fields(cls):
             documented = rf"^(# )?({f.name} = |\[{section}\.{f.name}[\].])"
             assert re.search(documented, text, re.M), f"{section}.{f.name}"
+
+
+def test_reasoning_effort_is_what_the_endpoint_documents() -> None:
+    azure = {"cloud": {"endpoint": "https://res.openai.azure.com"}}
+    with pytest.raises(ConfigError, match="minimal, low, medium, high, or none"):
+        parse_config({**azure, "assistant": {"reasoning_effort": "xhigh"}})
+    openai = {"cloud": {"endpoint": "https://api.openai.com"}}
+    assert parse_config({**openai, "assistant": {"reasoning_effort": "xhigh"}})
+    assert parse_config({**azure, "assistant": {"reasoning_effort": "none"}})

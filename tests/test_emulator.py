@@ -65,7 +65,7 @@ async def test_a_turn_gets_a_preamble_then_an_answer(emulator: Emulator, tmp_pat
     c = ClientEvents()
     async with connect(url(emulator), additional_headers={"api-key": "right-key"}) as ws:
         assert (await recv(ws))["type"] == "session.created"
-        await send(ws, c.session_update(SessionSettings("gpt-realtime-2", "Be brief.")))
+        await send(ws, c.session_update(SessionSettings("Be brief.")))
         assert (await recv(ws))["type"] == "session.updated"
         audio = bytes(range(256)) * 30
         await send(ws, c.append_audio(audio))
@@ -186,7 +186,7 @@ async def test_the_preview_api_speaks_the_beta_dialect(emulator: Emulator) -> No
     path = "/openai/realtime?api-version=2025-04-01-preview&deployment=gpt-realtime-2"
     async with connect(url(emulator, path), additional_headers={"api-key": "right-key"}) as ws:
         validate_server_event(json.loads(await ws.recv()), beta=True)
-        update = c.session_update(SessionSettings("gpt-realtime-2", "Be brief.", dialect="beta"))
+        update = c.session_update(SessionSettings("Be brief.", dialect="beta"))
         validate_client_event(update, beta=True)
         await ws.send(json.dumps(update))
         validate_server_event(json.loads(await ws.recv()), beta=True)
@@ -237,7 +237,7 @@ async def test_server_vad_ends_the_turn_and_answers(emulator: Emulator) -> None:
     turn = resample(silence(0.3) + speech("what time is it") + silence(1.0), 16_000, 24_000)
     async with connect(url(emulator), additional_headers={"api-key": "right-key"}) as ws:
         await recv(ws)
-        await send(ws, c.session_update(SessionSettings("gpt-realtime-2", "x", turn_detection=td)))
+        await send(ws, c.session_update(SessionSettings("x", turn_detection=td)))
         await until(ws, "session.updated")
         for i in range(0, len(turn), 4800):
             await send(ws, c.append_audio(turn[i : i + 4800]))

@@ -12,16 +12,14 @@ from hypothesis import strategies as hst
 from device.core import realtime as rt
 from tests.sdk import validate_client_event, validate_server_event
 
-SETTINGS = rt.SessionSettings(model="gpt-realtime-2", instructions="Be brief.", voice="marin")
+SETTINGS = rt.SessionSettings(instructions="Be brief.", voice="marin")
 
 
 def all_client_events() -> list[dict[str, object]]:
     c = rt.ClientEvents()
     return [
         c.session_update(SETTINGS),
-        c.session_update(
-            rt.SessionSettings("dep", "x", noise_reduction=None, reasoning_effort="high")
-        ),
+        c.session_update(rt.SessionSettings("x", noise_reduction=None, reasoning_effort="high")),
         c.append_audio(b"\x01\x00" * 480),
         c.commit(),
         c.clear_input(),
@@ -478,3 +476,14 @@ def test_a_number_out_of_range_is_malformed(remaining: float) -> None:
     limit = {"name": "tokens", "limit": 1, "remaining": remaining, "reset_seconds": 1}
     ev = rt.parse_server_event(json.dumps({"type": "rate_limits.updated", "rate_limits": [limit]}))
     assert ev == rt.Malformed("field 'remaining' is out of range", "rate_limits.updated")
+
+
+def test_the_update_leaves_the_model_to_the_url_and_reasoning_out_when_asked() -> None:
+    update = rt.ClientEvents().session_update(SETTINGS)
+    assert "model" not in update["session"]  # not updatable; the URL names the deployment
+    assert update["session"]["reasoning"] == {"effort": "low"}
+    plain = rt.ClientEvents().session_update(
+        rt.SessionSettings("x", reasoning_effort=rt.NO_REASONING)
+    )
+    assert "reasoning" not in plain["session"]
+    validate_client_event(plain)

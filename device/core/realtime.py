@@ -34,7 +34,11 @@ class Phase(enum.StrEnum):
 COMMENTARY = Phase.COMMENTARY
 FINAL_ANSWER = Phase.FINAL_ANSWER
 
-REASONING_EFFORTS = ("minimal", "low", "medium", "high", "xhigh")
+AZURE_EFFORTS = ("minimal", "low", "medium", "high")
+"""What Azure documents for reasoning.effort (OpenAI also knows xhigh)."""
+REASONING_EFFORTS = (*AZURE_EFFORTS, "xhigh")
+NO_REASONING = "none"
+"""assistant.reasoning_effort for a deployment that does not reason: `reasoning` is left out."""
 GA = "ga"
 BETA = "beta"
 
@@ -64,7 +68,6 @@ class Tool:
 
 @dataclass(frozen=True)
 class SessionSettings:
-    model: str
     instructions: str
     voice: str = "marin"
     reasoning_effort: str = "low"
@@ -117,9 +120,9 @@ class ClientEvents:
         if s.dialect == BETA:
             return self._event("session.update", session=self._beta_session(s))
         pcm = {"type": "audio/pcm", "rate": s.rate}
+        # no `model`: the URL names the deployment, and the API does not let an update change it
         session: dict[str, Any] = {
             "type": "realtime",
-            "model": s.model,
             "output_modalities": ["audio"],
             "instructions": s.instructions,
             "audio": {
@@ -131,10 +134,11 @@ class ClientEvents:
                 },
                 "output": {"format": pcm, "voice": s.voice, "speed": s.speed},
             },
-            "reasoning": {"effort": s.reasoning_effort},
             "tools": [t.as_json() for t in s.tools],
             "tool_choice": "auto",
         }
+        if s.reasoning_effort != NO_REASONING:
+            session["reasoning"] = {"effort": s.reasoning_effort}
         return self._event("session.update", session=session)
 
     @staticmethod
