@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -91,6 +91,8 @@ class CloudLink:
         self.conversation = rt.Conversation()
         self.client = rt.ClientEvents()
         self.replies = Replies()
+        self._received: OrderedDict[str, int] = OrderedDict()
+        """Samples of audio received per item (the last few items): what a truncate may name."""
         self._heard_from: str | None = None
         """The response whose first audio has arrived (the `reply_audio` event, once each)."""
         self._answer: tuple[str, bytearray] | None = None
@@ -290,6 +292,10 @@ class CloudLink:
             self._heard_from = ev.response_id
             self.events.emit("reply_audio", self._audio_ms(), response_id=ev.response_id)
         self.speaker.play(ev.response_id, ev.item_id, phase, ev.pcm)
+        self._received[ev.item_id] = self._received.get(ev.item_id, 0) + len(ev.pcm) // SAMPLE_BYTES
+        self._received.move_to_end(ev.item_id)
+        if len(self._received) > rt.Conversation.MAX_ITEMS:
+            self._received.popitem(last=False)
         if phase is rt.Phase.FINAL_ANSWER:  # kept (in RAM) for a repeat
             if self._answer is None or self._answer[0] != ev.response_id:
                 self._answer = (ev.response_id, bytearray())
@@ -337,12 +343,16 @@ class CloudLink:
             log.debug("rate limit %s: %g left, resets in %gs", name, remaining, reset)
 
     def _on_server_error(self, ev: rt.ServerError) -> None:
+        self.replies.cancel_refused(ev.event_id)
         code = ev.code or ev.kind or "error"
         reaction = rt.reaction_to(code)
         if reaction is rt.Reaction.IGNORE:
             log.debug("server: %s (%s)", code, ev.message)
         elif reaction is rt.Reaction.CONTINUE:
             self._report_server_error(code, ev.message or "")
+        elif reaction is rt.Reaction.END:
+            log.info("the service ended the session (%s)", code)
+            self._handle(st.CloudError(code, ev.message or code, quiet=True))
         else:
             back_off = reaction is rt.Reaction.BACK_OFF
             self._handle(st.CloudError(code, ev.message or code, back_off))
@@ -378,11 +388,15 @@ class CloudLink:
         self._answer = None
         if active is not None:
             self.conversation.discard(active)
-        self.replies.cancelled(active)
-        self._send(self.client.cancel_response())
+        cancel = self.client.cancel_response(active)
+        self.replies.cancelled(active, cancel["event_id"])
+        self._send(cancel)
 
     def truncate(self, c: st.Truncate) -> None:
-        self._send(self.client.truncate(c.item_id, c.audio_end_ms))
+        """Tell the service how much of the item was heard: never more than it sent (the
+        service refuses a truncate past the end of the item's audio)."""
+        received = samples_to_ms(self._received.get(c.item_id, 0), CLOUD_RATE)
+        self._send(self.client.truncate(c.item_id, min(c.audio_end_ms, received)))
 
     def delete_items(self, c: st.DeleteItems) -> None:
         for item_id in c.item_ids:

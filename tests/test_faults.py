@@ -272,12 +272,20 @@ def test_quota_error_ends_the_session(mid_session: dict[str, tuple[Run, Any]]) -
     recovered_after(mid_session["quota"][0], "insufficient_quota", outage=False)
 
 
-def test_session_expiry_mid_answer(mid_session: dict[str, tuple[Run, Any]]) -> None:
+def test_session_expiry_mid_answer_ends_it_quietly(
+    mid_session: dict[str, tuple[Run, Any]],
+) -> None:
+    """60 minutes are up: a normal end, not a failure. No error state, no error sound; the
+    next wake opens a new session and has a whole talk."""
     r, _ = mid_session["expiry"]
     without_preamble = [s for s in CONVERSATION if s != "preamble"]
-    recovered_after(r, "session_expired", outage=False, conversation=without_preamble)
-    first = r.events[: next(i for i, e in enumerate(r.events) if e["event"] == "error")]
-    assert "answering" in states(first)
+    assert r.code == 0 and wakes(r) == 2
+    assert r.errors() == [] and "error" not in states(r.events)
+    first = without_preamble[:-2]  # connecting … answering, then cut: idle
+    assert states(r.events) == [*first, "idle", *without_preamble]
+    assert [e["kind"] for e in r.events if e["event"] == "earcon"] == ["wake", "wake"]
+    closed = [e["reason"] for e in r.events if e["event"] == "session_closed"]
+    assert closed[0] == "session_expired"
 
 
 def test_an_oversized_event_is_refused_not_buffered(

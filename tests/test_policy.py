@@ -92,3 +92,12 @@ def test_each_earcon_has_one_switch_in_the_configuration() -> None:
     assert EARCON_SWITCHES == ("wake", "end_of_turn", "error", "mute")
     assert {k.switch for k in (Earcon.MUTE_ON, Earcon.MUTE_OFF, Earcon.MUTED)} == {"mute"}
     assert Earcon.WAKE.switch == "wake"
+
+
+def test_a_cancel_the_server_refuses_discards_no_later_reply() -> None:
+    r = Replies()
+    r.cancelled(active_response=None, event_id="dev_000007")
+    r.cancel_refused("dev_000003")  # an error about something else
+    assert r.discard_next is True
+    r.cancel_refused("dev_000007")  # response_cancel_not_active: there was nothing to cancel
+    assert r.created() is True  # the user's next real reply is played

@@ -415,7 +415,7 @@ def test_each_error_code_gets_its_reaction() -> None:
     assert rt.reaction_to("invalid_api_key") is rt.Reaction.FATAL
     assert rt.reaction_to("insufficient_quota") is rt.Reaction.FATAL
     assert rt.reaction_to("model_not_found") is rt.Reaction.FATAL
-    assert rt.reaction_to("session_expired") is rt.Reaction.FATAL
+    assert rt.reaction_to("session_expired") is rt.Reaction.END  # a normal end: quiet
     assert rt.reaction_to("rate_limit_exceeded") is rt.Reaction.BACK_OFF
     assert rt.reaction_to("response_cancel_not_active") is rt.Reaction.IGNORE
     assert rt.reaction_to("conversation_already_has_active_response") is rt.Reaction.IGNORE
@@ -487,3 +487,29 @@ def test_the_update_leaves_the_model_to_the_url_and_reasoning_out_when_asked() -
     )
     assert "reasoning" not in plain["session"]
     validate_client_event(plain)
+
+
+def test_a_cancel_names_its_response() -> None:
+    c = rt.ClientEvents()
+    named = c.cancel_response("resp_7")
+    assert named["response_id"] == "resp_7"
+    validate_client_event(named)
+    assert "response_id" not in c.cancel_response()
+
+
+def test_an_output_item_without_an_id_leaves_the_rest_of_response_done_readable() -> None:
+    ev = rt.parse_server_event(
+        server(
+            "response.done",
+            response={
+                "id": "r1",
+                "status": "completed",
+                "output": [
+                    {"type": "message", "role": "assistant"},
+                    {"id": "f1", "type": "function_call", "call_id": "c1", "name": "t"},
+                ],
+            },
+        )
+    )
+    assert isinstance(ev, rt.ResponseDone) and [i.item_id for i in ev.items] == ["f1"]
+    assert ev.function_calls[0].call_id == "c1"

@@ -808,7 +808,9 @@ inputs = hst.one_of(
     ),
     hst.just(ServerCommitted()),
     hst.builds(SessionLost, hst.just("connection_lost"), hst.just("x"), hst.booleans()),
-    hst.builds(CloudError, hst.just("invalid_api_key"), hst.just("x"), hst.booleans()),
+    hst.builds(
+        CloudError, hst.just("invalid_api_key"), hst.just("x"), hst.booleans(), hst.booleans()
+    ),
     hst.builds(ResponseStarted, hst.sampled_from(["r1", "r2"])),
     hst.builds(
         ResponseEnded, hst.sampled_from(["r1", "r2"]), hst.just("completed"), hst.booleans()
@@ -1275,3 +1277,21 @@ def test_a_reply_nobody_asked_for_is_cancelled_unheard(prepare: Callable[[], Mac
     state = m.state
     assert m.handle(ResponseStarted("r9"), 3) == [CancelResponse()]
     assert m.state is state and m.response_id is None
+
+
+def test_an_expired_session_ends_quietly_and_the_next_wake_opens_a_new_one() -> None:
+    m = listening()
+    cmds = m.handle(CloudError("session_expired", "60 minutes", quiet=True), 3)
+    assert cmds[-1] == Enter(State.IDLE, "session_expired")
+    assert not [c for c in cmds if isinstance(c, ReportError | PlayEarcon)]
+    assert m.handle(Wake("okay nabu", 0.9, WAKE_AT + 500 * F), 4)[-1] == Enter(
+        State.CONNECTING, "wake word"
+    )
+
+
+def test_an_answer_that_had_all_arrived_plays_out_when_the_session_expires() -> None:
+    m = answering_after_response_done()
+    assert m.handle(CloudError("session_expired", "60 minutes", quiet=True), 3) == [
+        CloseSession("session_expired")
+    ]
+    assert m.handle(PlaybackFinished("r1"), 5) == [Enter(State.IDLE, "conversation over")]

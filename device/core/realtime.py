@@ -171,8 +171,11 @@ class ClientEvents:
     def create_response(self) -> dict[str, Any]:
         return self._event("response.create")
 
-    def cancel_response(self) -> dict[str, Any]:
-        return self._event("response.cancel")
+    def cancel_response(self, response_id: str | None = None) -> dict[str, Any]:
+        """Cancel `response_id` (None: the one the server is generating, if any)."""
+        if response_id is None:
+            return self._event("response.cancel")
+        return self._event("response.cancel", response_id=response_id)
 
     def truncate(self, item_id: str, audio_end_ms: int) -> dict[str, Any]:
         return self._event(
@@ -436,6 +439,16 @@ def _item(item: Any) -> OutputItem:
     )
 
 
+def _readable(item: Any) -> bool:
+    """An output item of `response.done` that can be used: one without an id (or a type)
+    is left out, not the whole response with it."""
+    try:
+        _item(item)
+    except _Bad:
+        return False
+    return True
+
+
 def _ids(d: dict[str, Any]) -> tuple[str, str]:
     return _get(d, "response_id", str), _get(d, "item_id", str)
 
@@ -493,7 +506,7 @@ def _function_call_done(d: dict[str, Any]) -> ServerEvent:
 def _response_done(d: dict[str, Any]) -> ServerEvent:
     response = _get(d, "response", dict)
     output = _get(response, "output", list, optional=True) or []
-    items = tuple(_item(i) for i in output)
+    items = tuple(_item(i) for i in output if _readable(i))
     return ResponseDone(
         _get(response, "id", str), _get(response, "status", str, optional=True) or "", items
     )
@@ -686,6 +699,9 @@ class Reaction(enum.Enum):
     """The turn fails and the device waits before it tries the service again."""
     FATAL = "fatal"
     """The session cannot go on: error state, no automatic retry."""
+    END = "end"
+    """The session is over, normally (its 60 minutes are up): it ends quietly, with no
+    error, and the next wake opens a new one."""
 
 
 REACTIONS = {
@@ -696,7 +712,7 @@ REACTIONS = {
     "invalid_api_key": Reaction.FATAL,
     "insufficient_quota": Reaction.FATAL,
     "model_not_found": Reaction.FATAL,
-    "session_expired": Reaction.FATAL,
+    "session_expired": Reaction.END,
 }
 
 

@@ -14,16 +14,25 @@ class Replies:
         self.tool_rounds = 0
         self.discard_next = False
         """A cancel was sent before its response was created: that response is not played."""
+        self._cancel_event: str | None = None
 
     def new_turn(self) -> None:
         """The user spoke (or typed): the tool rounds start again."""
         self.tool_rounds = 0
 
-    def cancelled(self, active_response: str | None) -> None:
+    def cancelled(self, active_response: str | None, event_id: str | None = None) -> None:
         """The user interrupted. With no response created yet, the next one to be created is
-        the cancelled one."""
+        the cancelled one (`event_id`: the cancel's, which an error may answer)."""
         if active_response is None:
             self.discard_next = True
+            self._cancel_event = event_id
+
+    def cancel_refused(self, event_id: str | None) -> None:
+        """The server answered the cancel with an error: there was nothing to cancel, so no
+        later (real) reply may be discarded in its place."""
+        if event_id is not None and event_id == self._cancel_event:
+            self.discard_next = False
+            self._cancel_event = None
 
     def created(self) -> bool:
         """A response was created: False if it is the one a cancel already ended."""

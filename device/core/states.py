@@ -119,6 +119,8 @@ class CloudError:
     message: str
     back_off: bool = False
     """Rate limited: wait before trying the service again."""
+    quiet: bool = False
+    """Not a failure: the session simply ended (its 60 minutes are up)."""
 
 
 @dataclass(frozen=True)
@@ -690,9 +692,16 @@ class Machine:
         return self.on_session_lost(e, now)
 
     def on_cloud_error(self, e: Input, now: float) -> list[Command]:
-        """The server said the session cannot go on: close it ourselves."""
+        """The server said the session cannot go on: close it ourselves (quietly, if it just
+        ended; a reply that had all arrived plays out first)."""
         assert isinstance(e, CloudError)
-        return self._fail(e.code, e.message, now, retryable=e.back_off)
+        if not e.quiet:
+            return self._fail(e.code, e.message, now, retryable=e.back_off)
+        if self.state in REPLY and self.response_id is None and not self.response_expected:
+            cmds: list[Command] = [CloseSession(e.code)] if self.session_open else []
+            self.session_open = False
+            return cmds
+        return [*self._teardown(e.code), Enter(State.IDLE, e.code)]
 
     def on_session_lost_in_follow_up(self, e: Input, now: float) -> list[Command]:
         """The session ended during the follow-up window: the conversation was over anyway."""
@@ -1082,7 +1091,8 @@ TRANSITIONS: dict[tuple[State, type], Row] = {
     **{(s, SessionLost): row(M.on_session_lost, S.ERROR) for s in (S.CONNECTING, S.LISTENING)},
     **{(s, SessionLost): row(M.on_session_lost_in_reply, S.ERROR) for s in REPLY},
     **{
-        (s, CloudError): row(M.on_cloud_error, S.ERROR) for s in (S.CONNECTING, S.LISTENING, *REPLY)
+        (s, CloudError): row(M.on_cloud_error, S.ERROR, S.IDLE)
+        for s in (S.CONNECTING, S.LISTENING, *REPLY)
     },
     (S.FOLLOW_UP, SessionLost): row(M.on_session_lost_in_follow_up, S.IDLE),
     (S.FOLLOW_UP, CloudError): row(M.on_cloud_error_in_follow_up, S.IDLE),

@@ -359,7 +359,7 @@ class _Session:
             await self.error(
                 "session_expired", "Your session hit the maximum duration of 60 minutes.", None
             )
-            await self.ws.close(1000, "session expired")
+            await self.ws.close(1001, "session expired")
 
     async def stop(self) -> None:
         for t in [*self.timers, self.response]:

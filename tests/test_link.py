@@ -1,0 +1,69 @@
+"""The cloud link's own rules, on a real speaker (a WAV sink) and a session that records
+what would go over the socket."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from device.adapters.speaker import WavSpeaker
+from device.core import realtime as rt
+from device.core import states as st
+from device.events import EventLog
+from device.link import CloudLink
+from tests.helpers import config
+
+
+class Recording:
+    """Stands in for the socket only: what the link sends is kept."""
+
+    ready = True
+    session_id = "sess_test"
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    def send(self, event: dict[str, Any]) -> None:
+        self.sent.append(event)
+
+
+def link_with_session() -> tuple[CloudLink, Recording, list[st.Input]]:
+    inputs: list[st.Input] = []
+    link = CloudLink(
+        config("http://127.0.0.1:9"),
+        WavSpeaker(None, 60, paced=False),
+        EventLog(None),
+        inputs.append,
+        lambda: 0,
+        lambda kind: None,
+        lambda text: None,
+    )
+    session = Recording()
+    link.session = session  # type: ignore[assignment]
+    return link, session, inputs
+
+
+def test_a_truncate_never_names_more_audio_than_the_item_had() -> None:
+    link, session, _ = link_with_session()
+    link._on_server_event(session, rt.ResponseCreated("r1"))  # type: ignore[arg-type]
+    pcm = bytes(2 * 2400)  # 100 ms at 24 kHz
+    link._on_server_event(session, rt.AudioDelta("r1", "i1", pcm))  # type: ignore[arg-type]
+    link.truncate(st.Truncate("i1", 5000))
+    assert session.sent[-1]["audio_end_ms"] == 100
+    link.truncate(st.Truncate("i1", 40))
+    assert session.sent[-1]["audio_end_ms"] == 40
+
+
+def test_a_cancel_names_the_reply_it_cancels_and_its_audio_is_not_played() -> None:
+    link, session, _ = link_with_session()
+    link._on_server_event(session, rt.ResponseCreated("r1"))  # type: ignore[arg-type]
+    link.cancel_response(st.CancelResponse())
+    assert session.sent[-1]["type"] == "response.cancel"
+    assert session.sent[-1]["response_id"] == "r1"
+    link._on_server_event(session, rt.AudioDelta("r1", "i1", bytes(480)))  # type: ignore[arg-type]
+    assert link.speaker._buffer.buffered_samples == 0
+
+
+def test_audio_of_a_reply_never_created_is_not_played() -> None:
+    link, session, inputs = link_with_session()
+    link._on_server_event(session, rt.AudioDelta("r9", "i9", bytes(480)))  # type: ignore[arg-type]
+    assert link.speaker._buffer.buffered_samples == 0 and inputs == []
