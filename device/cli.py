@@ -194,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     bad.add_argument("--expire-after", type=float, metavar="S", help="session_expired after S s")
     bad.add_argument("--huge-event", action="store_true", help="send one 5 MiB event per response")
     bad.add_argument(
+        "--reject-update", metavar="PARAM", help="refuse session.update, naming this field"
+    )
+    bad.add_argument(
         "--fault-connections", type=int, metavar="N", help="misbehave on the first N only"
     )
 
@@ -357,6 +360,7 @@ def emulator_scenario(args: argparse.Namespace) -> Any:
         ("stall_for", "stall_s"),
         ("error_code", "error_code"),
         ("expire_after", "expire_after_s"),
+        ("reject_update", "reject_update"),
         ("fault_connections", "connections"),
     ):
         if getattr(args, flag) is not None:

@@ -32,6 +32,12 @@ def created(session_id: str = "sess_hostile") -> str:
     return event("session.created", session={"id": session_id, "object": "realtime.session"})
 
 
+async def opened(ws: ServerConnection) -> None:
+    """The session exists and has taken the device's settings."""
+    await ws.send(created())
+    await ws.send(event("session.updated", session={"type": "realtime"}))
+
+
 def audio(response_id: str, item_id: str, pcm: bytes) -> str:
     return event(
         "response.output_audio.delta",
@@ -130,7 +136,7 @@ class Hostile:
 
 async def good(h: Hostile, ws: ServerConnection) -> None:
     await h.until(ws, "session.update")
-    await ws.send(created())
+    await opened(ws)
     n = 0
     while True:
         await h.until(ws, "response.create")
@@ -141,14 +147,14 @@ async def good(h: Hostile, ws: ServerConnection) -> None:
 async def reset_while_writing(h: Hostile, ws: ServerConnection) -> None:
     """The TCP connection dies (no close frame: 1006) while the device streams audio."""
     await h.until(ws, "session.update")
-    await ws.send(created())
+    await opened(ws)
     await h.until(ws, "input_audio_buffer.append")
     ws.transport.abort()
 
 
 async def huge_number(h: Hostile, ws: ServerConnection) -> None:
     await h.until(ws, "session.update")
-    await ws.send(created())
+    await opened(ws)
     limit = {"name": "tokens", "limit": 1, "remaining": 10**400, "reset_seconds": 1}
     await ws.send(event("rate_limits.updated", rate_limits=[limit]))
     limit = {"name": "tokens", "limit": 1, "remaining": 1, "reset_seconds": math.inf}
@@ -166,7 +172,7 @@ async def deep_json(h: Hostile, ws: ServerConnection) -> None:
     await h.until(ws, "session.update")
     deep = '{"type":"session.updated","x":' + "[" * DEEP + "]" * DEEP + "}"
     await ws.send(deep)
-    await ws.send(created())
+    await opened(ws)
     await ws.send(deep.replace("session.updated", "response.done"))
     await h.until(ws, "response.create")
     await answer(ws, 1)
@@ -176,7 +182,7 @@ async def deep_json(h: Hostile, ws: ServerConnection) -> None:
 async def flood(h: Hostile, ws: ServerConnection) -> None:
     """Unknown event types without end, and non-fatal errors with long messages."""
     await h.until(ws, "session.update")
-    await ws.send(created())
+    await opened(ws)
     await h.until(ws, "response.create")
     for n in range(20_000):
         await ws.send(event(f"response.brand_new_{n}", x=n))
@@ -190,7 +196,7 @@ async def flood(h: Hostile, ws: ServerConnection) -> None:
 async def no_response_done(h: Hostile, ws: ServerConnection) -> None:
     """Forty final answers of a minute each (what a repeat may keep), never a response.done."""
     await h.until(ws, "session.update")
-    await ws.send(created())
+    await opened(ws)
     await h.until(ws, "response.create")
     second = PCM * 2
     for n in range(40):
@@ -204,7 +210,7 @@ async def no_response_done(h: Hostile, ws: ServerConnection) -> None:
 async def close_after_done(h: Hostile, ws: ServerConnection) -> None:
     """A whole answer, then a normal close at once."""
     await h.until(ws, "session.update")
-    await ws.send(created())
+    await opened(ws)
     await h.until(ws, "response.create")
     await answer(ws, 1, PCM * 4)  # 2 s of audio
     await ws.close(1000, "done")
@@ -213,7 +219,7 @@ async def close_after_done(h: Hostile, ws: ServerConnection) -> None:
 async def keeps_talking_of_other_things(h: Hostile, ws: ServerConnection) -> None:
     """Rate limits and a cancelled response's trickle, but never the awaited reply."""
     await h.until(ws, "session.update")
-    await ws.send(created())
+    await opened(ws)
     await h.until(ws, "response.create")
     limit = {"name": "tokens", "limit": 100, "remaining": 50, "reset_seconds": 1}
     while True:
@@ -225,7 +231,7 @@ async def keeps_talking_of_other_things(h: Hostile, ws: ServerConnection) -> Non
 async def unrequested_reply(h: Hostile, ws: ServerConnection) -> None:
     """A reply the device never asked for, as soon as the session is up."""
     await h.until(ws, "session.update")
-    await ws.send(created())
+    await opened(ws)
     await asyncio.sleep(0.2)
     await answer(ws, 1, PCM * 4)
     while True:  # (what the device says back, until it closes)
@@ -235,7 +241,7 @@ async def unrequested_reply(h: Hostile, ws: ServerConnection) -> None:
 async def tiny_deltas(h: Hostile, ws: ServerConnection) -> None:
     """Twenty thousand 2-byte deltas, each in an item of its own."""
     await h.until(ws, "session.update")
-    await ws.send(created())
+    await opened(ws)
     await h.until(ws, "response.create")
     rid = "resp_tiny"
     await ws.send(event("response.created", response={"id": rid, "status": "in_progress"}))
@@ -255,7 +261,7 @@ async def benign_error_first(h: Hostile, ws: ServerConnection) -> None:
 
 
 async def good_after_created(h: Hostile, ws: ServerConnection) -> None:
-    await ws.send(created())
+    await opened(ws)
     n = 0
     while True:
         await h.until(ws, "response.create")

@@ -130,3 +130,15 @@ def test_the_microphone_is_opened_as_run_opens_it(
         timeout=60,
     )
     assert verdict in r.stdout, r.stdout + r.stderr
+
+
+def test_a_refused_session_update_is_the_verdict(tmp_path: Path) -> None:
+    with emulator_process(
+        "--api-key", "good-key", "--reject-update", "session.audio.output.voice"
+    ) as port:
+        r = check(tmp_path, "--endpoint", f"http://127.0.0.1:{port}")
+    assert r.returncode == 1
+    assert (
+        "✗ cloud        session_rejected: the service refused session.audio.output.voice"
+        in r.stdout
+    )

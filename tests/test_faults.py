@@ -392,3 +392,20 @@ async def test_openai_endpoint_uses_a_bearer_key(tmp_path: Path, question: bytes
     r = await run(tmp_path, question, scenario(), cloud={"kind": "openai"})
     assert states(r.events) == CONVERSATION
     assert r.handshakes() == [{**r.handshakes()[0], "handshake": "/v1/realtime", "auth": "bearer"}]
+
+
+async def test_a_refused_session_update_is_an_error_naming_the_field(
+    tmp_path: Path, question: bytes
+) -> None:
+    """The service would run the session on its defaults (its own turn detection, voice and
+    prompt, no tools): the device does not stream as if its settings were in force."""
+    r = await run(tmp_path, question, scenario(Faults(reject_update="session.audio.output.voice")))
+    assert r.code == 0 and wakes(r) == 1
+    assert r.errors() == ["session_rejected"]
+    error = next(e for e in r.events if e["event"] == "error")
+    assert error["message"].startswith("the service refused session.audio.output.voice: ")
+    assert states(r.events) == ["connecting", "error", "idle"]
+    sent = [e["type"] for e in r.sent()]
+    assert sent == ["session.update"]  # not one byte of audio, no commit, no response asked
+    # a configuration problem: no outage, the next wake simply tries again
+    assert not [e for e in r.events if e["event"] == "recovered"]

@@ -33,6 +33,7 @@ from ..core.realtime import (
     ServerEvent,
     SessionCreated,
     SessionSettings,
+    SessionUpdated,
     for_the_log,
     parse_server_event,
     reaction_to,
@@ -58,6 +59,15 @@ class NoRedirects(connect):
 
     def process_redirect(self, exc: Exception) -> Exception | str:
         return exc
+
+
+class Rejected(Exception):
+    """The server refused our session.update: the session would run on its defaults (server
+    turn detection with automatic replies, its voice and prompt, no tools)."""
+
+    def __init__(self, ev: ServerErrorEvent) -> None:
+        super().__init__(ev.message)
+        self.event = ev
 
 
 class Refused(Exception):
@@ -87,6 +97,10 @@ def _retry_after(exc: InvalidStatus) -> float | None:
 def classify(exc: BaseException, url: str) -> Failure:
     """What a failed connection attempt means to the user, in words they can act on."""
     host = urlsplit(url).netloc
+    if isinstance(exc, Rejected):
+        what = exc.event.param or "the session settings"
+        message = escape(exc.event.message[:200])
+        return Failure("session_rejected", f"the service refused {what}: {message}", False)
     if isinstance(exc, Refused):
         code = exc.event.code or "refused"
         back_off = reaction_to(code) is Reaction.BACK_OFF
@@ -330,18 +344,26 @@ class CloudSession:
         update = self._events.session_update(self._settings)
         trace.debug("→ %s", for_the_log(update))
         await ws.send(json.dumps(update))
-        # The first event is session.created; an error before it means the session is refused.
-        while True:
+        # Ready once the session exists (session.created) and has taken our settings
+        # (session.updated): until then it runs on the service's defaults. An error that
+        # names our update is a refusal of it; another that says so refuses the session.
+        created = updated = False
+        while not (created and updated):
             text = await ws.recv()
             if trace.isEnabledFor(logging.DEBUG):
                 trace.debug("← %s", _for_the_log(text))
             ev = parse_server_event(text)
             if isinstance(ev, SessionCreated):
-                self.session_id = ev.session_id
-                return ws
-            if isinstance(ev, ServerErrorEvent) and refuses(ev):
+                self.session_id, created = ev.session_id, True
+            elif isinstance(ev, SessionUpdated):
+                updated = True
+            elif isinstance(ev, ServerErrorEvent) and ev.event_id == update["event_id"]:
+                raise Rejected(ev)
+            elif isinstance(ev, ServerErrorEvent) and refuses(ev):
                 raise Refused(ev)
-            self._on_event(ev)
+            else:
+                self._on_event(ev)
+        return ws
 
     async def _write(self, ws: ClientConnection) -> None:
         """Send what is queued. A connection that drops under it is the reader's to report

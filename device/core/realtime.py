@@ -248,6 +248,9 @@ class ServerError:
     kind: str | None
     message: str
     event_id: str | None
+    """The client event this error answers (a rejected session.update names its own)."""
+    param: str | None = None
+    """The field at fault, e.g. session.audio.output.voice."""
 
 
 @dataclass(frozen=True)
@@ -464,6 +467,7 @@ def _error(d: dict[str, Any]) -> ServerEvent:
         kind=_get(err, "type", str, optional=True),
         message=_get(err, "message", str, optional=True) or "",
         event_id=_get(err, "event_id", str, optional=True),
+        param=_get(err, "param", str, optional=True),
     )
 
 

@@ -46,6 +46,10 @@ class Faults:
     """Send the 60-minute `session_expired` error this soon, then close."""
     huge_event: bool = False
     """Send one 5 MiB event in each response (a client must refuse it, not buffer it)."""
+    reject_update: str | None = None
+    """Refuse session.update with an `error` naming this field (e.g.
+    `session.audio.output.voice`) and the update's event_id, as Azure does; the session then
+    runs on the service's defaults."""
     connections: int | None = None
     """Misbehave on the first N connections only (None: on all), so a test can recover."""
 

@@ -401,6 +401,11 @@ class _Session:
     # -- client events ----------------------------------------------------------------------
 
     async def on_session_update(self, ev: dict[str, Any], _: bytes) -> None:
+        if self.faults.reject_update:
+            param = self.faults.reject_update
+            message = f"Invalid value for '{param.rsplit('.', 1)[-1]}'."
+            await self.error("invalid_value", message, ev.get("event_id"), param)
+            return
         session = ev.get("session")
         if not isinstance(session, dict) or (not self.beta and session.get("type") != "realtime"):
             await self.error(
