@@ -423,3 +423,27 @@ def test_a_quick_soak_is_quick() -> None:
     r = voice_device("bench", "soak", "--quick")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "\n50 conversations in " in r.stdout
+
+
+async def test_a_reload_with_bad_pins_keeps_the_running_daemon_and_status_says_so(
+    tmp_path: Path,
+) -> None:
+    import signal
+
+    from tests.helpers import Daemon, wait_until
+
+    d = Daemon(tmp_path, 9)
+    await d.start()
+    try:
+        d.config.write_text(
+            d.base_config.replace("[button]\nenabled = false", "[button]\npin = 99999")
+        )
+        d.proc.send_signal(signal.SIGHUP)
+        await wait_until(lambda: "not reloaded" in d.log.read_text(), 20, "the refusal")
+        status = await d.ask("status")
+        assert status["ok"] is True and d.proc.returncode is None
+        assert "button.pin must be between 0 and 27" in status["reload_failed"]["error"]
+        shown = d.cli("status").stdout
+        assert "reload:   failed" in shown and "running configuration kept" in shown
+    finally:
+        await d.kill()
