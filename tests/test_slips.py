@@ -447,3 +447,38 @@ async def test_a_reload_with_bad_pins_keeps_the_running_daemon_and_status_says_s
         assert "reload:   failed" in shown and "running configuration kept" in shown
     finally:
         await d.kill()
+
+
+def test_the_demo_says_what_the_reply_said_and_keeps_the_mic_column_honest(
+    tmp_path: Path,
+) -> None:
+    r = voice_device("demo", "--fast", "--output-wav", str(tmp_path / "reply.wav"))
+    assert r.returncode == 0, r.stderr
+    assert 'the reply said (the emulator\'s words): "Let me check the forecast."' in r.stdout
+    mics = [line.split("mic", 1)[1].split()[0] for line in r.stdout.splitlines() if " mic " in line]
+    assert "end" in mics  # with --fast the silence after the recording runs far ahead
+    assert all(m == "end" or float(m.rstrip("s")) <= 5.6 for m in mics), mics
+
+
+def test_the_demo_says_when_no_wake_word_was_heard(tmp_path: Path) -> None:
+    quiet = write_wav(tmp_path / "quiet.wav", bytes(2 * 16_000 * 3))
+    r = voice_device(
+        "demo", "--fast", "--input-wav", str(quiet), "--output-wav", str(tmp_path / "r.wav")
+    )
+    assert r.returncode == 0, r.stderr
+    assert "no wake word was heard in quiet.wav: nothing was sent, no reply" in r.stdout
+    assert "listen with" not in r.stdout
+
+
+def test_roots_control_socket_is_in_a_directory_only_root_can_make(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from device.adapters import control
+
+    monkeypatch.delenv("RUNTIME_DIRECTORY", raising=False)
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    monkeypatch.setattr(os, "getuid", lambda: 0)
+    assert control.daemon_socket_path() == control.SERVICE_DIR / "control.sock"
+    assert control.client_socket_paths() == [control.SERVICE_DIR / "control.sock"] * 2
+    monkeypatch.setattr(os, "getuid", lambda: 1000)  # a user without a runtime directory
+    assert control.daemon_socket_path() == Path("/tmp/voice-device-1000/control.sock")
