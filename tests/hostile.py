@@ -136,6 +136,11 @@ class Hostile:
 
 async def good(h: Hostile, ws: ServerConnection) -> None:
     await h.until(ws, "session.update")
+    await good_from_here(h, ws)
+
+
+async def good_from_here(h: Hostile, ws: ServerConnection) -> None:
+    """Open the session, then answer every response.create correctly."""
     await opened(ws)
     n = 0
     while True:
@@ -257,16 +262,7 @@ async def benign_error_first(h: Hostile, ws: ServerConnection) -> None:
     error = {"type": "invalid_request_error", "code": "response_cancel_not_active", "message": "x"}
     await ws.send(event("error", error=error))
     await ws.send(event("error", error={"type": "server_notice", "message": "just so you know"}))
-    await good_after_created(h, ws)
-
-
-async def good_after_created(h: Hostile, ws: ServerConnection) -> None:
-    await opened(ws)
-    n = 0
-    while True:
-        await h.until(ws, "response.create")
-        n += 1
-        await answer(ws, n)
+    await good_from_here(h, ws)
 
 
 async def rate_limited_first(h: Hostile, ws: ServerConnection) -> None:
