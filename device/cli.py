@@ -196,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     bad.add_argument(
         "--reject-update", metavar="PARAM", help="refuse session.update, naming this field"
     )
+    bad.add_argument("--fail-response", metavar="CODE", help="end responses as failed, with CODE")
     bad.add_argument(
         "--fault-connections", type=int, metavar="N", help="misbehave on the first N only"
     )
@@ -361,6 +362,7 @@ def emulator_scenario(args: argparse.Namespace) -> Any:
         ("error_code", "error_code"),
         ("expire_after", "expire_after_s"),
         ("reject_update", "reject_update"),
+        ("fail_response", "fail_response"),
         ("fault_connections", "connections"),
     ):
         if getattr(args, flag) is not None:

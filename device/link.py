@@ -315,6 +315,16 @@ class CloudLink:
         self.speaker.end(ev.response_id)
         if answer and ev.status == "completed":
             self.last_answer = bytes(answer)
+        if ev.status == "failed":
+            self._response_failed(ev)
+            return
+        if ev.status == "incomplete":
+            # cut short (content_filter, max_output_tokens): what came plays, then a sound
+            # says it was cut, and the conversation goes on
+            why = ev.reason or "incomplete"
+            self.events.emit("error", self._audio_ms(), code=why, message="the answer was cut")
+            log.warning("the answer was cut short (%s)", escape(why[:40]))
+            self._play_earcon(Earcon.ERROR)
         calls = ev.function_calls if ev.status == "completed" else ()
         continues = self.replies.tool_round(len(calls))
         if continues:
@@ -327,6 +337,15 @@ class CloudLink:
             rounds = self.replies.tool_rounds
             log.warning("the model kept calling tools (%d rounds); stopping here", rounds)
         self._handle(st.ResponseEnded(ev.response_id, ev.status, continues))
+
+    def _response_failed(self, ev: rt.ResponseDone) -> None:
+        """A failed response is how a rate limit or a spent quota arrives inside a session:
+        the user hears and sees an error, with the service's code and the reaction it calls
+        for (a rate limit backs off; quota and auth wait for the configuration to change)."""
+        code = ev.error_code or ev.reason or "response_failed"
+        message = ev.error_message or f"the service could not answer ({code})"
+        back_off = rt.reaction_to(code) is rt.Reaction.BACK_OFF
+        self._handle(st.CloudError(code[:80], message[:MAX_SERVER_TEXT], back_off))
 
     def _on_transcript(self, ev: rt.TranscriptDone | rt.InputTranscript) -> None:
         # the user's words and the reply's are personal: only in debug logs, never at INFO

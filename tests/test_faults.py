@@ -205,6 +205,11 @@ MID_SESSION: dict[str, tuple[Scenario, dict[str, dict[str, Any]], Any]] = {
         None,
     ),
     "oversized": (scenario(Faults(huge_event=True, connections=1)), {}, None),
+    "failed": (
+        scenario(Faults(fail_response="inference_rate_limit_exceeded", connections=1)),
+        {},
+        None,
+    ),
     "entra": (scenario(), {"cloud": {"auth": "entra"}}, "credential"),
 }
 
@@ -409,3 +414,16 @@ async def test_a_refused_session_update_is_an_error_naming_the_field(
     assert sent == ["session.update"]  # not one byte of audio, no commit, no response asked
     # a configuration problem: no outage, the next wake simply tries again
     assert not [e for e in r.events if e["event"] == "recovered"]
+
+
+def test_a_failed_response_is_an_error_with_the_services_code_and_backs_off(
+    mid_session: dict[str, tuple[Run, Any]],
+) -> None:
+    """Rate limits inside a session arrive as response.done with status failed: the user
+    sees and hears the error with the service's code (not thinking until the reply timeout,
+    then silence), the device backs off, and the next wake has a whole talk."""
+    r, _ = mid_session["failed"]
+    recovered_after(r, "inference_rate_limit_exceeded", outage=True)
+    thinking = next(e["t"] for e in r.events if e["event"] == "state" and e["state"] == "thinking")
+    failed = next(e["t"] for e in r.events if e["event"] == "error")
+    assert failed - thinking < 5  # at once, not after the 20 s reply timeout

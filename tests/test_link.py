@@ -67,3 +67,18 @@ def test_audio_of_a_reply_never_created_is_not_played() -> None:
     link, session, inputs = link_with_session()
     link._on_server_event(session, rt.AudioDelta("r9", "i9", bytes(480)))  # type: ignore[arg-type]
     assert link.speaker._buffer.buffered_samples == 0 and inputs == []
+
+
+def test_a_failed_response_is_an_error_and_a_cut_one_is_said_after_what_came() -> None:
+    link, session, inputs = link_with_session()
+    played: list[object] = []
+    link._play_earcon = played.append  # type: ignore[method-assign]
+    link._on_server_event(session, rt.ResponseCreated("r1"))  # type: ignore[arg-type]
+    failed = rt.ResponseDone("r1", "failed", (), None, "insufficient_quota", "no quota")
+    link._on_server_event(session, failed)  # type: ignore[arg-type]
+    assert inputs[-1] == st.CloudError("insufficient_quota", "no quota", False)
+    link._on_server_event(session, rt.ResponseCreated("r2"))  # type: ignore[arg-type]
+    cut = rt.ResponseDone("r2", "incomplete", (), "max_output_tokens")
+    link._on_server_event(session, cut)  # type: ignore[arg-type]
+    assert inputs[-1] == st.ResponseEnded("r2", "incomplete", False)  # the talk goes on
+    assert played == ["error"]

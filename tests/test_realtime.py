@@ -513,3 +513,32 @@ def test_an_output_item_without_an_id_leaves_the_rest_of_response_done_readable(
     )
     assert isinstance(ev, rt.ResponseDone) and [i.item_id for i in ev.items] == ["f1"]
     assert ev.function_calls[0].call_id == "c1"
+
+
+def test_a_failed_response_carries_the_services_code() -> None:
+    details = {
+        "type": "failed",
+        "error": {
+            "type": "rate_limit_error",
+            "code": "inference_rate_limit_exceeded",
+            "message": "m",
+        },
+    }
+    ev = rt.parse_server_event(
+        server(
+            "response.done", response={"id": "r1", "status": "failed", "status_details": details}
+        )
+    )
+    assert ev == rt.ResponseDone("r1", "failed", (), None, "inference_rate_limit_exceeded", "m")
+    assert rt.reaction_to(ev.error_code) is rt.Reaction.BACK_OFF
+    cut = rt.parse_server_event(
+        server(
+            "response.done",
+            response={
+                "id": "r2",
+                "status": "incomplete",
+                "status_details": {"type": "incomplete", "reason": "content_filter"},
+            },
+        )
+    )
+    assert isinstance(cut, rt.ResponseDone) and cut.reason == "content_filter"

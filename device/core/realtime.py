@@ -350,6 +350,12 @@ class ResponseDone:
     response_id: str
     status: str
     items: tuple[OutputItem, ...]
+    reason: str | None = None
+    """status_details.reason: turn_detected, client_cancelled, max_output_tokens, content_filter."""
+    error_code: str | None = None
+    """status_details.error.code of a failed response: how rate limits and quota problems
+    arrive inside a session (inference_rate_limit_exceeded, insufficient_quota…)."""
+    error_message: str = ""
 
     @property
     def function_calls(self) -> tuple[OutputItem, ...]:
@@ -511,8 +517,15 @@ def _response_done(d: dict[str, Any]) -> ServerEvent:
     response = _get(d, "response", dict)
     output = _get(response, "output", list, optional=True) or []
     items = tuple(_item(i) for i in output if _readable(i))
+    details = _get(response, "status_details", dict, optional=True) or {}
+    error = _get(details, "error", dict, optional=True) or {}
     return ResponseDone(
-        _get(response, "id", str), _get(response, "status", str, optional=True) or "", items
+        _get(response, "id", str),
+        _get(response, "status", str, optional=True) or "",
+        items,
+        reason=_get(details, "reason", str, optional=True),
+        error_code=_get(error, "code", str, optional=True),
+        error_message=_get(error, "message", str, optional=True) or "",
     )
 
 
@@ -713,6 +726,7 @@ REACTIONS = {
     "conversation_already_has_active_response": Reaction.IGNORE,
     "input_audio_buffer_commit_empty": Reaction.IGNORE,
     "rate_limit_exceeded": Reaction.BACK_OFF,
+    "inference_rate_limit_exceeded": Reaction.BACK_OFF,
     "invalid_api_key": Reaction.FATAL,
     "insufficient_quota": Reaction.FATAL,
     "model_not_found": Reaction.FATAL,

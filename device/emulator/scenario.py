@@ -46,6 +46,9 @@ class Faults:
     """Send the 60-minute `session_expired` error this soon, then close."""
     huge_event: bool = False
     """Send one 5 MiB event in each response (a client must refuse it, not buffer it)."""
+    fail_response: str | None = None
+    """End each response with status failed and this status_details.error.code (as rate
+    limits and quota problems arrive inside a session), after the preamble."""
     reject_update: str | None = None
     """Refuse session.update with an `error` naming this field (e.g.
     `session.audio.output.voice`) and the update's event_id, as Azure does; the session then

@@ -605,6 +605,9 @@ class _Session:
             plan = [("commentary", t) for t in sc.preambles] + [("final_answer", sc.answer)]
         outputs: list[dict[str, Any]] = []
         cancelled = await self._wait_cancel(sc.think_ms / 1000)
+        failure = self.faults.fail_response
+        if failure:  # the preamble is spoken, then the response fails
+            plan = [p for p in plan if p[0] == "commentary"]
         for index, (phase, text) in enumerate(plan):
             if cancelled:
                 break
@@ -613,11 +616,18 @@ class _Session:
                 continue
             item, cancelled = await self._speak_item(response_id, index, phase, text)
             outputs.append(item)
-        status = "cancelled" if cancelled else "completed"
+        status = "cancelled" if cancelled else "failed" if failure else "completed"
         response: dict[str, Any] = {**base, "status": status, "output": outputs}
         response["usage"] = {"total_tokens": 0, "input_tokens": 0, "output_tokens": 0}
         if cancelled:
             response["status_details"] = {"type": "cancelled", "reason": "client_cancelled"}
+        elif failure:
+            error = {
+                "type": "invalid_request_error",
+                "code": failure,
+                "message": f"emulated {failure}",
+            }
+            response["status_details"] = {"type": "failed", "error": error}
         await self.send("response.done", response=response)
 
     def last_item_is_tool_output(self) -> bool:
