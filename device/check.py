@@ -161,6 +161,7 @@ async def check_cloud(cfg: Config, credential: Any = None) -> Line:
         on_status=status.put_nowait,
         connect_timeout_s=cfg.cloud.connect_timeout_s,
         keepalive_s=cfg.cloud.keepalive_s,
+        entra=bearer is not None,
     )
     t0 = time.monotonic()
     task = asyncio.create_task(session.run())

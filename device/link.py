@@ -150,6 +150,7 @@ class CloudLink:
             on_status=lambda ev: self._on_session_status(session, ev),
             connect_timeout_s=self.cfg.cloud.connect_timeout_s,
             keepalive_s=self.cfg.cloud.keepalive_s,
+            entra=self._bearer is not None,
         )
         self.session = session
         session.start(self.tg)

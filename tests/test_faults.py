@@ -140,6 +140,8 @@ class ShortLivedTokens:
         (401, "auth_failed", "AZURE_OPENAI_API_KEY"),
         (403, "auth_failed", "refused the API key"),
         (404, "not_found", "cloud.deployment"),
+        # a deployment of a model that cannot do realtime: Azure's own words, from the body
+        (400, "refused", "OperationNotSupported: The realtime operation does not work"),
     ],
 )
 async def test_configuration_refusals_name_the_cause_and_do_not_back_off(
@@ -427,3 +429,19 @@ def test_a_failed_response_is_an_error_with_the_services_code_and_backs_off(
     thinking = next(e["t"] for e in r.events if e["event"] == "state" and e["state"] == "thinking")
     failed = next(e["t"] for e in r.events if e["event"] == "error")
     assert failed - thinking < 5  # at once, not after the 20 s reply timeout
+
+
+async def test_a_refused_entra_token_names_the_token_and_the_role(
+    tmp_path: Path, question: bytes
+) -> None:
+    r = await run(
+        tmp_path,
+        question,
+        scenario(Faults(reject_status=401)),
+        credential=ShortLivedTokens(),
+        cloud={"auth": "entra"},
+    )
+    error = next(e for e in r.events if e["event"] == "error")
+    assert "refused the Entra ID token (HTTP 401)" in error["message"]
+    assert "Cognitive Services OpenAI User" in error["message"]
+    assert "API key" not in error["message"]

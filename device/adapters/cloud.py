@@ -94,7 +94,19 @@ def _retry_after(exc: InvalidStatus) -> float | None:
         return None
 
 
-def classify(exc: BaseException, url: str) -> Failure:
+def _said(exc: InvalidStatus) -> str:
+    """The service's own words in a refused handshake's body (`{"error": {"code",
+    "message"}}`), cut short and escaped; empty if it said nothing readable."""
+    try:
+        error = json.loads(exc.response.body or b"{}").get("error") or {}
+        code, message = str(error.get("code") or ""), str(error.get("message") or "")
+    except (ValueError, AttributeError, RecursionError):
+        return ""
+    said = f"{code}: {message}" if code and message else code or message
+    return escape(said[:300])
+
+
+def classify(exc: BaseException, url: str, entra: bool = False) -> Failure:
     """What a failed connection attempt means to the user, in words they can act on."""
     host = urlsplit(url).netloc
     if isinstance(exc, Rejected):
@@ -107,18 +119,34 @@ def classify(exc: BaseException, url: str) -> Failure:
         return Failure(code, f"{host} refused the session: {exc.event.message}", back_off)
     if isinstance(exc, InvalidStatus):
         status = exc.response.status_code
+        said = _said(exc)
+        quoted = f" ({said})" if said else ""
+        if status in (401, 403) and entra:
+            return Failure(
+                "auth_failed",
+                f"{host} refused the Entra ID token (HTTP {status}){quoted}: the identity "
+                "needs the 'Cognitive Services OpenAI User' role on the resource",
+                False,
+            )
         if status in (401, 403):
             return Failure(
                 "auth_failed",
-                f"{host} refused the API key (HTTP {status}): check AZURE_OPENAI_API_KEY "
-                "or the azure-openai-api-key credential",
+                f"{host} refused the API key (HTTP {status}){quoted}: check "
+                "AZURE_OPENAI_API_KEY or the azure-openai-api-key credential",
                 False,
             )
         if status == 404:
             return Failure(
                 "not_found",
-                f"{host} has no realtime endpoint for this deployment (HTTP 404): "
+                f"{host} has no realtime endpoint for this deployment (HTTP 404){quoted}: "
                 "check cloud.endpoint and cloud.deployment",
+                False,
+            )
+        if status == 400 and said:
+            return Failure(
+                "refused",
+                f"{host} refused the session (HTTP 400, {said}): check that cloud.deployment "
+                "is a realtime model such as gpt-realtime-2",
                 False,
             )
         if 300 <= status < 400:
@@ -135,7 +163,10 @@ def classify(exc: BaseException, url: str) -> Failure:
                 "rate_limited", f"{host} is rate limiting (HTTP 429)", True, _retry_after(exc)
             )
         return Failure(
-            "server_error", f"{host} answered HTTP {status}", status >= 500, _retry_after(exc)
+            "server_error",
+            f"{host} answered HTTP {status}{quoted}",
+            status >= 500,
+            _retry_after(exc),
         )
     if isinstance(exc, TimeoutError):
         return Failure("timeout", f"{host} did not answer in time", True)
@@ -243,8 +274,11 @@ class CloudSession:
         on_status: Callable[[Input], None],
         connect_timeout_s: float,
         keepalive_s: float = 10.0,
+        entra: bool = False,
     ) -> None:
+        """`entra`: the headers carry an Entra ID token, not a key (a refusal says so)."""
         self.url = endpoint.url
+        self.entra = entra
         self._headers = headers
         self._keepalive_s = keepalive_s
         self._settings = settings
@@ -303,7 +337,7 @@ class CloudSession:
                 raise
             except Exception as e:  # every failure becomes a user-facing message
                 if not self._closing:
-                    f = classify(e, self.url)
+                    f = classify(e, self.url, self.entra)
                     log.debug("session failed: %s (%r)", f.message, e)
                     self._closing = True
                     self._on_status(SessionFailed(f.code, f.message, f.retryable, f.retry_after_s))

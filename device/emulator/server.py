@@ -52,6 +52,18 @@ BETA_NAMES = {
     "conversation.item.added": "conversation.item.created",
 }
 BYTES_PER_MS = CLOUD_RATE * SAMPLE_BYTES // 1000
+REFUSAL_BODIES = {
+    HTTPStatus.BAD_REQUEST: (
+        "OperationNotSupported",
+        "The realtime operation does not work with the specified model, gpt-4o. "
+        "Please choose different model and try again.",
+    ),
+    HTTPStatus.NOT_FOUND: (
+        "DeploymentNotFound",
+        "The API deployment for this resource does not exist.",
+    ),
+}
+"""What Azure says, in the body, when it refuses a handshake (the device shows it)."""
 
 
 class Recorder:
@@ -132,6 +144,11 @@ class Emulator:
         if faults.reject_status is not None:
             status = HTTPStatus(faults.reject_status)
             response = connection.respond(status, f"{status.phrase}\n")
+            if status in REFUSAL_BODIES:  # as Azure words them, in JSON
+                code, message = REFUSAL_BODIES[status]
+                body = json.dumps({"error": {"code": code, "message": message}}) + "\n"
+                response = connection.respond(status, body)
+                response.headers["Content-Type"] = "application/json"
             if faults.retry_after_s is not None:
                 response.headers["Retry-After"] = str(faults.retry_after_s)
             return response
