@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import Config, ConfigError, realtime_endpoint, require_cloud
+from .config import PREVIEW_RETIRED, Config, ConfigError, realtime_endpoint, require_cloud
 from .core import realtime as rt
 
 OK, WARN, FAIL = "✓", "!", "✗"
@@ -208,6 +208,8 @@ def run_checks(
     if cfg.cloud.endpoint:
         ep = realtime_endpoint(cfg.cloud)
         lines.append(Line(OK, "endpoint", f"{ep.url} ({ep.kind}, {ep.dialect} events)"))
+        if ep.kind == "azure-preview":
+            lines.append(Line(WARN, "endpoint", PREVIEW_RETIRED))
     else:
         lines.append(
             Line(

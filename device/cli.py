@@ -21,11 +21,13 @@ from typing import Any
 from . import __version__
 from .config import (
     EX_CONFIG,
+    PREVIEW_RETIRED,
     Config,
     ConfigError,
     Secret,
     config_file,
     load_config,
+    realtime_endpoint,
     require_cloud,
 )
 from .core.audio import MIC_RATE
@@ -307,6 +309,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, overrides=overrides)
     setup_logging(args.debug, [cfg.api_key.reveal()])
     require_cloud(cfg)
+    if realtime_endpoint(cfg.cloud).kind == "azure-preview":
+        log.warning("%s", PREVIEW_RETIRED)
     opts = RunOptions(
         input_wav=args.input_wav,
         fast=args.fast,

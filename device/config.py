@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from .adapters.wakeword import MICRO_MODELS, OPENWAKEWORD_MODELS
 from .core import states as st
@@ -78,7 +78,9 @@ class Secret:
 class CloudConfig:
     endpoint: str = ""
     """https://<resource>.openai.azure.com, or http://127.0.0.1:8765 for the emulator."""
-    deployment: str = "gpt-realtime-2"
+    deployment: str = ""
+    """The model deployment's name; empty: the one cloud.endpoint names (`?model=`), else
+    gpt-realtime-2."""
     kind: str = "auto"
     """azure (GA v1), azure-preview (api-version, beta events), openai, or auto (from the URL)."""
     api_version: str = "2025-04-01-preview"
@@ -663,23 +665,45 @@ def endpoint_kind(c: CloudConfig) -> str:
     return "azure"
 
 
-def realtime_endpoint(c: CloudConfig) -> Endpoint:
-    kind = endpoint_kind(c)
-    if kind == "azure-preview":
-        parts = urlsplit(c.endpoint.strip())
-        base = urlunsplit((parts.scheme, parts.netloc, "", "", ""))
-        url = realtime_url(base, c.deployment, "/openai/realtime")
-        url = (
-            url.split("?", 1)[0]
-            + "?"
-            + urlencode({"api-version": c.api_version, "deployment": c.deployment})
+DEFAULT_DEPLOYMENT = "gpt-realtime-2"
+
+
+def deployment_of(c: CloudConfig) -> str:
+    """cloud.deployment, else the deployment the endpoint URL names (`model=`, or the
+    preview's `deployment=`), else gpt-realtime-2. Both given and different is a mistake
+    to name, never a silent choice of one."""
+    query = parse_qs(urlsplit(c.endpoint.strip()).query)
+    named = (query.get("model") or query.get("deployment") or [""])[0]
+    if c.deployment and named and named != c.deployment:
+        raise ConfigError(
+            f"cloud.endpoint names the deployment {named!r} but cloud.deployment is "
+            f"{c.deployment!r}: keep one of them"
         )
-        return Endpoint(url, kind, "beta")
+    return c.deployment or named or DEFAULT_DEPLOYMENT
+
+
+PREVIEW_RETIRED = (
+    "Azure retired the preview realtime API (api-version, /openai/realtime) on 2026-04-30 "
+    "and gpt-realtime-2 is not offered on it: use the resource URL, e.g. "
+    "https://<resource>.openai.azure.com, which the device turns into the GA URL"
+)
+
+
+def realtime_endpoint(c: CloudConfig) -> Endpoint:
+    """The one URL to connect to, whichever form of the endpoint the user pasted: a bare
+    resource URL, with `/openai/v1/` (the portal's GA form), a whole realtime URI, a
+    cognitiveservices.azure.com or Foundry services.ai.azure.com host, wss://."""
+    kind = endpoint_kind(c)
+    deployment = deployment_of(c)
+    parts = urlsplit(c.endpoint.strip())
+    base = urlunsplit((parts.scheme, parts.netloc, "", "", ""))
+    if kind == "azure-preview":
+        url = realtime_url(base, deployment, "/openai/realtime")
+        query = urlencode({"api-version": c.api_version, "deployment": deployment})
+        return Endpoint(url.split("?", 1)[0] + "?" + query, kind, "beta")
     if kind == "openai":
-        parts = urlsplit(c.endpoint.strip())
-        base = urlunsplit((parts.scheme, parts.netloc, "", "", ""))
-        return Endpoint(realtime_url(base, c.deployment, "/v1/realtime"), kind, "ga")
-    return Endpoint(realtime_url(c.endpoint, c.deployment), kind, "ga")
+        return Endpoint(realtime_url(base, deployment, "/v1/realtime"), kind, "ga")
+    return Endpoint(realtime_url(c.endpoint, deployment), kind, "ga")
 
 
 def is_loopback(host: str) -> bool:
@@ -718,9 +742,10 @@ def realtime_url(endpoint: str, deployment: str, path: str = "/openai/v1/realtim
     if not deployment:
         raise ConfigError("cloud.deployment must name the model deployment")
     given = parts.path.rstrip("/")
-    path = given if given.endswith("/realtime") else given + path
-    query = parts.query or urlencode({"model": deployment})
-    return urlunsplit((scheme, parts.netloc, path, query, ""))
+    # a path that already ends in /realtime is kept (a proxy's own); anything else, from
+    # /openai/v1 to a Foundry project's /api/projects/…, becomes the realtime path
+    path = given if given.endswith("/realtime") else path
+    return urlunsplit((scheme, parts.netloc, path, urlencode({"model": deployment}), ""))
 
 
 def machine_settings(cfg: Config) -> st.Settings:

@@ -142,3 +142,9 @@ def test_a_refused_session_update_is_the_verdict(tmp_path: Path) -> None:
         "✗ cloud        session_rejected: the service refused session.audio.output.voice"
         in r.stdout
     )
+
+
+def test_the_retired_preview_api_is_named(tmp_path: Path) -> None:
+    preview = "https://res.openai.azure.com/openai/realtime?api-version=2025-04-01-preview"
+    r = check(tmp_path, "--no-cloud", "--endpoint", preview)
+    assert "! endpoint     Azure retired the preview realtime API" in r.stdout

@@ -17,6 +17,7 @@ from device.config import (
     load_config,
     parse_config,
     read_api_key,
+    realtime_endpoint,
     realtime_url,
     require_cloud,
 )
@@ -160,3 +161,54 @@ def test_reasoning_effort_is_what_the_endpoint_documents() -> None:
     openai = {"cloud": {"endpoint": "https://api.openai.com"}}
     assert parse_config({**openai, "assistant": {"reasoning_effort": "xhigh"}})
     assert parse_config({**azure, "assistant": {"reasoning_effort": "none"}})
+
+
+GA = "wss://res.openai.azure.com/openai/v1/realtime?model="
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "deployment", "url"),
+    [
+        ("https://res.openai.azure.com", "", GA + "gpt-realtime-2"),
+        ("https://res.openai.azure.com/", "mine", GA + "mine"),
+        ("https://res.openai.azure.com/openai/v1/", "mine", GA + "mine"),  # the portal's GA form
+        ("https://res.openai.azure.com/openai/v1", "", GA + "gpt-realtime-2"),
+        ("wss://res.openai.azure.com/openai/v1/realtime?model=mine", "", GA + "mine"),
+        ("https://res.openai.azure.com/openai/v1/realtime?model=mine", "mine", GA + "mine"),
+        ("wss://res.openai.azure.com", "", GA + "gpt-realtime-2"),
+        (
+            "https://res.cognitiveservices.azure.com/openai/v1/",
+            "",
+            "wss://res.cognitiveservices.azure.com/openai/v1/realtime?model=gpt-realtime-2",
+        ),
+        (
+            "https://res.services.ai.azure.com/api/projects/kitchen",  # Foundry
+            "mine",
+            "wss://res.services.ai.azure.com/openai/v1/realtime?model=mine",
+        ),
+        (
+            "http://127.0.0.1:8765",
+            "",
+            "ws://127.0.0.1:8765/openai/v1/realtime?model=gpt-realtime-2",
+        ),
+    ],
+)
+def test_every_endpoint_form_leads_to_the_one_ga_url(
+    endpoint: str, deployment: str, url: str
+) -> None:
+    cfg = parse_config({"cloud": {"endpoint": endpoint, "deployment": deployment}})
+    assert realtime_endpoint(cfg.cloud).url == url
+
+
+def test_a_deployment_in_the_url_never_silently_replaces_the_configured_one() -> None:
+    with pytest.raises(
+        ConfigError, match=r"names the deployment 'other' but cloud\.deployment is 'mine'"
+    ):
+        parse_config(
+            {
+                "cloud": {
+                    "endpoint": "https://res.openai.azure.com/openai/v1/realtime?model=other",
+                    "deployment": "mine",
+                }
+            }
+        )
