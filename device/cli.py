@@ -93,7 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run the assistant (what the systemd service does)")
+    key = (
+        "The API key comes from AZURE_OPENAI_API_KEY, or (under systemd) the credential "
+        "azure-openai-api-key ($CREDENTIALS_DIRECTORY/azure-openai-api-key); never from the "
+        "configuration file. With cloud.auth = 'entra', an Entra ID token instead."
+    )
+    run = sub.add_parser(
+        "run", help="run the assistant (what the systemd service does)", epilog=key
+    )
     run.add_argument(
         "--config", type=Path, help="TOML file (default /etc/voice-device/config.toml)"
     )
@@ -203,7 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--fault-connections", type=int, metavar="N", help="misbehave on the first N only"
     )
 
-    chk = sub.add_parser("check", help="check config, key, devices, wake model, GPIO and the cloud")
+    chk = sub.add_parser(
+        "check", help="check config, key, devices, wake model, GPIO and the cloud", epilog=key
+    )
     chk.add_argument("--config", type=Path)
     chk.add_argument("--endpoint")
     chk.add_argument("--input-device")

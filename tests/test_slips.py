@@ -482,3 +482,9 @@ def test_roots_control_socket_is_in_a_directory_only_root_can_make(
     assert control.client_socket_paths() == [control.SERVICE_DIR / "control.sock"] * 2
     monkeypatch.setattr(os, "getuid", lambda: 1000)  # a user without a runtime directory
     assert control.daemon_socket_path() == Path("/tmp/voice-device-1000/control.sock")
+
+
+@pytest.mark.parametrize("verb", ["run", "check"])
+def test_help_says_where_the_key_comes_from(verb: str) -> None:
+    text = " ".join(voice_device(verb, "--help").stdout.split())
+    assert "AZURE_OPENAI_API_KEY" in text and "credential azure-openai-api-key" in text
