@@ -190,6 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
     say.add_argument("--speedup", type=_positive, help="audio sent this much faster than real time")
     say.add_argument("--burst", type=int, help="audio chunks sent back to back before a pause")
     say.add_argument("--session-delay-ms", type=int, help="delay before session.created")
+    say.add_argument(
+        "--phase-on-done",
+        action="store_true",
+        default=None,
+        help="say each item's phase only on response.output_item.done",
+    )
     bad = emu.add_argument_group("faults")
     bad.add_argument(
         "--reject", type=_http_error, metavar="STATUS", help="refuse handshakes (401, 429…)"
@@ -362,6 +368,7 @@ def emulator_scenario(args: argparse.Namespace) -> Any:
         ("speedup", "speedup"),
         ("burst", "burst"),
         ("session_delay_ms", "session_delay_ms"),
+        ("phase_on_done", "phase_on_done"),
     ):
         if getattr(args, flag) is not None:
             setattr(sc, attr, getattr(args, flag))

@@ -95,8 +95,9 @@ class CloudLink:
         """Samples of audio received per item (the last few items): what a truncate may name."""
         self._heard_from: str | None = None
         """The response whose first audio has arrived (the `reply_audio` event, once each)."""
-        self._answer: tuple[str, bytearray] | None = None
-        """The final-answer audio of the response in progress: one, never more."""
+        self._answer: tuple[str, dict[str, bytearray]] | None = None
+        """The final-answer audio of the response in progress, by item (an item whose phase
+        turns out late to be commentary is dropped from it): one response, never more."""
         self.last_answer = b""
         self._replays = 0
         self._warned: set[str] = set()
@@ -273,8 +274,24 @@ class CloudLink:
         return now - self.progress_at if session is not None and session.ready else None
 
     def _on_output_item(self, ev: rt.OutputItemAdded | rt.OutputItemDone) -> None:
+        before = self.conversation.phase_of(ev.item_id)
         self.conversation.apply(ev)
         self._progress(ev.response_id)
+        after = self.conversation.phase_of(ev.item_id)
+        if after is not before and ev.item_type == "message":
+            self._phase_learned(ev.response_id, ev.item_id, after)
+
+    def _phase_learned(self, response_id: str, item_id: str, phase: rt.Phase) -> None:
+        """An item's phase became known only now (`phase` on `.done` alone): its audio still
+        queued carries it, the LEDs follow at once if it is being heard, and a preamble
+        taken for the answer leaves the repeat memory."""
+        if phase is rt.Phase.COMMENTARY and self._answer is not None:
+            self._answer[1].pop(item_id, None)
+        if not self.conversation.audible(response_id):
+            return
+        if self.speaker.relabel(item_id, phase):
+            self.events.emit("playback_start", self._audio_ms(), phase=phase, item_id=item_id)
+            self._handle(st.PlaybackStarted(response_id, item_id, phase))
 
     def _on_response_created(self, ev: rt.ResponseCreated) -> None:
         self.conversation.apply(ev)
@@ -299,13 +316,19 @@ class CloudLink:
             self._received.popitem(last=False)
         if phase is rt.Phase.FINAL_ANSWER:  # kept (in RAM) for a repeat
             if self._answer is None or self._answer[0] != ev.response_id:
-                self._answer = (ev.response_id, bytearray())
-            kept = self._answer[1]
-            if len(kept) < MAX_REPLAY_S * CLOUD_RATE * SAMPLE_BYTES:
-                kept += ev.pcm
+                self._answer = (ev.response_id, {})
+            items = self._answer[1]
+            if sum(map(len, items.values())) < MAX_REPLAY_S * CLOUD_RATE * SAMPLE_BYTES:
+                items.setdefault(ev.item_id, bytearray()).extend(ev.pcm)
 
     def _on_response_done(self, ev: rt.ResponseDone) -> None:
+        messages = [i.item_id for i in ev.items if i.item_type == "message"]
+        before = {item_id: self.conversation.phase_of(item_id) for item_id in messages}
         self.conversation.apply(ev)
+        for item_id, was in before.items():  # (a phase said only here)
+            now = self.conversation.phase_of(item_id)
+            if now is not was:
+                self._phase_learned(ev.response_id, item_id, now)
         answer = None
         if self._answer is not None and self._answer[0] == ev.response_id:
             answer, self._answer = self._answer[1], None
@@ -315,7 +338,7 @@ class CloudLink:
         log.info("response %s: %s", ev.response_id, escape(ev.status[:40]))
         self.speaker.end(ev.response_id)
         if answer and ev.status == "completed":
-            self.last_answer = bytes(answer)
+            self.last_answer = b"".join(answer.values())
         if ev.status == "failed":
             self._response_failed(ev)
             return

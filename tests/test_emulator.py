@@ -410,3 +410,21 @@ async def test_other_items_are_refused_with_an_error(emulator: Emulator) -> None
         await ws.send(json.dumps({"type": "conversation.item.create", "item": item}))
         ev = await recv(ws)
     assert ev["type"] == "error" and ev["error"]["param"] == "item"
+
+
+async def test_the_phase_on_done_dialect_says_the_phase_only_once_an_item_is_done(
+    emulator: Emulator,
+) -> None:
+    emulator.scenario = Scenario(phase_on_done=True, think_ms=0, speedup=20.0)
+    c = ClientEvents()
+    async with connect(url(emulator), additional_headers={"api-key": "right-key"}) as ws:
+        await recv(ws)
+        await send(ws, c.session_update(SessionSettings("Be brief.")))
+        await recv(ws)
+        await send(ws, c.user_text("hello"))
+        await send(ws, c.create_response())
+        events = await until(ws, "response.done")
+    added = [e["item"] for e in events if e["type"] == "response.output_item.added"]
+    done = [e["item"] for e in events if e["type"] == "response.output_item.done"]
+    assert len(added) == 2 and all("phase" not in item for item in added)
+    assert [item["phase"] for item in done] == ["commentary", "final_answer"]

@@ -445,3 +445,18 @@ async def test_a_refused_entra_token_names_the_token_and_the_role(
     assert "refused the Entra ID token (HTTP 401)" in error["message"]
     assert "Cognitive Services OpenAI User" in error["message"]
     assert "API key" not in error["message"]
+
+
+async def test_a_phase_said_only_on_done_still_drives_the_lights(
+    tmp_path: Path, question: bytes
+) -> None:
+    """No SDK documents where `phase` appears; when the service says it only once an item
+    is done, the preamble is still shown as the preamble and the answer as the answer."""
+    r = await run(tmp_path, question, scenario(phase_on_done=True))
+    added = [e for e in r.record if e.get("sent", {}).get("type") == "response.output_item.added"]
+    assert all("phase" not in e["sent"]["item"] for e in added)
+    shown = states(r.events)
+    assert "preamble" in shown and shown[-3:] == ["answering", "follow_up", "idle"]
+    assert shown.index("preamble") < len(shown) - 3
+    started = [e["phase"] for e in r.events if e["event"] == "playback_start"]
+    assert "commentary" in started and started[-1] == "final_answer"

@@ -8,6 +8,7 @@ from typing import Any
 from device.adapters.speaker import WavSpeaker
 from device.core import realtime as rt
 from device.core import states as st
+from device.core.audio import ItemStarted
 from device.events import EventLog
 from device.link import CloudLink
 from tests.helpers import config
@@ -82,3 +83,19 @@ def test_a_failed_response_is_an_error_and_a_cut_one_is_said_after_what_came() -
     link._on_server_event(session, cut)  # type: ignore[arg-type]
     assert inputs[-1] == st.ResponseEnded("r2", "incomplete", False)  # the talk goes on
     assert played == ["error"]
+
+
+def test_a_phase_said_only_on_done_relabels_the_audio_and_leaves_the_repeat_memory() -> None:
+    link, session, _ = link_with_session()
+    send = lambda ev: link._on_server_event(session, ev)  # type: ignore[arg-type]  # noqa: E731
+    send(rt.ResponseCreated("r1"))
+    send(rt.OutputItemAdded("r1", "i1", "message", None))  # no phase yet: taken as the answer
+    send(rt.AudioDelta("r1", "i1", bytes(4800)))
+    send(rt.OutputItemDone("r1", "i1", "message", "commentary", "completed"))
+    send(rt.OutputItemAdded("r1", "i2", "message", None))
+    send(rt.AudioDelta("r1", "i2", b"\x01\x00" * 2400))
+    send(rt.ResponseDone("r1", "completed", (rt.OutputItem("i2", "message", "final_answer"),)))
+    assert link.last_answer == b"\x01\x00" * 2400  # the preamble is not repeated as the answer
+    _, started = link.speaker._buffer.pull(4800)
+    heard = [(e.item_id, e.phase) for e in started if isinstance(e, ItemStarted)]
+    assert heard == [("i1", "commentary"), ("i2", "final_answer")]

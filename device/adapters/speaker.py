@@ -117,6 +117,11 @@ class Speaker:
         if ready:
             self._ensure_running()
 
+    def relabel(self, item_id: str, phase: str) -> bool:
+        """See `PlayoutBuffer.relabel`: True if the item is being heard now."""
+        with self._lock:
+            return self._buffer.relabel(item_id, phase)
+
     def end(self, response_id: str, source: Source = Source.REPLY) -> None:
         """Nothing more will arrive for this response: play out whatever is left."""
         with self._lock:

@@ -306,6 +306,15 @@ class PlayoutBuffer:
     def buffered_samples(self) -> int:
         return self._samples
 
+    def relabel(self, item_id: str, phase: str) -> bool:
+        """The item's phase became known late: what is still queued of it carries the new
+        phase. True if the item has already started playing (the listener is hearing it)."""
+        for s in self._queue:
+            if isinstance(s, _Segment) and s.item_id == item_id:
+                s.phase = phase
+        current = self._current
+        return current is not None and current.item_id == item_id
+
     @property
     def idle(self) -> bool:
         return not self._queue

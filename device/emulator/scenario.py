@@ -76,6 +76,9 @@ class Scenario:
     """Chunks sent back to back before each pause (bursty delivery)."""
     session_delay_ms: int = 0
     """Delay before `session.created` (a slow connect)."""
+    phase_on_done: bool = False
+    """Say each item's `phase` only on `response.output_item.done` (and `response.done`),
+    never on `.added`: no SDK documents where the service puts it."""
     faults: Faults = field(default_factory=Faults)
 
     def faults_for(self, connection: int) -> Faults:

@@ -725,11 +725,15 @@ class _Session:
             "phase": phase,
             "content": [],
         }
+        announced = {k: v for k, v in item.items() if k != "phase"} if sc.phase_on_done else item
         where = {"response_id": response_id, "item_id": item_id, "output_index": index}
         await self.send(
-            "response.output_item.added", response_id=response_id, output_index=index, item=item
+            "response.output_item.added",
+            response_id=response_id,
+            output_index=index,
+            item=announced,
         )
-        await self.send("conversation.item.added", item=item, previous_item_id=previous)
+        await self.send("conversation.item.added", item=announced, previous_item_id=previous)
         await self.send(
             "response.content_part.added",
             **where,
