@@ -51,6 +51,29 @@ ERRORS_PER_MINUTE = 5
 MAX_SERVER_TEXT = 200
 
 
+class Answer:
+    """The final-answer audio of one response, by item, at most MAX_REPLAY_S long: what a
+    double press repeats. Its size is counted, so each delta costs the same."""
+
+    def __init__(self, response_id: str) -> None:
+        self.response_id = response_id
+        self.items: dict[str, bytearray] = {}
+        self.size = 0
+
+    def add(self, item_id: str, pcm: bytes) -> None:
+        full = self.size >= MAX_REPLAY_S * CLOUD_RATE * SAMPLE_BYTES
+        if not full and (item_id in self.items or len(self.items) < rt.Conversation.MAX_ITEMS):
+            self.items.setdefault(item_id, bytearray()).extend(pcm)
+            self.size += len(pcm)
+
+    def drop(self, item_id: str) -> None:
+        """A preamble that had been taken for the answer."""
+        self.size -= len(self.items.pop(item_id, b""))
+
+    def audio(self) -> bytes:
+        return b"".join(self.items.values())
+
+
 def session_settings(cfg: Config, tools: tuple[rt.Tool, ...]) -> rt.SessionSettings:
     a = cfg.assistant
     return rt.SessionSettings(
@@ -95,9 +118,8 @@ class CloudLink:
         """Samples of audio received per item (the last few items): what a truncate may name."""
         self._heard_from: str | None = None
         """The response whose first audio has arrived (the `reply_audio` event, once each)."""
-        self._answer: tuple[str, dict[str, bytearray]] | None = None
-        """The final-answer audio of the response in progress, by item (an item whose phase
-        turns out late to be commentary is dropped from it): one response, never more."""
+        self._answer: Answer | None = None
+        """The final answer of the response in progress: one response, never more."""
         self.last_answer = b""
         self._replays = 0
         self._warned: set[str] = set()
@@ -286,7 +308,7 @@ class CloudLink:
         queued carries it, the LEDs follow at once if it is being heard, and a preamble
         taken for the answer leaves the repeat memory."""
         if phase is rt.Phase.COMMENTARY and self._answer is not None:
-            self._answer[1].pop(item_id, None)
+            self._answer.drop(item_id)
         if not self.conversation.audible(response_id):
             return
         if self.speaker.relabel(item_id, phase):
@@ -315,11 +337,9 @@ class CloudLink:
         if len(self._received) > rt.Conversation.MAX_ITEMS:
             self._received.popitem(last=False)
         if phase is rt.Phase.FINAL_ANSWER:  # kept (in RAM) for a repeat
-            if self._answer is None or self._answer[0] != ev.response_id:
-                self._answer = (ev.response_id, {})
-            items = self._answer[1]
-            if sum(map(len, items.values())) < MAX_REPLAY_S * CLOUD_RATE * SAMPLE_BYTES:
-                items.setdefault(ev.item_id, bytearray()).extend(ev.pcm)
+            if self._answer is None or self._answer.response_id != ev.response_id:
+                self._answer = Answer(ev.response_id)
+            self._answer.add(ev.item_id, ev.pcm)
 
     def _on_response_done(self, ev: rt.ResponseDone) -> None:
         messages = [i.item_id for i in ev.items if i.item_type == "message"]
@@ -330,15 +350,15 @@ class CloudLink:
             if now is not was:
                 self._phase_learned(ev.response_id, item_id, now)
         answer = None
-        if self._answer is not None and self._answer[0] == ev.response_id:
-            answer, self._answer = self._answer[1], None
+        if self._answer is not None and self._answer.response_id == ev.response_id:
+            answer, self._answer = self._answer, None
         if not self.conversation.audible(ev.response_id):
             return
         self.progress_at = time.monotonic()
         log.info("response %s: %s", ev.response_id, escape(ev.status[:40]))
         self.speaker.end(ev.response_id)
-        if answer and ev.status == "completed":
-            self.last_answer = b"".join(answer.values())
+        if answer is not None and answer.size and ev.status == "completed":
+            self.last_answer = answer.audio()
         if ev.status == "failed":
             self._response_failed(ev)
             return

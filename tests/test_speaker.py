@@ -23,3 +23,12 @@ async def test_queued_reply_audio_is_capped(
     assert speaker._buffer.buffered_samples == MAX_QUEUED_S * CLOUD_RATE
     assert len([m for m in caplog.messages if "dropping the rest" in m]) == 1
     speaker.close()
+
+
+def test_a_flood_of_one_sample_items_is_capped_by_count_not_only_by_length() -> None:
+    from device.adapters.speaker import MAX_SEGMENTS, WavSpeaker
+
+    speaker = WavSpeaker(None, 60, paced=False)
+    for n in range(MAX_SEGMENTS + 500):
+        speaker.play("r", f"i{n}", "final_answer", b"\x01\x00")
+    assert speaker._buffer.segments == MAX_SEGMENTS

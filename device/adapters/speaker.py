@@ -46,6 +46,9 @@ PERIOD_MS = 20
 PERIOD_SAMPLES = CLOUD_RATE * PERIOD_MS // 1000
 MAX_QUEUED_S = 300
 """Reply audio held at most (14 MB): a server sending faster than this is cut, not obeyed."""
+MAX_SEGMENTS = 10_000
+"""Items' worth of audio held at most: a server sending a new item every two bytes must
+not fill the memory with the bookkeeping of each."""
 FAR_END_S = 1
 """How much of what was played is kept for echo handling (read back at the mic's pace)."""
 STALL_S = 2.0
@@ -106,10 +109,15 @@ class Speaker:
     ) -> None:
         with self._lock:
             queued = self._buffer.buffered_samples
-            if queued + len(pcm) // SAMPLE_BYTES > MAX_QUEUED_S * CLOUD_RATE:
+            too_many = self._buffer.segments >= MAX_SEGMENTS
+            if too_many or queued + len(pcm) // SAMPLE_BYTES > MAX_QUEUED_S * CLOUD_RATE:
                 if self._dropping != response_id:
                     self._dropping = response_id
-                    log.warning("reply audio beyond %d s queued; dropping the rest", MAX_QUEUED_S)
+                    log.warning(
+                        "reply audio beyond %d s or %d items queued; dropping the rest",
+                        MAX_QUEUED_S,
+                        MAX_SEGMENTS,
+                    )
                 return
             self._buffer.add(response_id, item_id, phase, pcm, source)
             self._stopped = False

@@ -319,6 +319,11 @@ class PlayoutBuffer:
     def idle(self) -> bool:
         return not self._queue
 
+    @property
+    def segments(self) -> int:
+        """Pieces queued (a run of one item's audio is one)."""
+        return len(self._queue)
+
     def pull(self, samples: int, pad: bool = True) -> tuple[bytes, list[PlayoutEvent]]:
         """Up to `samples` of audio; padded with silence (an underrun) when `pad` is set."""
         out = bytearray()
