@@ -60,9 +60,7 @@ async def check_mic(cfg: Config) -> Line:
     try:
         await mic.open()
         pcm = b"".join([await mic.read() for _ in range(25)])
-    except DeviceNotFound as e:
-        return Line(FAIL, "microphone", str(e))
-    except (OSError, ValueError, MicFailure) as e:
+    except (DeviceNotFound, OSError, ValueError, MicFailure) as e:
         return Line(FAIL, "microphone", str(e))
     finally:
         await mic.close()

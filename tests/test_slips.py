@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import re
+import shlex
 import stat
 import struct
 import subprocess
@@ -343,7 +344,7 @@ def test_arguments_are_checked_before_anything_runs(args: list[str], message: st
 
 def test_check_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
     r = subprocess.run(
-        f"{shlex_quote(sys.executable)} -m device check --no-cloud | head -1",
+        f"{shlex.quote(sys.executable)} -m device check --no-cloud | head -1",
         shell=True,
         capture_output=True,
         text=True,
@@ -352,12 +353,6 @@ def test_check_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
     )
     assert r.stdout == "voice-device check\n"
     assert "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr
-
-
-def shlex_quote(s: str) -> str:
-    import shlex
-
-    return shlex.quote(s)
 
 
 def test_version() -> None:

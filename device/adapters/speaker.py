@@ -122,6 +122,7 @@ class Speaker:
             self._buffer.add(response_id, item_id, phase, pcm, source)
             self._stopped = False
             ready = queued + len(pcm) // SAMPLE_BYTES >= self._prefill
+        self._fed()
         if ready:
             self._ensure_running()
 
@@ -134,6 +135,7 @@ class Speaker:
         """Nothing more will arrive for this response: play out whatever is left."""
         with self._lock:
             self._buffer.end(response_id, source)
+        self._fed()
         self._ensure_running()
 
     def stop(self) -> None:
@@ -234,6 +236,9 @@ class Speaker:
             log.info("speaker ran dry %d times during the reply (network jitter)", new)
 
     # -- what each kind implements ----------------------------------------------------------
+
+    def _fed(self) -> None:
+        """Called on the loop after audio or an end marker is queued (the WAV writer wakes)."""
 
     def _start(self) -> None:
         raise NotImplementedError
@@ -419,19 +424,7 @@ class WavSpeaker(Speaker):
         self._wake = asyncio.Event()
         self._closed = False
 
-    def play(
-        self,
-        response_id: str,
-        item_id: str,
-        phase: str | None,
-        pcm: bytes,
-        source: Source = Source.REPLY,
-    ) -> None:
-        super().play(response_id, item_id, phase, pcm, source)
-        self._wake.set()
-
-    def end(self, response_id: str, source: Source = Source.REPLY) -> None:
-        super().end(response_id, source)
+    def _fed(self) -> None:
         self._wake.set()
 
     def _start(self) -> None:
