@@ -144,17 +144,66 @@ class ShortLivedTokens:
         (400, "refused", "OperationNotSupported: The realtime operation does not work"),
     ],
 )
-async def test_configuration_refusals_name_the_cause_and_do_not_back_off(
-    tmp_path: Path, twice: bytes, status: int, code: str, words: str
+async def test_configuration_refusals_name_the_cause_and_are_not_asked_again(
+    tmp_path: Path,
+    twice: bytes,
+    status: int,
+    code: str,
+    words: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """A wrong key or deployment does not fix itself: the next wake shows the same error at
+    once instead of asking the service again, and the journal hears of it once."""
+    caplog.set_level(logging.DEBUG, logger="device")
     r = await run(tmp_path, twice, scenario(Faults(reject_status=status, connections=1)))
     assert r.code == 0 and wakes(r) == 2
-    assert r.errors() == [code]
+    assert r.errors() == [code, code]
     error = next(e for e in r.events if e["event"] == "error")
     assert words in error["message"]
-    # no point waiting for a wrong key to fix itself: the next wake tries and gets through
-    assert states(r.events) == ["connecting", "error", *CONVERSATION]
-    assert len(r.handshakes()) == 2
+    assert states(r.events) == ["connecting", "error", "error", "idle"]
+    assert len(r.handshakes()) == 1  # the second wake did not touch the network
+    assert [e["kind"] for e in r.events if e["event"] == "earcon"] == ["wake", "error", "error"]
+    warned = [rec for rec in caplog.records if rec.levelno >= logging.WARNING]
+    assert [w.getMessage().split(":")[0] for w in warned] == [code]
+
+
+async def test_after_a_refusal_the_button_asks_again(tmp_path: Path, question: bytes) -> None:
+    """The user fixed it on the service's side (a role assigned, quota raised): one press
+    tries now, and a session that opens clears the refusal for the wake word too."""
+    audio = question + silence(0.5)
+    emu = Emulator(scenario(Faults(reject_status=401, connections=1)))
+    await emu.start("127.0.0.1", 0)
+    cfg = dataclasses.replace(
+        parse_config({"gpio": {"pin_factory": "mock"}, "turn": {"follow_up_ms": 500},
+                      "cloud": {"endpoint": f"http://127.0.0.1:{emu.port}"}}),
+        api_key=Secret("test-key"),
+    )  # fmt: skip
+    opts = RunOptions(
+        input_wav=write_wav(tmp_path / "in.wav", audio + silence(8.0)),
+        fast=False,
+        output_wav=tmp_path / "reply.wav",
+        events_log=tmp_path / "events.jsonl",
+    )
+    app = App(cfg, opts)
+    task = asyncio.create_task(app.run())
+    try:
+        events = tmp_path / "events.jsonl"
+        for _ in range(200):
+            await asyncio.sleep(0.05)
+            if events.exists() and '"error"' in events.read_text():
+                break
+        assert (await app.verbs("wake", ""))["ok"]  # what a press does, by the socket
+        for _ in range(200):
+            await asyncio.sleep(0.05)
+            if '"listening"' in events.read_text():
+                break
+        app.request_stop()
+        assert await asyncio.wait_for(task, 30) == 0
+    finally:
+        await emu.close()
+    evs = read_jsonl(events)
+    assert [e["code"] for e in evs if e["event"] == "error"] == ["auth_failed"]
+    assert states(evs)[:4] == ["connecting", "error", "connecting", "listening"]
 
 
 @pytest.mark.parametrize(("status", "code"), [(429, "rate_limited"), (503, "server_error")])
@@ -275,8 +324,16 @@ def test_rate_limit_error_event_backs_off(mid_session: dict[str, tuple[Run, Any]
     recovered_after(mid_session["rate_limit"][0], "rate_limit_exceeded", outage=True)
 
 
-def test_quota_error_ends_the_session(mid_session: dict[str, tuple[Run, Any]]) -> None:
-    recovered_after(mid_session["quota"][0], "insufficient_quota", outage=False)
+def test_quota_error_ends_the_session_until_the_configuration_changes(
+    mid_session: dict[str, tuple[Run, Any]],
+) -> None:
+    """A spent quota is not waited out: the next wake says so again without a session."""
+    r, _ = mid_session["quota"]
+    assert r.code == 0 and wakes(r) == 2
+    assert r.errors() == ["insufficient_quota", "insufficient_quota"]
+    assert states(r.events).count("connecting") == 1 and states(r.events)[-2:] == ["error", "idle"]
+    assert len(r.handshakes()) == 1
+    assert [e["kind"] for e in r.events if e["event"] == "earcon"] == ["wake", "error", "error"]
 
 
 def test_session_expiry_mid_answer_ends_it_quietly(

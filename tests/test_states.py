@@ -1295,3 +1295,27 @@ def test_an_answer_that_had_all_arrived_plays_out_when_the_session_expires() -> 
         CloseSession("session_expired")
     ]
     assert m.handle(PlaybackFinished("r1"), 5) == [Enter(State.IDLE, "conversation over")]
+
+
+def test_a_refusal_only_the_configuration_can_fix_is_not_asked_again_by_the_wake_word() -> None:
+    m = connecting()
+    m.handle(SessionFailed("auth_failed", "the key was refused"), 10)
+    m.handle(Tick(), 20)
+    assert m.state is State.IDLE
+    cmds = m.handle(Wake("okay nabu", 0.97, m.audio_pos), 30)
+    assert not [c for c in cmds if isinstance(c, OpenSession)]
+    assert cmds[0] == ReportError("auth_failed", cmds[0].message, True)  # logged once
+    assert "the key was refused" in cmds[0].message and m.state is State.ERROR
+    # the button asks again; an opened session clears the refusal for the wake word too
+    m.handle(Tick(), 40)
+    assert OpenSession() in m.handle(Summon(m.audio_pos), 41)
+    m.handle(SessionReady(), 42)
+    assert m.refusal is None
+    # a reload clears it as well; a retryable failure never sets it
+    m = connecting()
+    m.handle(CloudError("insufficient_quota", "quota spent"), 10)
+    m.reconfigure(SETTINGS)
+    m.handle(Tick(), 20)
+    assert OpenSession() in m.handle(Wake("okay nabu", 0.97, m.audio_pos), 30)
+    m.handle(SessionFailed("unreachable", "down", retryable=True), 31)
+    assert m.refusal is None

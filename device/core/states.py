@@ -432,6 +432,22 @@ Action = Callable[["Machine", int], list[Command]]
 """Something the button does in one state, given the sample it was pressed at."""
 
 
+NEEDS_CONFIG = frozenset(
+    {
+        "session_rejected",
+        "auth_failed",
+        "not_found",
+        "refused",
+        "redirected",
+        "invalid_api_key",
+        "insufficient_quota",
+        "model_not_found",
+    }
+)
+"""Refusals only a change of configuration (or of the service's side) can fix: after one,
+the wake word does not open another session to hear the same answer."""
+
+
 class TransitionError(Exception):
     """A handler entered a state that its row in `TRANSITIONS` does not name."""
 
@@ -473,12 +489,17 @@ class Machine:
         """A typed question waiting for the session to be ready."""
         self.replay_from: State | None = None
         """Replaying the last answer; where to return when it is over."""
+        self.refusal: tuple[str, str] | None = None
+        """The service refused something only the configuration can fix (the key, the
+        deployment, the session settings, the quota): the wake word shows it again instead of
+        asking again, until a reload or a session that opens (the button still tries)."""
 
     def reconfigure(self, settings: Settings) -> None:
         """New settings (a reloaded configuration), keeping the conversation and any outage."""
         self.s = settings
         self.outage.policy = settings.backoff
         self.endpointer.reconfigure(settings.endpoint)
+        self.refusal = None
 
     # -- entry point ------------------------------------------------------------------------
 
@@ -563,6 +584,9 @@ class Machine:
         if retryable:
             repeat = not self.outage.failed(now, retry_after)
             message += f" (next try after {self.outage.wait(now):.0f} s)"
+        elif code in NEEDS_CONFIG:
+            repeat = self.refusal is not None and self.refusal[0] == code
+            self.refusal = (code, message)
         return [
             *self._teardown(code),
             ReportError(code, message, repeat),
@@ -587,6 +611,14 @@ class Machine:
 
     def on_wake(self, e: Input, now: float) -> list[Command]:
         assert isinstance(e, Wake)
+        if self.refusal is not None:  # asking again would only be refused again
+            code, message = self.refusal
+            again = f"{message} (still refused: fix it and reload; the button tries)"
+            return [
+                ReportError(code, again, True),
+                PlayEarcon(Earcon.ERROR),
+                Enter(State.ERROR, code),
+            ]
         wait = self.outage.wait(now)
         if wait > 0:  # an outage is on: fail at once, without a connection attempt
             message = (
@@ -657,6 +689,7 @@ class Machine:
 
     def on_session_ready(self, e: Input, now: float) -> list[Command]:
         cmds: list[Command] = []
+        self.refusal = None
         lasted = self.outage.succeeded(now)
         if lasted is not None:
             cmds.append(ReportRecovery(lasted))
