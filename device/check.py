@@ -220,14 +220,18 @@ def run_checks(
     lines.append(check_speaker(cfg.audio.output_device))
     lines.append(check_wake(cfg))
     lines.append(check_gpio(cfg))
+    unset = False
     if cloud:
         try:
             require_cloud(cfg)
             lines.append(asyncio.run(check_cloud(cfg)))
         except ConfigError as e:
             lines.append(Line(FAIL, "cloud", str(e)))
+            unset = True
     for line in lines:
         out(f"  {line.mark} {line.what:<12} {line.detail}")
     failed = [line.what for line in lines if line.mark == FAIL]
     out("verdict: ready" if not failed else f"verdict: not ready ({', '.join(failed)})")
+    if unset:
+        return 78  # what `run` would exit with: the configuration needs an edit first
     return 1 if failed else 0

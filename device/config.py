@@ -224,10 +224,14 @@ class Config:
     gpio: GpioConfig = field(default_factory=GpioConfig)
     hooks: HooksConfig = field(default_factory=HooksConfig)
     api_key: Secret = field(default_factory=lambda: Secret(""), repr=False)
+    origin: str = field(default="the configuration", compare=False)
+    """Where it was read from (a file's path), for messages that say what to edit."""
 
 
 SECTIONS: dict[str, Any] = {
-    name: t for name, t in typing.get_type_hints(Config).items() if name != "api_key"
+    name: t
+    for name, t in typing.get_type_hints(Config).items()
+    if name not in ("api_key", "origin")
 }
 
 
@@ -336,7 +340,7 @@ def parse_config(data: Mapping[str, Any], origin: str = "the configuration") -> 
         if not isinstance(table, dict):
             raise ConfigError(f"'{name}' in {origin} must be a table ([{name}])")
         sections[name] = _build_section(name, SECTIONS[name], table, origin)
-    cfg = Config(**sections)
+    cfg = Config(**sections, origin=origin)
     validate(cfg)
     return cfg
 
@@ -621,6 +625,12 @@ def require_cloud(cfg: Config) -> None:
             "(https://<resource>.openai.azure.com) in the config file, set "
             "AZURE_OPENAI_ENDPOINT, or pass --endpoint"
         )
+    if is_placeholder(cfg.cloud.endpoint):
+        raise ConfigError(
+            f"cloud.endpoint is still the example's {cfg.cloud.endpoint.strip()!r}: edit "
+            f"cloud.endpoint in {cfg.origin} (the Azure portal shows your resource's endpoint "
+            "under Keys and Endpoint)"
+        )
     if cfg.cloud.auth == "entra":
         try:
             import azure.identity  # noqa: F401
@@ -652,6 +662,18 @@ class Endpoint:
     """azure, azure-preview or openai."""
     dialect: str
     """ga, or beta for the Azure preview API."""
+
+
+PLACEHOLDER_NAMES = frozenset({"my-resource", "your-resource"})
+"""First labels of example host names (systemd/config.example.toml's); the README's
+`<resource>` is caught by its brackets."""
+
+
+def is_placeholder(endpoint: str) -> bool:
+    """The example's endpoint, not a real one (a DNS failure at the first wake otherwise)."""
+    host = urlsplit(endpoint.strip()).hostname or ""
+    first = host.split(".")[0].strip("<>{}[]")
+    return "<" in endpoint or "{" in endpoint or first.lower() in PLACEHOLDER_NAMES
 
 
 def endpoint_kind(c: CloudConfig) -> str:

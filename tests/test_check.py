@@ -13,6 +13,8 @@ import pytest
 
 from tests.helpers import asoundrc, emulator_process, speech
 
+REPO = Path(__file__).resolve().parent.parent
+
 
 @pytest.fixture
 def emulator_port() -> Iterator[int]:
@@ -95,6 +97,28 @@ def test_configuration_errors_exit_78(tmp_path: Path) -> None:
     )
     assert r.returncode == 78
     assert "turn.detection must be one of local, server_vad, semantic_vad" in r.stdout
+
+
+@pytest.mark.parametrize("command", ["check", "run"])
+def test_the_example_configs_placeholder_endpoint_says_what_to_edit(
+    tmp_path: Path, command: str
+) -> None:
+    """A fresh install's config still names `my-resource`: say so, not a DNS failure at the
+    first wake."""
+    conf = tmp_path / "config.toml"
+    conf.write_text((REPO / "systemd" / "config.example.toml").read_text())
+    env = {**os.environ, "AZURE_OPENAI_API_KEY": "sk-placeholder-test"}
+    r = subprocess.run(
+        [sys.executable, "-m", "device", command, "--config", str(conf)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 78, r.stdout + r.stderr
+    said = r.stdout + r.stderr
+    assert f"edit cloud.endpoint in {conf}" in said
+    assert "'https://my-resource.openai.azure.com'" in said
 
 
 @pytest.mark.parametrize(

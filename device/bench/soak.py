@@ -210,6 +210,10 @@ class Soak:
                 await self.settle(f"fault {fault}", result)
             finally:
                 self.emu.scenario = self.base
+            if self.app.machine.refusal is not None:
+                # a refused key is not asked again until the user fixes it and reloads; the
+                # machine's part of a reload (models are not loaded again: it takes seconds)
+                self.app.machine.reconfigure(self.app.machine.s)
             return
         elif await self.wake(result):
             if kind == "follow-up":
