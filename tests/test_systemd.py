@@ -406,13 +406,87 @@ def test_the_installer_in_a_throwaway_root(tmp_path: Path) -> None:
         root / "etc/voice-device/config.toml"
     ).read_text() == "[cloud]\nendpoint = 'https://x'\n"
 
-    # the daemon's state, made by systemd, goes too
+    # the daemon's state (made by systemd), the edited config and the key are the user's:
+    # kept by --uninstall, which says so
     (root / "var/lib/voice-device").mkdir(parents=True)
     (root / "var/lib/voice-device/state.json").write_text("{}")
     gone = install(root, "--uninstall")
     assert "would run: systemctl disable --now voice-device.service" in gone
+    for kept in (
+        "config.toml (you edited it)",
+        "azure-openai-api-key (the API key",
+        "voice-device (mute",
+    ):
+        assert kept in gone, kept
+    left = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+    assert left == [
+        "etc",
+        "etc/systemd",
+        "etc/systemd/system",
+        "etc/voice-device",
+        "etc/voice-device/config.toml",
+        "etc/voice-device/credentials",
+        "etc/voice-device/credentials/azure-openai-api-key",
+        "opt",
+        "var",
+        "var/lib",
+        "var/lib/voice-device",
+        "var/lib/voice-device/state.json",
+    ], left
+    # installed again, the kept config and key are used; --purge takes everything
+    again = install(root, key=None)
+    assert "config.toml kept" in again and "azure-openai-api-key kept" in again
+    purged = install(root, "--uninstall", "--purge")
+    assert "kept" not in purged
     left = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
     assert left == ["etc", "etc/systemd", "etc/systemd/system", "opt", "var", "var/lib"], left
+
+
+def test_an_unedited_config_goes_with_the_uninstall(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    install(root)
+    gone = install(root, "--uninstall")
+    assert not (root / "etc/voice-device/config.toml").exists()
+    assert "kept /etc/voice-device/credentials/azure-openai-api-key" in gone
+
+
+def rotate(root: Path, key: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "AZURE_OPENAI_API_KEY"}  # as sudo does
+    return subprocess.run(
+        [sys.executable, str(INSTALL), "--root", str(root), "--set-key", *args],
+        input=key,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+
+
+def test_the_key_is_rotated_under_sudo_as_the_readme_says(tmp_path: Path) -> None:
+    """sudo drops AZURE_OPENAI_API_KEY: a plain re-install keeps the old key and says so;
+    --set-key (the key on stdin, or --key-file) replaces it and restarts the service."""
+    root = tmp_path / "root"
+    install(root, key="sk-old-0123456789")
+    stored = root / "etc/voice-device/credentials/azure-openai-api-key"
+    assert "kept (a new one: sudo scripts/install --set-key)" in install(root, key=None)
+    r = rotate(root, "sk-new-9876543210\n")
+    assert r.returncode == 0, r.stderr
+    assert stored.read_text() == "sk-new-9876543210\n"
+    assert "azure-openai-api-key replaced" in r.stdout
+    assert "would run: systemctl try-restart voice-device.service" in r.stdout
+    assert "pip install" not in r.stdout  # only the key changes
+    assert "sk-new" not in r.stdout + r.stderr
+    assert stat.S_IMODE(stored.stat().st_mode) == 0o600
+    # from a file, as README's rotation steps do
+    new = tmp_path / "key"
+    new.write_text("sk-file-1111111111\n")
+    r = rotate(root, "", "--key-file", str(new))
+    assert r.returncode == 0 and stored.read_text() == "sk-file-1111111111\n"
+    # nothing given, or a key with a space in it: the stored key stays
+    assert "kept" in rotate(root, "").stdout
+    bad = rotate(root, "sk-one two\n")
+    assert bad.returncode != 0 and "spaces" in bad.stderr
+    assert stored.read_text() == "sk-file-1111111111\n"
 
 
 def test_without_a_key_the_installer_does_not_start_the_service(tmp_path: Path) -> None:
