@@ -33,6 +33,7 @@ from .core import states as st
 from .events import EventLog
 from .front import FrontEnd
 from .link import CloudLink
+from .meter import CostMeter
 from .presenter import Presenter
 from .reload import reload
 from .supervise import Supervisor, audio_devices
@@ -74,6 +75,8 @@ class App:
         self.memory = Memory(opts.state_dir)
         self.machine = st.Machine(machine_settings(cfg), muted=self.memory.value.muted)
         self.events = EventLog(opts.events_log)
+        self.meter = CostMeter(cfg, opts.state_dir, self.events, lambda: self.front.audio_ms)
+        self.machine.budget_note = self.meter.budget_note()
         self.notifier = Notifier()
         self.stopped = asyncio.Event()
         self.tg: asyncio.TaskGroup | None = None
@@ -85,8 +88,16 @@ class App:
             self.machine,
             self.handle,
             lambda: self.pos,
-            lambda: device_status(
-                self.link, self.front, self.mic, self.speaker, self.supervisor, self.status_text()
+            lambda: (
+                device_status(
+                    self.link,
+                    self.front,
+                    self.mic,
+                    self.speaker,
+                    self.supervisor,
+                    self.status_text(),
+                )
+                | {"usage": self.meter.status()}
             ),
             lambda: self.speaker,
             self.memory,
@@ -129,6 +140,7 @@ class App:
             lambda: self.front.audio_ms,
             self.presenter.play_earcon,
             self.verbs.answer_text,
+            self.meter,
             self._credential,
         )
         self.build_gpio(cfg)
@@ -270,6 +282,7 @@ class App:
             self.supervisor.check_speaker()
             if self.machine.state is st.State.MUTED:
                 self.notifier.audio_alive()  # closed on purpose; the loop itself is alive
+            self.machine.budget_note = self.meter.budget_note()  # (a month may have turned)
             self.handle(st.Tick(self.link.quiet_s(time.monotonic())))
             self.notifier.status(self.status_text())
 

@@ -585,9 +585,26 @@ def _status_lines(r: dict[str, Any]) -> str:
             f"reload:   failed {reload['ago_s']:.0f} s ago, the running configuration kept: "
             f"{reload['error']}"
         )
+    usage = r.get("usage")
+    if usage:
+        lines.append(f"usage:    {_usage_line(usage)}")
     hours, rest = divmod(int(r["uptime_s"]), 3600)
     lines.append(f"uptime:   {hours}h{rest // 60:02d}m{rest % 60:02d}s (pid {r['pid']})")
     return "\n".join(lines)
+
+
+def _usage_line(u: dict[str, Any]) -> str:
+    from .core.usage import Prices
+
+    show = Prices(currency=str(u.get("currency", "USD"))).show
+    today, month = u["today"], u["month"]
+    line = (
+        f"today {today['total']:,} tokens (about {show(today['cost'])}), this month "
+        f"{month['total']:,} (about {show(month['cost'])}"
+    )
+    if u.get("budget"):
+        line += f" of a {show(u['budget'])} budget"
+    return line + "; estimated from usage.* prices)"
 
 
 # ---------------------------------------------------------------------------------------------

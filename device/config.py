@@ -13,6 +13,7 @@ import enum
 import ipaddress
 import math
 import os
+import re
 import stat
 import tomllib
 import types
@@ -213,6 +214,22 @@ class HooksConfig:
 
 
 @dataclass(frozen=True)
+class UsageConfig:
+    """Prices per million tokens (the defaults: gpt-realtime's list prices in USD; set your
+    Azure region's) and an optional monthly budget."""
+
+    currency: str = "USD"
+    text_input_per_million: float = 4.0
+    audio_input_per_million: float = 32.0
+    cached_input_per_million: float = 0.4
+    text_output_per_million: float = 16.0
+    audio_output_per_million: float = 64.0
+    monthly_budget: float = 0.0
+    """In `currency`; once this month's estimate reaches it, a wake plays a notice instead of
+    opening a session, until the month turns or the budget is raised. 0: no budget."""
+
+
+@dataclass(frozen=True)
 class Config:
     cloud: CloudConfig = field(default_factory=CloudConfig)
     assistant: AssistantConfig = field(default_factory=AssistantConfig)
@@ -223,6 +240,7 @@ class Config:
     button: ButtonConfig = field(default_factory=ButtonConfig)
     gpio: GpioConfig = field(default_factory=GpioConfig)
     hooks: HooksConfig = field(default_factory=HooksConfig)
+    usage: UsageConfig = field(default_factory=UsageConfig)
     api_key: Secret = field(default_factory=lambda: Secret(""), repr=False)
     origin: str = field(default="the configuration", compare=False)
     """Where it was read from (a file's path), for messages that say what to edit."""
@@ -396,6 +414,12 @@ LIMITS: dict[str, tuple[float, float]] = {
     "leds.pin": (0, 27),
     "leds.power_pin": (-1, 27),
     "button.pin": (0, 27),
+    "usage.text_input_per_million": (0, 10_000),
+    "usage.audio_input_per_million": (0, 10_000),
+    "usage.cached_input_per_million": (0, 10_000),
+    "usage.text_output_per_million": (0, 10_000),
+    "usage.audio_output_per_million": (0, 10_000),
+    "usage.monthly_budget": (0, 1_000_000),
 }
 """Every duration, count and pin, with its sane range: a mistyped value (inf, 2**63, a pin
 the header does not have) is a configuration error naming the range, not a device that
@@ -444,6 +468,11 @@ def _check(ok: bool, message: str) -> None:
 
 def validate(cfg: Config) -> None:
     a, t, w = cfg.audio, cfg.turn, cfg.wake
+    _check(
+        re.fullmatch(r"[A-Za-z]{3}", cfg.usage.currency) is not None,
+        f"usage.currency must be a three-letter code such as USD or EUR "
+        f"(got {cfg.usage.currency!r})",
+    )
     _check(
         0 <= a.preroll_ms <= MAX_PREROLL_MS,
         f"audio.preroll_ms must be between 0 and {MAX_PREROLL_MS} (got {a.preroll_ms})",

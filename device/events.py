@@ -35,6 +35,7 @@ EventName = Literal[
     "tool_call",
     "error",
     "recovered",
+    "usage",
     "stopped",
 ]
 EVENT_NAMES: frozenset[str] = frozenset(typing.get_args(EventName))

@@ -38,6 +38,7 @@ from .core.audio import (
 from .core.earcons import Earcon
 from .core.replies import Replies
 from .events import EventLog
+from .meter import CostMeter
 from .tools import Toolbox
 
 log = logging.getLogger(__name__)
@@ -97,11 +98,14 @@ class CloudLink:
         audio_ms: Callable[[], int],
         play_earcon: Callable[[Earcon], None],
         answer_text: Callable[[str], None],
+        meter: CostMeter,
         credential: Any = None,
     ) -> None:
         """`answer_text`: each final answer's transcript, as it completes (for `ask`);
+        `meter`: counts the tokens each response used;
         `credential`: an azure-identity TokenCredential for Entra auth."""
         self.speaker = speaker
+        self.meter = meter
         self.events = events
         self._handle = handle
         self._audio_ms = audio_ms
@@ -185,6 +189,7 @@ class CloudLink:
             log.info("session %s closed (%s)", session.session_id or "(not open)", c.reason)
             session.close(c.reason)
             self.events.emit("session_closed", self._audio_ms(), reason=c.reason)
+            self.meter.session_over(session.session_id)
         self.uplink = None
         self._answer = None
 
@@ -203,6 +208,7 @@ class CloudLink:
             self.uplink = None
             self._answer = None
             self.events.emit("session_closed", self._audio_ms(), reason=ev.code)
+            self.meter.session_over(session.session_id)
         self._handle(ev)
 
     def _send(self, event: dict[str, Any]) -> None:
@@ -342,6 +348,8 @@ class CloudLink:
             self._answer.add(ev.item_id, ev.pcm)
 
     def _on_response_done(self, ev: rt.ResponseDone) -> None:
+        if ev.usage is not None:  # billed whether it was heard, cut or failed
+            self.meter.add(ev.usage)
         messages = [i.item_id for i in ev.items if i.item_type == "message"]
         before = {item_id: self.conversation.phase_of(item_id) for item_id in messages}
         self.conversation.apply(ev)

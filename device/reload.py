@@ -90,5 +90,7 @@ def apply(app: App, new: Config, found: Any) -> None:
     app.presenter.configure(new)
     app.presenter.show_leds(app.machine.state)
     app.link.configure(new)
+    app.meter.configure(new)
+    app.machine.budget_note = app.meter.budget_note()  # (a budget raised)
     app.cfg = new
     log.info("configuration reloaded (the next session uses it)")

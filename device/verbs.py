@@ -110,6 +110,8 @@ class ControlVerbs:
             return {"ok": False, "error": "usage: ask TEXT"}
         if state is st.State.MUTED:
             return {"ok": False, "error": MUTED}
+        if self.machine.budget_note is not None:
+            return {"ok": False, "error": self.machine.budget_note}
         if not st.accepts(state, st.AskText) or self._asks:
             return {"ok": False, "error": f"busy ({state.value}); try again when idle"}
         answered: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()

@@ -190,3 +190,54 @@ def test_the_state_file_is_written_atomically_and_failures_are_survived(
     blocked.write_text("a file where the directory should be")
     assert StateStore(blocked).save(Remembered(muted=True)) is False
     assert "could not save the device's state" in caplog.text
+
+
+async def test_the_cost_meter_counts_each_answer_and_a_spent_budget_stops_the_next_wake(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    """What each answer used reaches the journal, the events log and `status`, survives a
+    restart, and a monthly budget once spent turns the next wake into a notice (no session)
+    until it is raised."""
+    import signal
+
+    d = Daemon(tmp_path, emulator.port)
+    d.config.write_text(d.base_config + "[usage]\nmonthly_budget = 0.0001\n")
+    await d.start()
+    try:
+        assert (await d.ask("ask what is the weather like?"))["answer"] == ANSWER
+        await wait_until(lambda: d.states()[-1] == "idle", 10, "the conversation to end")
+        await wait_until(
+            lambda: any(e["event"] == "usage" for e in read_jsonl(d.events)), 5, "usage"
+        )
+        used = next(e for e in read_jsonl(d.events) if e["event"] == "usage")
+        assert used["responses"] == 1 and used["audio_out"] > 0 and used["text_in"] > 0
+        assert used["currency"] == "USD" and used["cost"] > 0.0001
+        total = used["text_in"] + used["audio_in"] + used["text_out"] + used["audio_out"]
+        assert f"used {total} tokens" in d.log.read_text()
+        status = await d.ask("status")
+        assert status["usage"]["today"]["total"] == total == status["usage"]["month"]["total"]
+        assert status["usage"]["budget"] == 0.0001
+        assert "of a $0.000 budget" in d.cli("status").stdout  # (an absurdly small one)
+
+        # the budget is spent: the wake word, the button and `ask` open no session
+        handshakes = [r for r in read_jsonl(d.tmp / "record.jsonl") if "handshake" in r]
+        await d.ask("wake")
+        await wait_until(lambda: d.states()[-1] == "error", 5, "the notice")
+        errors = [e for e in read_jsonl(d.events) if e["event"] == "error"]
+        assert errors[-1]["code"] == "budget_spent"
+        assert "usage.monthly_budget" in errors[-1]["message"]
+        refused = await d.ask("ask and tomorrow?")
+        assert refused["ok"] is False and "budget" in refused["error"]
+        assert [r for r in read_jsonl(d.tmp / "record.jsonl") if "handshake" in r] == handshakes
+
+        # a restart keeps the count; a raised budget (reloaded) lets the wake through
+        assert await d.stop() == 0
+        d.config.write_text(d.base_config + "[usage]\nmonthly_budget = 0.0001\n")
+        await d.start()
+        assert (await d.ask("status"))["usage"]["month"]["total"] == total
+        d.config.write_text(d.base_config + "[usage]\nmonthly_budget = 50\n")
+        d.proc.send_signal(signal.SIGHUP)
+        await wait_until(lambda: "configuration reloaded" in d.log.read_text(), 20, "reload")
+        assert (await d.ask("wake"))["state"] == "connecting"
+    finally:
+        await d.kill()

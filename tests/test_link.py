@@ -11,6 +11,7 @@ from device.core import states as st
 from device.core.audio import ItemStarted
 from device.events import EventLog
 from device.link import CloudLink
+from device.meter import CostMeter
 from tests.helpers import config
 
 
@@ -29,14 +30,16 @@ class Recording:
 
 def link_with_session() -> tuple[CloudLink, Recording, list[st.Input]]:
     inputs: list[st.Input] = []
+    cfg = config("http://127.0.0.1:9")
     link = CloudLink(
-        config("http://127.0.0.1:9"),
+        cfg,
         WavSpeaker(None, 60, paced=False),
         EventLog(None),
         inputs.append,
         lambda: 0,
         lambda kind: None,
         lambda text: None,
+        CostMeter(cfg, None, EventLog(None), lambda: 0),
     )
     session = Recording()
     link.session = session  # type: ignore[assignment]

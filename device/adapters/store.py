@@ -1,6 +1,7 @@
-"""What the device remembers across restarts: mute and volume, nothing else (never audio).
+"""What the device remembers across restarts: mute and volume (`state.json`) and the tokens
+used per day and month (`usage.json`), nothing else (never audio, never words).
 
-One small JSON file in the service's StateDirectory ($STATE_DIRECTORY, /var/lib/voice-device),
+Small JSON files in the service's StateDirectory ($STATE_DIRECTORY, /var/lib/voice-device),
 or $XDG_STATE_HOME/voice-device when run by hand. Written atomically (temporary file, fsync,
 rename) so a power cut leaves the old file or the new one, never half of one. A file that
 cannot be read is reported and treated as empty; one that cannot be written (disk full,
@@ -49,24 +50,9 @@ class StateStore:
         self.path = directory / FILE_NAME
 
     def load(self) -> Remembered:
-        """What was remembered; anything odd in its place (not a file, huge, not JSON,
-        nested without end) is reported and forgotten, never fatal: a bad file must not
-        stop every start."""
-        try:
-            if not stat.S_ISREG(self.path.stat().st_mode):  # a FIFO would hang the start
-                raise ValueError("not a regular file")
-            with self.path.open("rb") as f:
-                text = f.read(MAX_BYTES + 1)
-            if len(text) > MAX_BYTES:
-                raise ValueError(f"over {MAX_BYTES} bytes")
-            data = json.loads(text)
-        except FileNotFoundError:
-            return Remembered()
-        except (OSError, ValueError, RecursionError) as e:
-            log.warning("ignoring the saved state in %s: %s", self.path, e or type(e).__name__)
-            return Remembered()
-        if not isinstance(data, dict):
-            log.warning("ignoring the saved state in %s: not a JSON object", self.path)
+        """What was remembered; anything odd in its place is forgotten (see `read_json`)."""
+        data = read_json(self.path, MAX_BYTES)
+        if data is None:
             return Remembered()
         muted = data.get("muted") is True
         volume = _number(data.get("volume"))
@@ -74,20 +60,49 @@ class StateStore:
 
     def save(self, state: Remembered) -> bool:
         """Write `state`; False (and a warning) when it could not be written."""
-        tmp = self.path.with_name(f".{FILE_NAME}.{os.getpid()}.tmp")
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(asdict(state), f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except OSError as e:
-            log.warning("could not save the device's state to %s: %s", self.path, e.strerror or e)
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
-            return False
-        return True
+        return write_json(self.path, asdict(state))
+
+
+def read_json(path: Path, max_bytes: int) -> dict[str, Any] | None:
+    """A saved JSON object, or None: anything odd in its place (not a file, huge, not JSON,
+    nested without end) is reported and forgotten, never fatal: a bad file must not stop
+    every start."""
+    try:
+        if not stat.S_ISREG(path.stat().st_mode):  # a FIFO would hang the start
+            raise ValueError("not a regular file")
+        with path.open("rb") as f:
+            text = f.read(max_bytes + 1)
+        if len(text) > max_bytes:
+            raise ValueError(f"over {max_bytes} bytes")
+        data = json.loads(text)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, RecursionError) as e:
+        log.warning("ignoring the saved state in %s: %s", path, e or type(e).__name__)
+        return None
+    if not isinstance(data, dict):
+        log.warning("ignoring the saved state in %s: not a JSON object", path)
+        return None
+    return data
+
+
+def write_json(path: Path, data: dict[str, Any]) -> bool:
+    """Atomically (temporary file, fsync, rename); False (and a warning) when it could not
+    be written: the device goes on with what it has in memory."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f, separators=(",", ":"))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        log.warning("could not save the device's state to %s: %s", path, e.strerror or e)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        return False
+    return True
 
 
 class Memory:

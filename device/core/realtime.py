@@ -22,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .usage import Tokens, read_usage
+
 
 class Phase(enum.StrEnum):
     """What an assistant message is: what the LEDs show while it plays."""
@@ -356,6 +358,8 @@ class ResponseDone:
     """status_details.error.code of a failed response: how rate limits and quota problems
     arrive inside a session (inference_rate_limit_exceeded, insufficient_quota…)."""
     error_message: str = ""
+    usage: Tokens | None = None
+    """The tokens this response used (input and output, text and audio, cached)."""
 
     @property
     def function_calls(self) -> tuple[OutputItem, ...]:
@@ -526,6 +530,7 @@ def _response_done(d: dict[str, Any]) -> ServerEvent:
         reason=_get(details, "reason", str, optional=True),
         error_code=_get(error, "code", str, optional=True),
         error_message=_get(error, "message", str, optional=True) or "",
+        usage=read_usage(response.get("usage")),
     )
 
 

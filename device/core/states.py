@@ -493,6 +493,10 @@ class Machine:
         """The service refused something only the configuration can fix (the key, the
         deployment, the session settings, the quota): the wake word shows it again instead of
         asking again, until a reload or a session that opens (the button still tries)."""
+        self.budget_note: str | None = None
+        """This month's budget is spent (set by the app from the cost meter): a wake, the
+        word or the button, plays this notice instead of opening a session."""
+        self.budget_told = False
 
     def reconfigure(self, settings: Settings) -> None:
         """New settings (a reloaded configuration), keeping the conversation and any outage."""
@@ -601,6 +605,14 @@ class Machine:
     # -- waking -----------------------------------------------------------------------------
 
     def _wake(self, start_sample: int, reason: str) -> list[Command]:
+        if self.budget_note is not None:
+            told, self.budget_told = self.budget_told, True  # logged once, shown each time
+            return [
+                ReportError("budget_spent", self.budget_note, told),
+                PlayEarcon(Earcon.ERROR),
+                Enter(State.ERROR, "budget_spent"),
+            ]
+        self.budget_told = False
         self.session_open = True
         return [
             *self._start_turn(start_sample, reason, wait_for_speech=True),
@@ -1106,7 +1118,7 @@ def row(handler: Handler, *leads_to: State) -> Row:
     return Row(handler, frozenset(leads_to))
 
 
-_WAKES = (S.CONNECTING,)
+_WAKES = (S.CONNECTING, S.ERROR)  # (ERROR: the month's budget is spent)
 """Where a short press in idle or error leads (the wake)."""
 
 TRANSITIONS: dict[tuple[State, type], Row] = {

@@ -257,6 +257,8 @@ class _Session:
         self.turns = 0
         self.last_item: str | None = None
         self.items: dict[str, dict[str, Any]] = {}
+        self.prompt_tokens = 0
+        """The last response's input: what the next one finds in the prompt cache."""
         self.response: asyncio.Task[None] | None = None
         self.cancel = asyncio.Event()
         self.session_config: dict[str, Any] = {}
@@ -635,7 +637,7 @@ class _Session:
             outputs.append(item)
         status = "cancelled" if cancelled else "failed" if failure else "completed"
         response: dict[str, Any] = {**base, "status": status, "output": outputs}
-        response["usage"] = {"total_tokens": 0, "input_tokens": 0, "output_tokens": 0}
+        response["usage"] = self._usage(outputs)
         if cancelled:
             response["status_details"] = {"type": "cancelled", "reason": "client_cancelled"}
         elif failure:
@@ -646,6 +648,47 @@ class _Session:
             }
             response["status_details"] = {"type": "failed", "error": error}
         await self.send("response.done", response=response)
+
+    def _usage(self, outputs: list[dict[str, Any]]) -> dict[str, Any]:
+        """What the service would bill, roughly: the whole conversation so far as input
+        (audio at 10 tokens a second heard, 20 a second spoken; text at 4 characters a
+        token), of which the previous response's input is cached; this response's audio and
+        transcripts as output. The shape is the GA API's."""
+        said = {o["id"] for o in outputs if o.get("type") == "message"}
+        audio_in = text_in = 0
+        for item_id, item in self.items.items():
+            if item_id in said:
+                continue
+            audio_in += item.get("audio_ms", 0) * (10 if item.get("role") == "user" else 20) // 1000
+        text_in = len(str(self.session_config.get("instructions", ""))) // 4 + 4 * len(self.items)
+        text_in += len(json.dumps(self.session_config.get("tools", []))) // 4
+        audio_out = sum(self.items.get(i, {}).get("audio_ms", 0) for i in said) * 20 // 1000
+        text_out = 0
+        for o in outputs:
+            for part in o.get("content") or []:
+                text_out += len(str(part.get("transcript") or "")) // 4
+            text_out += len(str(o.get("arguments") or "")) // 4
+        cached, self.prompt_tokens = min(self.prompt_tokens, text_in + audio_in), text_in + audio_in
+        cached_text = min(cached, text_in)
+        details: dict[str, Any] = {
+            "text_tokens": text_in,
+            "audio_tokens": audio_in,
+            "cached_tokens": cached,
+        }
+        if not self.beta:  # (the beta API's usage has no image or cached details)
+            details["image_tokens"] = 0
+            details["cached_tokens_details"] = {
+                "text_tokens": cached_text,
+                "audio_tokens": cached - cached_text,
+                "image_tokens": 0,
+            }
+        return {
+            "total_tokens": text_in + audio_in + text_out + audio_out,
+            "input_tokens": text_in + audio_in,
+            "output_tokens": text_out + audio_out,
+            "input_token_details": details,
+            "output_token_details": {"text_tokens": text_out, "audio_tokens": audio_out},
+        }
 
     def last_item_is_tool_output(self) -> bool:
         """True when the last item of the conversation is a tool's output."""
