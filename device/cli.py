@@ -55,6 +55,15 @@ def _new_file(value: str) -> Path:
     return p
 
 
+def _echo_spec(value: str) -> dict[str, float]:
+    from .adapters.room import parse_echo
+
+    try:
+        return parse_echo(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _number(value: str, zero: bool) -> float:
     try:
         number = float(value)
@@ -122,6 +131,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--output-wav",
         type=_new_file,
         help="write the replies to a WAV file instead of playing them",
+    )
+    run.add_argument(
+        "--simulate-echo",
+        metavar="GAIN[:DELAY_MS[:REVERB_MS]]",
+        type=_echo_spec,
+        help="with --input-wav and --output-wav, for tests and benchmarks: the microphone also "
+        "hears the device's own output through a simulated room (GAIN of the direct path, "
+        "DELAY_MS to reach the microphone, default 20, and a reverberation tail decaying with "
+        "REVERB_MS, default 60), on one clock; the output WAV then holds every 20 ms the "
+        "speaker played, silence included, aligned with the input",
     )
     run.add_argument(
         "--events-log", type=_new_file, help="append JSON lines describing what the device does"
@@ -229,7 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
         "bench", help="measurements: echo handling, accuracy and endpointing, speed and memory"
     )
     bench.add_argument(
-        "what", choices=["echo", "accuracy", "perf", "soak"], help="which measurement"
+        "what",
+        choices=["echo", "uplink", "accuracy", "perf", "soak"],
+        help="which measurement",
     )
     bench.add_argument(
         "--conversations", type=int, default=500, help="soak: how many (default 500)"
@@ -326,10 +347,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     require_cloud(cfg)
     if realtime_endpoint(cfg.cloud).kind == "azure-preview":
         log.warning("%s", PREVIEW_RETIRED)
+    room = None
+    if args.simulate_echo is not None:
+        from .adapters.mic import read_wav_16k_mono
+        from .adapters.room import Room
+
+        if args.input_wav is None or args.output_wav is None:
+            print(
+                "voice-device: --simulate-echo needs --input-wav and --output-wav",
+                file=sys.stderr,
+            )
+            return 2
+        heard = read_wav_16k_mono(args.input_wav)
+        room = Room(heard, not args.fast, record=args.output_wav, **args.simulate_echo)
     opts = RunOptions(
         input_wav=args.input_wav,
         fast=args.fast,
         output_wav=args.output_wav,
+        room=room,
         events_log=args.events_log,
         leds=args.leds,
         wait_for_devices=args.wait_for_devices,
@@ -350,6 +385,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"voice-device: {e}", file=sys.stderr)
         return 1
+    finally:
+        if room is not None:
+            room.close()
 
 
 def emulator_scenario(args: argparse.Namespace) -> Any:
@@ -446,6 +484,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from .bench import echo
 
         return echo.run(args.quick, args.out)
+    if args.what == "uplink":
+        from .bench import uplink
+
+        return uplink.run(args.quick, args.out)
     if args.what == "accuracy":
         from .bench import accuracy
 

@@ -19,7 +19,7 @@ from .adapters.wakeword import WakeEngine, load_engine
 from .config import Config
 from .core import states as st
 from .core.audio import MIC_RATE, PreRoll, ms_to_samples, samples_to_ms
-from .core.hearing import WAKE_STATES, DeafWindow
+from .core.hearing import WAKE_STATES, DeafWindow, UplinkChoice
 from .core.wake import DuringPlayback, WakeFilter, choose_wake
 from .events import EventLog
 
@@ -71,6 +71,7 @@ class FrontEnd:
         self.vad = Vad(cfg.turn.vad_aggressiveness)
         self.denoise = denoiser(cfg.audio.noise_suppression)
         self.deaf = DeafWindow(cfg.audio.echo_tail_ms)
+        self.uplink_choice = UplinkChoice(cfg.audio.echo_tail_ms)
         preroll = ms_to_samples(cfg.audio.preroll_ms, MIC_RATE)
         if preroll != self.preroll.capacity:
             self.preroll = PreRoll(preroll)
@@ -87,12 +88,13 @@ class FrontEnd:
         self.pos += len(frame) // 2
         playing = speaker.playing
         far = speaker.take_far_end(FAR_FRAME)
-        frame = self.echo.process(frame, far, playing, self.pos)
+        cleaned = self.echo.process(frame, far, playing, self.pos)
         if playing and far.strip(b"\0"):
             self.deaf.sounded(self.pos)
-        self.preroll.append(frame)
-        self._uplink(frame)
-        heard = self.denoise.process(frame)  # what the device's own detectors listen to
+        sent = cleaned if self.uplink_choice.cleaned(self._state(), self.pos) else frame
+        self.preroll.append(sent)
+        self._uplink(sent)
+        heard = self.denoise.process(cleaned)  # what the device's own detectors listen to
         scores = self.wake.process(heard)
         if self._state() in WAKE_STATES:
             self._offer_wake(scores)

@@ -253,11 +253,13 @@ async def test_barge_in_during_the_preamble_deletes_the_unheard_answer(
     assert "response.cancel" not in [e["type"] for e in sent]  # it had finished arriving
 
 
-async def test_echo_cancellation_touches_only_what_overlaps_the_devices_own_sound(
+async def test_the_user_reaches_the_service_whole_across_the_wake_chime(
     tmp_path: Path, emulator: Emulator, question_pcm: bytes
 ) -> None:
-    """With the default AEC, the turn sent equals the microphone's audio except while the
-    wake chime (and its echo tail) played: there the canceller has worked on it."""
+    """Default settings (echo cancellation on, the wake chime playing as the user goes on
+    talking) and a microphone with no echo path: the turn the service receives is what the
+    microphone heard, sample for sample after resampling. (The canceller, not yet converged
+    on the room, used to erase ~600 ms under and after the chime.)"""
     opts = RunOptions(
         input_wav=write_wav(tmp_path / "q.wav", question_pcm),
         fast=True,
@@ -266,18 +268,11 @@ async def test_echo_cancellation_touches_only_what_overlaps_the_devices_own_soun
     )
     assert await asyncio.wait_for(App(config(endpoint(emulator)), opts).run(), 60) == 0
     events = read_jsonl(tmp_path / "ev.jsonl")
+    assert next(e["kind"] for e in events if e["event"] == "earcon") == "wake"
     turn = next(e for e in events if e["event"] == "turn_end")
-    wake = next(e for e in events if e["event"] == "wake")["audio_ms"] * 16
     start, end = turn["start_sample"], turn["end_sample"]
-    raw = np.frombuffer(resample(question_pcm[2 * start : 2 * end], MIC_RATE, CLOUD_RATE), "<i2")
-    sent = np.frombuffer(read_wav(tmp_path / "turns" / "turn-001-001.wav"), "<i2")
-    assert len(sent) == len(raw)
-    at = lambda sample: (sample - start) * 3 // 2  # noqa: E731 - mic sample → 24 kHz index
-    margin = 240  # 10 ms: the resampler's filter reaches a little either side of a change
-    chime_and_tail = slice(at(wake) - margin, at(wake + 16 * (150 + 500 + 100)) + margin)
-    assert np.array_equal(sent[: chime_and_tail.start], raw[: chime_and_tail.start])
-    assert np.array_equal(sent[chime_and_tail.stop :], raw[chime_and_tail.stop :])
-    assert not np.array_equal(sent[chime_and_tail], raw[chime_and_tail])
+    raw = resample(question_pcm[2 * start : 2 * end], MIC_RATE, CLOUD_RATE)
+    assert read_wav(tmp_path / "turns" / "turn-001-001.wav") == raw
 
 
 @pytest.mark.parametrize("delay_ms", [0, 300, 2000])

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+import wave
 from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -62,8 +65,18 @@ class Room:
         reverb_ms: float = 60.0,
         jitter_ms: int = 60,
         seed: int = 0,
+        record: Path | None = None,
     ) -> None:
+        """`record`: a 24 kHz WAV of what the speaker played, one frame per microphone
+        frame (silence included), so it lines up with the microphone's timeline."""
         self.speaker = RoomSpeaker(jitter_ms)
+        self.speaker.name = str(record) if record is not None else RoomSpeaker.name
+        self._record: Any = None
+        if record is not None:
+            self._record = wave.open(str(record), "wb")  # noqa: SIM115 - for the room's life
+            self._record.setnchannels(1)
+            self._record.setsampwidth(SAMPLE_BYTES)
+            self._record.setframerate(CLOUD_RATE)
         self.mic = RoomMic(self, user, paced)
         self.cue: Callable[[int], bytes | None] | None = None
         """Called with the frame count before each frame: return speech to start saying then
@@ -80,6 +93,8 @@ class Room:
             if self.speaker.playing
             else bytes(SPEAKER_FRAME * SAMPLE_BYTES)
         )
+        if self._record is not None:
+            self._record.writeframes(played)
         self._heard += self._resampler.push(played)
         block = np.frombuffer(bytes(self._heard[:FRAME_BYTES]).ljust(FRAME_BYTES, b"\0"), "<i2")
         del self._heard[:FRAME_BYTES]
@@ -87,6 +102,32 @@ class Room:
         y[: len(self._tail)] += self._tail
         self._tail = y[FRAME_SAMPLES:].copy()
         return y[:FRAME_SAMPLES]
+
+    def close(self) -> None:
+        if self._record is not None:
+            self._record.close()
+            self._record = None
+
+
+def parse_echo(spec: str) -> dict[str, float]:
+    """`GAIN[:DELAY_MS[:REVERB_MS]]` (the `--simulate-echo` option) as Room's arguments."""
+    parts = spec.split(":")
+    try:
+        if not 1 <= len(parts) <= 3:
+            raise ValueError
+        numbers = [float(p) for p in parts]
+    except ValueError:
+        raise ValueError(
+            f"{spec!r}: expected GAIN[:DELAY_MS[:REVERB_MS]], e.g. 0.3:20:60"
+        ) from None
+    names = ("echo_gain", "delay_ms", "reverb_ms")
+    values = dict(zip(names, numbers, strict=False))
+    limits = {"echo_gain": (0.0, 4.0), "delay_ms": (0.0, 500.0), "reverb_ms": (1.0, 2000.0)}
+    for name, value in values.items():
+        low, high = limits[name]
+        if not low <= value <= high:  # (also refuses nan)
+            raise ValueError(f"{name.split('_')[0]} must be between {low:g} and {high:g}")
+    return values
 
 
 class RoomMic:

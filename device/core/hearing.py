@@ -21,6 +21,33 @@ EARCON_TAIL_MS = 150
 """While listening, the VAD ignores the device's own sounds and this much of their echo."""
 
 
+REPLY_VOICE = frozenset({State.PREAMBLE, State.ANSWERING})
+
+
+class UplinkChoice:
+    """Whether the service is sent the echo-cancelled microphone or the microphone as it is.
+
+    The canceller is there for the device's own *voice*: a reply's echo would otherwise be
+    heard by the service as the user's words. Around the device's short sounds (the wake
+    chime while the user goes on talking) it does harm: WebRTC's AEC3, not yet converged on
+    the room, suppresses everything under and after the chime by 20 dB or more for about
+    half a second, and its output lags its input by 8 ms, so switching it in and out cuts
+    and repeats audio. So the uplink carries the canceller's output only while a reply is
+    heard and for `tail_ms` of its echo after; otherwise what the microphone heard. (The
+    device's own detectors always listen to the cleaned signal.)
+    """
+
+    def __init__(self, tail_ms: int, rate: int = MIC_RATE) -> None:
+        self.tail = ms_to_samples(tail_ms, rate)
+        self._until = -1
+
+    def cleaned(self, state: State, pos: int) -> bool:
+        """True: send the canceller's output for the frame ending at `pos`."""
+        if state in REPLY_VOICE:
+            self._until = pos + self.tail
+        return pos <= self._until
+
+
 class DeafWindow:
     """When the VAD must not listen: while the device makes a sound, and for its echo's tail
     after (the earcon tail while listening; the room's `echo_tail_ms` in the follow-up

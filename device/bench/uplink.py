@@ -1,0 +1,173 @@
+"""Does the service receive the user whole? The uplink-integrity measure.
+
+The real daemon runs in the simulated room (its speaker, wake chime included, heard by its
+microphone with delay and reverberation) against the emulator, which keeps every committed
+turn as a WAV. The user says the wake word, pauses, and asks a question. What the service
+received is compared with what the user said (the clean recording, resampled as the device
+resamples it) over the turn, in 100 ms windows where the user is speaking: a window is
+*whole* when it correlates ≥ 0.9 with the user's clean speech and is within 3 dB of its
+level. Nothing here is timed by the wall clock: the room runs on the microphone's clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..app import App, RunOptions
+from ..config import Secret, parse_config
+from ..core.audio import CLOUD_RATE, MIC_RATE, resample
+from ..emulator import Emulator, Scenario
+from ..emulator.voice import espeak
+
+WAKE = "okay nabu"
+COMMAND = "what is the weather like in Paris tomorrow?"
+WINDOW = CLOUD_RATE // 10
+"""100 ms at the service's rate."""
+MIN_CORRELATION = 0.9
+MAX_LEVEL_DB = 3.0
+SPEECH_BELOW_PEAK_DB = 30.0
+"""A window is the user speaking when its level is within this of the loudest window."""
+GAINS = (0.1, 0.3, 0.7)
+REVERBS = ((5.0, 30.0), (25.0, 120.0))
+"""(delay ms, reverberation time constant ms): a speaker next to the mic in a small room,
+and one across a larger, livelier one."""
+PAUSES_MS = (0, 250, 600)
+
+
+@dataclass
+class Integrity:
+    windows: int = 0
+    whole: int = 0
+    worst: list[tuple[float, float, float]] = dataclasses.field(default_factory=list)
+    """(seconds into the turn, correlation, level dB) of the windows that were not whole."""
+
+    @property
+    def share(self) -> float:
+        return self.whole / self.windows if self.windows else 1.0
+
+    def __iadd__(self, other: Integrity) -> Integrity:
+        self.windows += other.windows
+        self.whole += other.whole
+        self.worst += other.worst
+        return self
+
+
+def compare(sent: np.ndarray, clean: np.ndarray) -> Integrity:
+    """`sent` and `clean`: int16 at 24 kHz, the same span of the turn."""
+    n = min(len(sent), len(clean)) // WINDOW
+    s = sent[: n * WINDOW].astype(np.float64).reshape(n, WINDOW)
+    c = clean[: n * WINDOW].astype(np.float64).reshape(n, WINDOW)
+    rms_c = np.sqrt(np.mean(c**2, axis=1)) + 1e-9
+    rms_s = np.sqrt(np.mean(s**2, axis=1)) + 1e-9
+    speaking = 20 * np.log10(rms_c / rms_c.max()) > -SPEECH_BELOW_PEAK_DB
+    result = Integrity()
+    for i in np.flatnonzero(speaking):
+        a, b = s[i] - s[i].mean(), c[i] - c[i].mean()
+        corr = float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-9))
+        level = float(20 * np.log10(rms_s[i] / rms_c[i]))
+        result.windows += 1
+        if corr >= MIN_CORRELATION and abs(level) <= MAX_LEVEL_DB:
+            result.whole += 1
+        else:
+            result.worst.append((round(i * 0.1, 1), round(corr, 2), round(level, 1)))
+    return result
+
+
+def user_audio(pause_ms: int) -> bytes:
+    pause = bytes(2 * MIC_RATE * pause_ms // 1000)
+    return bytes(16_000) + espeak(WAKE, MIC_RATE) + pause + espeak(COMMAND, MIC_RATE)
+
+
+async def one_run(
+    user: bytes,
+    room_kw: dict[str, Any] | None,
+    echo_cancellation: bool,
+    tmp: Path,
+) -> Integrity:
+    """One wake and question; `room_kw` None: a microphone with no echo path at all."""
+    from ..adapters.room import Room
+
+    tmp.mkdir(parents=True, exist_ok=True)
+    emu = Emulator(
+        Scenario(preambles=[], answer="Sunny.", think_ms=0, speedup=50.0),
+        save_audio=tmp / "turns",
+    )
+    await emu.start("127.0.0.1", 0)
+    cfg = parse_config(
+        {
+            "cloud": {"endpoint": f"http://127.0.0.1:{emu.port}"},
+            "gpio": {"pin_factory": "mock"},
+            "button": {"enabled": False},
+            "turn": {"follow_up_ms": 0},
+            "audio": {"echo_cancellation": echo_cancellation},
+        }
+    )
+    cfg = dataclasses.replace(cfg, api_key=Secret("bench"))
+    room = Room(user + bytes(64_000), paced=False, **(room_kw or {"echo_gain": 0.0}))
+    events = tmp / "events.jsonl"
+    app = App(cfg, RunOptions(room=room, events_log=events, leds="none", signals=False))
+    try:
+        await asyncio.wait_for(app.run(), 60)
+    finally:
+        await emu.close()
+    log = [json.loads(x) for x in events.read_text().splitlines()]
+    turn = next(e for e in log if e["event"] == "turn_end")
+    start, end = turn["start_sample"], turn["end_sample"]
+    heard = (user + bytes(2 * end))[2 * start : 2 * end]
+    clean = np.frombuffer(resample(heard, MIC_RATE, CLOUD_RATE), "<i2")
+    turns = sorted((tmp / "turns").glob("*.wav"))
+    import wave
+
+    with wave.open(str(turns[0]), "rb") as w:
+        sent = np.frombuffer(w.readframes(w.getnframes()), "<i2")
+    return compare(sent, clean)
+
+
+async def measure(quick: bool) -> dict[str, dict[str, Integrity]]:
+    rooms: list[tuple[str, dict[str, Any] | None]] = [("no echo path", None)]
+    for gain in GAINS:
+        for delay, reverb in REVERBS[:1] if quick else REVERBS:
+            rooms.append(
+                (
+                    f"gain {gain} / {reverb:g} ms",
+                    {"echo_gain": gain, "delay_ms": delay, "reverb_ms": reverb},
+                )
+            )
+    pauses = PAUSES_MS[1:2] if quick else PAUSES_MS
+    table: dict[str, dict[str, Integrity]] = {}
+    with tempfile.TemporaryDirectory() as d:
+        for aec in (True, False):
+            for name, room_kw in rooms:
+                row = table.setdefault(name, {})
+                total = row.setdefault("AEC on" if aec else "AEC off", Integrity())
+                for pause in pauses:
+                    folder = Path(d) / f"{name}-{aec}-{pause}".replace(" ", "_").replace("/", "")
+                    total += await one_run(user_audio(pause), room_kw, aec, folder)
+    return table
+
+
+def run(quick: bool = False, out: Path | None = None) -> int:
+    table = asyncio.run(measure(quick))
+    print("uplink integrity: user's 100 ms speech windows received whole (corr ≥ 0.9, ±3 dB)")
+    print(f"{'room':<22} {'AEC on':>16} {'AEC off':>16}")
+    for name, row in table.items():
+        cells = [f"{r.whole}/{r.windows} {100 * r.share:5.1f} %" for r in row.values()]
+        print(f"{name:<22} {cells[0]:>16} {cells[1]:>16}")
+    if out is not None:
+        data = {
+            name: {
+                k: {"windows": v.windows, "whole": v.whole, "worst": v.worst[:20]}
+                for k, v in row.items()
+            }
+            for name, row in table.items()
+        }
+        out.write_text(json.dumps(data, indent=1) + "\n")
+    return 0

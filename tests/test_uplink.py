@@ -1,0 +1,99 @@
+"""What the service receives of the user, through the real daemon in the simulated room: the
+wake chime plays as the user speaks, the canceller is on (the default), and the turn the
+emulator saved is compared with what the user said, window by window (`bench uplink`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from device.bench.uplink import REVERBS, Integrity, one_run, user_audio
+
+LIVELY = {"delay_ms": REVERBS[1][0], "reverb_ms": REVERBS[1][1]}
+
+
+@pytest.mark.parametrize("gain", [0.1, 0.3, 0.7])
+async def test_echo_cancellation_never_costs_the_user_a_word(tmp_path: Path, gain: float) -> None:
+    """Over a user who runs the command on (no pause), pauses briefly, or waits for the
+    chime: with the canceller on, every window that reaches the service whole with it off
+    does so with it on (it used to erase ~600 ms under and after the chime)."""
+    on, off = Integrity(), Integrity()
+    for pause in (0, 250, 600):
+        room = {"echo_gain": gain, **LIVELY}
+        on += await one_run(user_audio(pause), room, True, tmp_path / f"on{pause}")
+        off += await one_run(user_audio(pause), room, False, tmp_path / f"off{pause}")
+    assert on.windows == off.windows > 60
+    assert on.whole >= off.whole, (on.worst, off.worst)
+
+
+async def test_a_user_who_waits_for_the_chime_is_received_whole_in_every_room(
+    tmp_path: Path,
+) -> None:
+    for gain in (0.1, 0.3, 0.7):
+        for delay, reverb in REVERBS:
+            room = {"echo_gain": gain, "delay_ms": delay, "reverb_ms": reverb}
+            r = await one_run(user_audio(600), room, True, tmp_path / f"{gain}-{reverb}")
+            assert r.whole == r.windows, (gain, reverb, r.worst)
+
+
+def test_simulate_echo_from_the_command_line(tmp_path: Path) -> None:
+    """`run --simulate-echo` is the room for anyone: the output WAV holds what the speaker
+    played on the microphone's clock (the wake chime where the wake was heard), and the
+    service received the user whole."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import wave
+
+    import numpy as np
+
+    from device.bench.uplink import compare
+    from device.core.audio import CLOUD_RATE, MIC_RATE, resample
+    from tests.helpers import emulator_process, write_wav
+
+    user = user_audio(600)
+    write_wav(tmp_path / "in.wav", user + bytes(32_000))
+    env = {**os.environ, "AZURE_OPENAI_API_KEY": "k"}
+    with emulator_process("--save-audio", str(tmp_path / "turns"), "--speedup", "20") as port:
+        r = subprocess.run(
+            [sys.executable, "-m", "device", "run", "--endpoint", f"http://127.0.0.1:{port}",
+             "--input-wav", str(tmp_path / "in.wav"), "--output-wav", str(tmp_path / "out.wav"),
+             "--fast", "--simulate-echo", "0.3:20:60", "--no-control-socket", "--leds", "none",
+             "--events-log", str(tmp_path / "ev.jsonl"), "--state-dir", str(tmp_path / "st")],
+            env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    events = [json.loads(x) for x in (tmp_path / "ev.jsonl").read_text().splitlines()]
+    chime_ms = next(e["audio_ms"] for e in events if e["event"] == "earcon")
+    with wave.open(str(tmp_path / "out.wav"), "rb") as w:
+        played = np.frombuffer(w.readframes(w.getnframes()), "<i2")
+    at = chime_ms * CLOUD_RATE // 1000
+    assert not played[: at - 480].any()  # nothing before the wake (20 ms of slack)
+    assert np.abs(played[at - 480 : at + 3840]).max() > 3000  # the chime, where it was heard
+    turn = next(e for e in events if e["event"] == "turn_end")
+    heard = (user + bytes(2 * turn["end_sample"]))[
+        2 * turn["start_sample"] : 2 * turn["end_sample"]
+    ]
+    clean = np.frombuffer(resample(heard, MIC_RATE, CLOUD_RATE), "<i2")
+    with wave.open(str(next((tmp_path / "turns").glob("*.wav"))), "rb") as w:
+        sent = np.frombuffer(w.readframes(w.getnframes()), "<i2")
+    result = compare(sent, clean)
+    assert result.whole == result.windows > 20, result.worst
+
+
+def test_simulate_echo_needs_a_room_it_can_build(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.helpers import silence, write_wav
+
+    write_wav(tmp_path / "in.wav", silence(0.1))
+    for spec, words in (("loud", "expected GAIN"), ("0.3:-5", "delay must be between")):
+        r = subprocess.run(
+            [sys.executable, "-m", "device", "run", "--input-wav", str(tmp_path / "in.wav"),
+             "--output-wav", str(tmp_path / "o.wav"), "--simulate-echo", spec],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert r.returncode == 2 and words in r.stderr, r.stderr
