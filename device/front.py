@@ -18,8 +18,8 @@ from .adapters.vad import Vad
 from .adapters.wakeword import WakeEngine, load_engine
 from .config import Config
 from .core import states as st
-from .core.audio import MIC_RATE, PreRoll, ms_to_samples, samples_to_ms
-from .core.hearing import WAKE_STATES, DeafWindow, UplinkChoice
+from .core.audio import MIC_RATE, PreRoll, ms_to_samples, rms_dbfs, samples_to_ms
+from .core.hearing import IDLE_STATES, WAKE_STATES, BackgroundSpeech, DeafWindow, UplinkChoice
 from .core.wake import DuringPlayback, WakeFilter, choose_wake
 from .events import EventLog
 
@@ -69,6 +69,10 @@ class FrontEnd:
         self.playback_threshold = w.playback_threshold
         self.wake_filter = WakeFilter(ms_to_samples(w.refractory_ms, MIC_RATE))
         self.vad = Vad(cfg.turn.vad_aggressiveness)
+        self.idle_vad = Vad(cfg.turn.vad_aggressiveness)
+        """The room while idle, for `background` (its own state: the turn's VAD is reset)."""
+        self.background = BackgroundSpeech()
+        self._idle = True
         self.denoise = denoiser(cfg.audio.noise_suppression)
         self.deaf = DeafWindow(cfg.audio.echo_tail_ms)
         self.uplink_choice = UplinkChoice(cfg.audio.echo_tail_ms)
@@ -98,10 +102,16 @@ class FrontEnd:
         scores = self.wake.process(heard)
         if self._state() in WAKE_STATES:
             self._offer_wake(scores)
-        runs, fresh = self.deaf.vad_runs(self._state(), self.pos)
+        state = self._state()
+        if state in IDLE_STATES:
+            self.background.observe(rms_dbfs(heard), self.idle_vad.is_speech(heard))
+        elif self._idle:  # a conversation begins: how loud is the room's other speech?
+            self.background.turn_starts()
+        self._idle = state in IDLE_STATES
+        runs, fresh = self.deaf.vad_runs(state, self.pos)
         if fresh:
             self.vad.reset()  # no stale hangover from before the gap
-        speech = self.vad.is_speech(heard) if runs else False
+        speech = runs and self.vad.is_speech(heard) and self.background.users(rms_dbfs(heard))
         self._handle(st.Heard(self.pos, speech))
 
     def _offer_wake(self, scores: list[float]) -> None:

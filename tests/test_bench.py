@@ -8,7 +8,7 @@ import numpy as np
 
 from device.adapters.wakeword import load_engine
 from device.bench import corpus as C
-from device.bench.accuracy import in_condition, run_endpointer, scores_per_clip
+from device.bench.accuracy import LEAD_S, in_condition, run_endpointer, scores_per_clip
 from device.bench.echo import PLAIN_ANSWER, ROOMS, SELF_ANSWER, SETUPS, one_run
 from device.bench.perf import cpu_bare, cpu_pipeline, idle_audio, latencies, memory_and_startup
 from device.core.endpoint import EndpointSettings
@@ -32,7 +32,8 @@ def test_accuracy_and_endpointing_pieces_on_a_few_utterances() -> None:
     scores = scores_per_clip(load_engine("micro", ["okay_nabu"]), clips)
     assert scores.shape == (4, 1) and (scores[:, 0] >= 0.85).sum() >= 3
     x = C.padded(C.say(C.Utterance("set a timer for ten minutes", "en-us", 165, 50)), 0.3, 2.0)
-    end = run_endpointer(x, EndpointSettings(silence_ms=700))
+    lead = np.zeros(int(LEAD_S * C.RATE), "<i2")
+    end = run_endpointer(np.concatenate([lead, x]), EndpointSettings(silence_ms=700))
     true_end = C.speech_end(x)
     assert end is not None and 600 <= (end - true_end) / 16 <= 800
     assert np.all(C.with_noise(x, 10, "pink", 1).shape == x.shape)

@@ -101,3 +101,27 @@ def test_a_cancel_the_server_refuses_discards_no_later_reply() -> None:
     assert r.discard_next is True
     r.cancel_refused("dev_000007")  # response_cancel_not_active: there was nothing to cancel
     assert r.created() is True  # the user's next real reply is played
+
+
+def test_background_speech_sets_a_gate_only_in_a_room_that_has_some() -> None:
+    import math
+
+    from device.core.hearing import BackgroundSpeech
+
+    quiet = BackgroundSpeech()
+    for _ in range(200):
+        quiet.observe(-80.0, False)
+    assert quiet.turn_starts() == -math.inf and quiet.users(-60.0)
+    tv = BackgroundSpeech(margin_db=3.0)
+    for n in range(100):  # two seconds of a TV: voiced, -45 to -35 dBFS
+        tv.observe(-45.0 + (n % 11), True)
+    for _ in range(60):  # then the wake word, loud: not the room's level
+        tv.observe(-15.0, True)
+    gate = tv.turn_starts()
+    assert -36.0 <= gate <= -31.0
+    assert tv.users(-20.0) and not tv.users(-40.0)
+    # stationary noise the VAD mostly rejects: no gate, soft words still count
+    fan = BackgroundSpeech()
+    for n in range(160):
+        fan.observe(-50.0, n % 5 == 0)
+    assert fan.turn_starts() == -math.inf

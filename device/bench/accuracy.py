@@ -32,7 +32,9 @@ import numpy as np
 from ..adapters.denoise import denoiser
 from ..adapters.vad import Vad
 from ..adapters.wakeword import MICRO_MODELS, OPENWAKEWORD_MODELS, WakeEngine, load_engine
+from ..core.audio import rms_dbfs
 from ..core.endpoint import Endpointer, EndpointSettings, TurnEnded
+from ..core.hearing import BackgroundSpeech
 from . import corpus as C
 
 CONDITIONS = ["quiet", "reverb", "20 dB", "10 dB", "5 dB", "babble"]
@@ -53,6 +55,8 @@ def in_condition_padded(clip: np.ndarray, condition: str, seed: int) -> np.ndarr
         return C.reverberate(clip)
     if condition == "babble":
         return C.with_noise(clip, 10.0, "babble", seed)
+    if condition.startswith("babble "):  # "babble 15 dB": other voices that much below
+        return C.with_noise(clip, float(condition.split()[1]), "babble", seed)
     snr = float(condition.split()[0])
     return C.with_noise(clip, snr, NOISE_KINDS[seed % len(NOISE_KINDS)], seed)
 
@@ -151,13 +155,30 @@ class EndpointResult:
     never_ended: int
 
 
+LEAD_S = 3.2
+"""The room before the turn: what the device hears while idle (the wake word's 1.2 s and
+two seconds before it), from which it learns how loud any background speech is."""
+
+
 def run_endpointer(audio: np.ndarray, settings: EndpointSettings) -> int | None:
-    """Where the device would end this turn: denoised audio, webrtcvad, the endpointer."""
+    """Where the device would end this turn (in samples from the turn's start, which is
+    LEAD_S into `audio`): denoised audio, webrtcvad, the background-speech gate, the
+    endpointer, as `FrontEnd` runs them."""
     heard, vad, ep = denoiser(NOISE_SUPPRESSION), Vad(2), Endpointer(settings)
-    ep.wait_for_speech(0, 5000)
+    idle_vad, background = Vad(2), BackgroundSpeech()
+    lead = int(LEAD_S * C.RATE) * 2
     pcm = audio.tobytes()
     for i in range(0, len(pcm) - 639, 640):
-        ev = ep.feed(i // 2 + 320, vad.is_speech(heard.process(pcm[i : i + 640])))
+        frame = heard.process(pcm[i : i + 640])
+        level = rms_dbfs(frame)
+        if i < lead:
+            background.observe(level, idle_vad.is_speech(frame))
+            continue
+        if i == lead:
+            background.turn_starts()
+            ep.wait_for_speech(0, 5000)
+        speech = vad.is_speech(frame) and background.users(level)
+        ev = ep.feed((i - lead) // 2 + 320, speech)
         if isinstance(ev, TurnEnded):
             return ev.end_sample
     return None
@@ -179,15 +200,20 @@ def endpoint_turns() -> Iterable[tuple[np.ndarray, int]]:
             yield C.padded(joined, 0.3, 3.0), C.speech_end(C.padded(joined, 0.3, 0))
 
 
+ENDPOINT_CONDITIONS = ["quiet", "reverb", "20 dB", "10 dB", "babble 15 dB", "babble 10 dB"]
+
+
 def measure_endpointing(silence_ms: int, progress: Callable[[str], None]) -> list[EndpointResult]:
     settings = EndpointSettings(silence_ms=silence_ms)
     turns = list(endpoint_turns())
     results = []
-    for condition in ["quiet", "reverb", "20 dB", "10 dB", "babble"]:
+    lead = np.zeros(int(LEAD_S * C.RATE), "<i2")
+    for condition in ENDPOINT_CONDITIONS:
         progress(f"endpointing: {condition} ({len(turns)} turns)")
         late, cut, never = [], 0, 0
         for n, (clean, true_end) in enumerate(turns):
-            audio = in_condition_padded(clean, condition, n)
+            # the background goes on through the lead (the room before the turn) as well
+            audio = in_condition_padded(np.concatenate([lead, clean]), condition, n)
             end = run_endpointer(audio, settings)
             if end is None:
                 never += 1
