@@ -9,6 +9,7 @@ hear it, and when the VAD must not trust its ears (`core.hearing`).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 
 from .adapters.denoise import denoiser
@@ -103,15 +104,16 @@ class FrontEnd:
         if self._state() in WAKE_STATES:
             self._offer_wake(scores)
         state = self._state()
+        runs, fresh = self.deaf.vad_runs(state, self.pos)
+        level = rms_dbfs(heard) if runs or state in IDLE_STATES else -math.inf
         if state in IDLE_STATES:
-            self.background.observe(rms_dbfs(heard), self.idle_vad.is_speech(heard))
+            self.background.observe(level, self.idle_vad.is_speech(heard, level))
         elif self._idle:  # a conversation begins: how loud is the room's other speech?
             self.background.turn_starts()
         self._idle = state in IDLE_STATES
-        runs, fresh = self.deaf.vad_runs(state, self.pos)
         if fresh:
             self.vad.reset()  # no stale hangover from before the gap
-        speech = runs and self.vad.is_speech(heard) and self.background.users(rms_dbfs(heard))
+        speech = runs and self.vad.is_speech(heard, level) and self.background.users(level)
         self._handle(st.Heard(self.pos, speech))
 
     def _offer_wake(self, scores: list[float]) -> None:

@@ -24,8 +24,9 @@ class Vad:
     def reset(self) -> None:
         self._vad = webrtcvad.Vad(self._aggressiveness)
 
-    def is_speech(self, frame: bytes) -> bool:
-        """`frame`: 10, 20 or 30 ms of 16 kHz mono int16."""
-        if rms_dbfs(frame) < self._min_dbfs:
+    def is_speech(self, frame: bytes, level_db: float | None = None) -> bool:
+        """`frame`: 10, 20 or 30 ms of 16 kHz mono int16; `level_db`: its `rms_dbfs`, if
+        the caller has it already."""
+        if (rms_dbfs(frame) if level_db is None else level_db) < self._min_dbfs:
             return False
         return bool(self._vad.is_speech(frame, MIC_RATE))

@@ -391,10 +391,14 @@ def mix(a: bytes, b: bytes) -> bytes:
     return bytes(np.clip(x, -32768, 32767).astype("<i2").tobytes())
 
 
+FULL_SCALE_DB = 20 * math.log10(32768)
+
+
 def rms_dbfs(pcm: bytes) -> float:
-    """Loudness of a block relative to full scale; -inf for digital silence."""
-    if not pcm:
+    """Loudness of an int16 block relative to full scale; -inf for digital silence. (Runs
+    on every frame: one dot product, no float copy of the block at full precision.)"""
+    if len(pcm) < 2:
         return -math.inf
-    x = pcm_to_float(pcm)
-    rms = float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
-    return 20 * math.log10(rms) if rms > 0 else -math.inf
+    x = np.frombuffer(pcm, "<i2").astype(np.float64)
+    energy = float(np.dot(x, x))
+    return 10 * math.log10(energy / len(x)) - FULL_SCALE_DB if energy > 0 else -math.inf
