@@ -125,3 +125,22 @@ def test_background_speech_sets_a_gate_only_in_a_room_that_has_some() -> None:
     for n in range(160):
         fan.observe(-50.0, n % 5 == 0)
     assert fan.turn_starts() == -math.inf
+
+
+def test_background_speech_learns_only_from_the_idle_time_just_before_a_turn() -> None:
+    """A wake soon after a conversation: the last one's wake word is not the room's level."""
+    import math
+
+    from device.core.hearing import BackgroundSpeech
+
+    room = BackgroundSpeech()
+    for _ in range(40):
+        room.observe(-90.0, False)
+    for _ in range(60):
+        room.observe(-15.0, True)  # okay nabu, loud
+    room.turn_starts()
+    for _ in range(20):  # half a second of quiet, then the next wake word
+        room.observe(-90.0, False)
+    for _ in range(60):
+        room.observe(-15.0, True)
+    assert room.turn_starts() == -math.inf and room.users(-30.0)

@@ -64,7 +64,9 @@ class BackgroundSpeech:
     `min_share` of them voiced), and if so how loud its loud part is (the `quantile` of the
     voiced frames' levels). During the turn a frame counts as the user's only if it is
     `margin_db` above that; in a room without background speech nothing changes. Levels and
-    verdicts only: no audio is kept. Measured in `bench accuracy` (endpointing rows).
+    verdicts only: no audio is kept. Only the idle stretch just before the turn counts (the
+    history starts again with each conversation), and less than `min_ms` of it sets no gate.
+    Measured in `bench accuracy` (endpointing rows).
     """
 
     def __init__(
@@ -74,8 +76,10 @@ class BackgroundSpeech:
         margin_db: float = 3.0,
         quantile: float = 0.95,
         min_share: float = 0.3,
+        min_ms: int = 1000,
     ) -> None:
         self.skip = skip_ms // FRAME_MS
+        self.min_frames = min_ms // FRAME_MS
         self.margin_db = margin_db
         self.quantile = quantile
         self.min_share = min_share
@@ -90,8 +94,9 @@ class BackgroundSpeech:
     def turn_starts(self) -> float:
         """Fix the gate for the turn beginning now (and its follow-ups); returns it."""
         frames = list(self._frames)[: max(0, len(self._frames) - self.skip)]
+        self._frames.clear()  # the next conversation learns from the idle time before it
         levels = sorted(level for level, voiced in frames if voiced)
-        if not frames or len(levels) < self.min_share * len(frames):
+        if len(frames) < self.min_frames or len(levels) < self.min_share * len(frames):
             self.gate_db = -math.inf
         else:
             loud = levels[min(len(levels) - 1, int(self.quantile * len(levels)))]
