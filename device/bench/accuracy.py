@@ -55,8 +55,9 @@ def in_condition_padded(clip: np.ndarray, condition: str, seed: int) -> np.ndarr
         return C.reverberate(clip)
     if condition == "babble":
         return C.with_noise(clip, 10.0, "babble", seed)
-    if condition.startswith("babble "):  # "babble 15 dB": other voices that much below
-        return C.with_noise(clip, float(condition.split()[1]), "babble", seed)
+    if condition.split()[0] in ("babble", "music"):  # "babble 15 dB": voices that much below
+        kind, snr = condition.split()[:2]
+        return C.with_noise(clip, float(snr), kind, seed)
     snr = float(condition.split()[0])
     return C.with_noise(clip, snr, NOISE_KINDS[seed % len(NOISE_KINDS)], seed)
 
@@ -200,7 +201,15 @@ def endpoint_turns() -> Iterable[tuple[np.ndarray, int]]:
             yield C.padded(joined, 0.3, 3.0), C.speech_end(C.padded(joined, 0.3, 0))
 
 
-ENDPOINT_CONDITIONS = ["quiet", "reverb", "20 dB", "10 dB", "babble 15 dB", "babble 10 dB"]
+ENDPOINT_CONDITIONS = [
+    "quiet",
+    "reverb",
+    "20 dB",
+    "10 dB",
+    "babble 15 dB",
+    "babble 10 dB",
+    "music 10 dB",
+]
 
 
 def measure_endpointing(silence_ms: int, progress: Callable[[str], None]) -> list[EndpointResult]:

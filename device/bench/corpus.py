@@ -191,7 +191,10 @@ def read_wav(path: Path) -> np.ndarray:
 
 @functools.lru_cache(maxsize=8)
 def noise(kind: str, seconds: int, seed: int) -> np.ndarray:
-    """sox's pink/brown/white noise, or babble: several espeak voices talking at once."""
+    """sox's pink/brown/white noise, babble (several espeak voices talking at once), or music
+    (plucked chords, two a second, from a major scale)."""
+    if kind == "music":
+        return _music(seconds, seed)
     if kind == "babble":
         rng = np.random.default_rng(seed)
         total = np.zeros(seconds * RATE)
@@ -205,6 +208,24 @@ def noise(kind: str, seconds: int, seed: int) -> np.ndarray:
                 pos += n
         return np.asarray(np.clip(total / 2, -32768, 32767).astype("<i2"))
     return _sox(["synth", str(seconds), f"{kind}noise"]).astype("<i2")
+
+
+def _music(seconds: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    beat = RATE // 2
+    t = np.arange(beat) / RATE
+    scale = [0, 2, 4, 5, 7, 9, 11]
+    out = np.zeros(seconds * RATE)
+    for start in range(0, len(out) - beat + 1, beat):
+        root = int(rng.integers(7))
+        for step in (0, 2, 4):  # a triad of the scale, an octave below middle C to above it
+            degree = root + step
+            semis = scale[degree % 7] + 12 * (degree // 7) - 12
+            f0 = 261.63 * 2 ** (semis / 12)
+            note = sum(np.sin(2 * np.pi * f0 * h * t) / h for h in (1, 2, 3, 4))
+            out[start : start + beat] += note * np.exp(-t / 0.18)
+    out *= 0.25 * 32767 / np.max(np.abs(out))
+    return out.astype("<i2")
 
 
 def reverberate(x: np.ndarray) -> np.ndarray:
