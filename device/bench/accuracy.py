@@ -56,8 +56,8 @@ def in_condition_padded(clip: np.ndarray, condition: str, seed: int) -> np.ndarr
     if condition == "babble":
         return C.with_noise(clip, 10.0, "babble", seed)
     if condition.split()[0] in ("babble", "music"):  # "babble 15 dB": voices that much below
-        kind, snr = condition.split()[:2]
-        return C.with_noise(clip, float(snr), kind, seed)
+        kind, below = condition.split()[:2]
+        return C.with_noise(clip, float(below), kind, seed)
     snr = float(condition.split()[0])
     return C.with_noise(clip, snr, NOISE_KINDS[seed % len(NOISE_KINDS)], seed)
 
