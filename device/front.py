@@ -107,7 +107,8 @@ class FrontEnd:
         runs, fresh = self.deaf.vad_runs(state, self.pos)
         level = rms_dbfs(heard) if runs or state in IDLE_STATES else -math.inf
         if state in IDLE_STATES:
-            self.background.observe(level, self.idle_vad.is_speech(heard, level))
+            if not self.deaf.deaf(state, self.pos):  # (not the echo of its own error sound)
+                self.background.observe(level, self.idle_vad.is_speech(heard, level))
         elif self._idle:  # a conversation begins: how loud is the room's other speech?
             self.background.turn_starts()
         self._idle = state in IDLE_STATES

@@ -97,3 +97,40 @@ def test_simulate_echo_needs_a_room_it_can_build(tmp_path: Path) -> None:
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert r.returncode == 2 and words in r.stderr, r.stderr
+
+
+def test_the_devices_own_sounds_are_not_taken_for_the_rooms_speech() -> None:
+    """An error sound's echo just before a wake (it is heard while idle) must not set the
+    background gate: the user's next words would not count as speech."""
+    import math
+
+    from device.core.states import State
+    from device.events import EventLog
+    from device.front import FrontEnd
+    from tests.helpers import config, speech
+
+    class Speaker:
+        playing = False
+
+        def take_far_end(self, samples: int) -> bytes:
+            return b"\x10\x20" * samples if self.playing else bytes(2 * samples)
+
+    state = [State.IDLE]
+    front = FrontEnd(
+        config("http://127.0.0.1:9"), EventLog(None), lambda e: None, lambda: state[0],
+        lambda f: None,
+    )  # fmt: skip
+    spk = Speaker()
+    loud = speech("this is what the device itself is saying out loud")
+    quiet = bytes(640)
+    for _ in range(25):
+        front.hear(quiet, spk)  # type: ignore[arg-type]
+    spk.playing = True
+    for i in range(0, min(len(loud), 640 * 75) - 639, 640):
+        front.hear(loud[i : i + 640], spk)  # type: ignore[arg-type]
+    spk.playing = False
+    for _ in range(60):
+        front.hear(quiet, spk)  # type: ignore[arg-type]
+    state[0] = State.CONNECTING
+    front.hear(quiet, spk)  # type: ignore[arg-type]
+    assert front.background.gate_db == -math.inf
