@@ -838,15 +838,17 @@ VARIANTS = {
 
 
 @settings(max_examples=300, deadline=None)
-@given(hst.lists(hst.tuples(inputs, hst.integers(1, 20)), max_size=60))
+@given(hst.lists(hst.tuples(inputs, hst.integers(1, 20), hst.booleans()), max_size=60))
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_random_inputs_keep_the_machine_coherent(
-    variant: str, steps: list[tuple[Input, int]]
+    variant: str, steps: list[tuple[Input, int, bool]]
 ) -> None:
     m = Machine(VARIANTS[variant])
     now = 0.0
     pos = 0
-    for event, frames_later in steps:
+    for event, frames_later, over_budget in steps:
+        # the month's budget is spent, or not, at any moment (the app sets it from the meter)
+        m.budget_note = "this month's budget is spent" if over_budget else None
         pos += frames_later * F
         now += frames_later * 0.02
         if isinstance(event, Heard):

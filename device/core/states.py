@@ -1126,7 +1126,7 @@ TRANSITIONS: dict[tuple[State, type], Row] = {
     (S.IDLE, Wake): row(M.on_wake, S.CONNECTING, S.ERROR),
     (S.ERROR, Wake): row(M.on_wake, S.CONNECTING, S.ERROR),
     (S.FOLLOW_UP, Wake): row(M.on_wake_in_follow_up, S.LISTENING),
-    **{(s, Wake): row(M.on_wake_over_reply, S.LISTENING, S.CONNECTING) for s in REPLY},
+    **{(s, Wake): row(M.on_wake_over_reply, S.LISTENING, *_WAKES) for s in REPLY},
     # the user's turn
     (S.CONNECTING, Heard): row(M.on_heard_connecting, S.IDLE),
     (S.LISTENING, Heard): row(M.on_heard_listening, S.IDLE, S.THINKING),
@@ -1158,13 +1158,13 @@ TRANSITIONS: dict[tuple[State, type], Row] = {
     # the button: down records the press (or interrupts a reply at once, or starts talking in
     # hold-to-talk, or is the second of a double press), up acts on a short press (or ends a
     # held turn), held toggles mute; what each does in a state is in `BUTTON`
-    (S.IDLE, ButtonDown): row(M.on_button_down, S.CONNECTING, S.MUTED, S.ANSWERING),
-    (S.ERROR, ButtonDown): row(M.on_button_down, S.CONNECTING, S.MUTED, S.ANSWERING),
+    (S.IDLE, ButtonDown): row(M.on_button_down, *_WAKES, S.MUTED, S.ANSWERING),
+    (S.ERROR, ButtonDown): row(M.on_button_down, *_WAKES, S.MUTED, S.ANSWERING),
     (S.CONNECTING, ButtonDown): row(M.on_button_down, S.IDLE, S.MUTED),
     (S.LISTENING, ButtonDown): row(M.on_button_down, S.IDLE, S.MUTED),
     (S.FOLLOW_UP, ButtonDown): row(M.on_button_down, S.LISTENING, S.IDLE, S.MUTED, S.ANSWERING),
     (S.MUTED, ButtonDown): row(M.on_button_down, S.IDLE),
-    **{(s, ButtonDown): row(M.on_button_down_over_reply, S.LISTENING, S.CONNECTING) for s in REPLY},
+    **{(s, ButtonDown): row(M.on_button_down_over_reply, S.LISTENING, *_WAKES) for s in REPLY},
     (S.IDLE, ButtonUp): row(M.on_button_up, *_WAKES),
     (S.ERROR, ButtonUp): row(M.on_button_up, *_WAKES),
     (S.CONNECTING, ButtonUp): row(M.on_button_up),
@@ -1182,7 +1182,7 @@ TRANSITIONS: dict[tuple[State, type], Row] = {
     (S.CONNECTING, Summon): row(M.on_summon),
     (S.LISTENING, Summon): row(M.on_summon, S.THINKING),
     (S.FOLLOW_UP, Summon): row(M.on_summon, S.LISTENING),
-    **{(s, Summon): row(M.on_summon_over_reply, S.LISTENING, S.CONNECTING) for s in REPLY},
+    **{(s, Summon): row(M.on_summon_over_reply, S.LISTENING, *_WAKES) for s in REPLY},
     (S.IDLE, AskText): row(M.on_ask, S.CONNECTING),
     (S.ERROR, AskText): row(M.on_ask, S.CONNECTING),
     (S.FOLLOW_UP, AskText): row(M.on_ask_in_follow_up, S.CONNECTING),
