@@ -64,18 +64,20 @@ class CostMeter:
         self.budget = cfg.usage.monthly_budget
 
     def add(self, tokens: Tokens) -> None:
-        """One response's usage: counted for the session, the day and the month, and saved
-        (a few hundred bytes, once a response)."""
+        """One response's usage: counted for the session, the day and the month (the budget
+        sees it at once; the file is written when the session ends)."""
         self.session += tokens
         self.ledger.add(tokens, self._today())
-        if self.path is not None:
-            write_json(self.path, self.ledger.as_dict())
 
     def session_over(self, session_id: str) -> None:
-        """The session ended: its total to the journal and the events log (if it used any)."""
+        """The session ended: its total to the journal and the events log, and the ledger
+        saved (once a session, not once a response: an fsync on an SD card can take a tenth
+        of a second, and the audio loop waits for it)."""
         used, self.session = self.session, Tokens()
         if not used.responses:
             return
+        if self.path is not None:
+            write_json(self.path, self.ledger.as_dict())
         cost = self.prices.cost(used)
         self.events.emit(
             "usage",
