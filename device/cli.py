@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import logging
 import math
@@ -636,9 +637,9 @@ def _status_lines(r: dict[str, Any]) -> str:
 
 
 def _usage_line(u: dict[str, Any]) -> str:
-    from .core.usage import Prices
+    from .core.usage import money
 
-    show = Prices(currency=str(u.get("currency", "USD"))).show
+    show = functools.partial(money, currency=str(u.get("currency", "USD")))
     today, month = u["today"], u["month"]
     line = (
         f"today {today['total']:,} tokens (about {show(today['cost'])}), this month "

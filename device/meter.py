@@ -113,14 +113,12 @@ class CostMeter:
 
     def status(self) -> dict[str, Any]:
         today = self._today()
-        day, month = self.ledger.day(today), self.ledger.month(today)
         return {
-            "today": {**day.as_dict(), "total": day.total, "cost": round(self.prices.cost(day), 4)},
-            "month": {
-                **month.as_dict(),
-                "total": month.total,
-                "cost": round(self.prices.cost(month), 4),
-            },
+            "today": self._summary(self.ledger.day(today)),
+            "month": self._summary(self.ledger.month(today)),
             "currency": self.prices.currency,
             "budget": self.budget or None,
         }
+
+    def _summary(self, t: Tokens) -> dict[str, Any]:
+        return {**t.as_dict(), "total": t.total, "cost": round(self.prices.cost(t), 4)}

@@ -27,6 +27,7 @@ from device.emulator import Emulator, Faults, Scenario
 from tests.helpers import (
     CONVERSATION,
     QUESTION,
+    config,
     nonzero,
     read_jsonl,
     read_wav,
@@ -173,11 +174,7 @@ async def test_after_a_refusal_the_button_asks_again(tmp_path: Path, question: b
     audio = question + silence(0.5)
     emu = Emulator(scenario(Faults(reject_status=401, connections=1)))
     await emu.start("127.0.0.1", 0)
-    cfg = dataclasses.replace(
-        parse_config({"gpio": {"pin_factory": "mock"}, "turn": {"follow_up_ms": 500},
-                      "cloud": {"endpoint": f"http://127.0.0.1:{emu.port}"}}),
-        api_key=Secret("test-key"),
-    )  # fmt: skip
+    cfg = config(f"http://127.0.0.1:{emu.port}", turn={"follow_up_ms": 500})
     opts = RunOptions(
         input_wav=write_wav(tmp_path / "in.wav", audio + silence(8.0)),
         fast=False,

@@ -41,17 +41,15 @@ def test_simulate_echo_from_the_command_line(tmp_path: Path) -> None:
     """`run --simulate-echo` is the room for anyone: the output WAV holds what the speaker
     played on the microphone's clock (the wake chime where the wake was heard), and the
     service received the user whole."""
-    import json
     import os
     import subprocess
     import sys
-    import wave
 
     import numpy as np
 
-    from device.bench.uplink import compare
-    from device.core.audio import CLOUD_RATE, MIC_RATE, resample
-    from tests.helpers import emulator_process, write_wav
+    from device.bench.uplink import received
+    from device.core.audio import CLOUD_RATE
+    from tests.helpers import emulator_process, read_jsonl, read_wav, write_wav
 
     user = user_audio(600)
     write_wav(tmp_path / "in.wav", user + bytes(32_000))
@@ -65,21 +63,13 @@ def test_simulate_echo_from_the_command_line(tmp_path: Path) -> None:
             env=env, capture_output=True, text=True, timeout=120,
         )  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
-    events = [json.loads(x) for x in (tmp_path / "ev.jsonl").read_text().splitlines()]
+    events = read_jsonl(tmp_path / "ev.jsonl")
     chime_ms = next(e["audio_ms"] for e in events if e["event"] == "earcon")
-    with wave.open(str(tmp_path / "out.wav"), "rb") as w:
-        played = np.frombuffer(w.readframes(w.getnframes()), "<i2")
+    played = np.frombuffer(read_wav(tmp_path / "out.wav"), "<i2")
     at = chime_ms * CLOUD_RATE // 1000
     assert not played[: at - 480].any()  # nothing before the wake (20 ms of slack)
     assert np.abs(played[at - 480 : at + 3840]).max() > 3000  # the chime, where it was heard
-    turn = next(e for e in events if e["event"] == "turn_end")
-    heard = (user + bytes(2 * turn["end_sample"]))[
-        2 * turn["start_sample"] : 2 * turn["end_sample"]
-    ]
-    clean = np.frombuffer(resample(heard, MIC_RATE, CLOUD_RATE), "<i2")
-    with wave.open(str(next((tmp_path / "turns").glob("*.wav"))), "rb") as w:
-        sent = np.frombuffer(w.readframes(w.getnframes()), "<i2")
-    result = compare(sent, clean)
+    result = received(user, tmp_path / "ev.jsonl", tmp_path / "turns")
     assert result.whole == result.windows > 20, result.worst
 
 

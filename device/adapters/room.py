@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import wave
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..core.audio import CLOUD_RATE, FRAME_MS, FRAME_SAMPLES, MIC_RATE, SAMPLE_BYTES, Resampler
-from .speaker import Speaker
+from .speaker import Speaker, wav_writer
 
 FRAME_BYTES = FRAME_SAMPLES * SAMPLE_BYTES
 SPEAKER_FRAME = FRAME_SAMPLES * CLOUD_RATE // MIC_RATE
@@ -71,12 +70,7 @@ class Room:
         frame (silence included), so it lines up with the microphone's timeline."""
         self.speaker = RoomSpeaker(jitter_ms)
         self.speaker.name = str(record) if record is not None else RoomSpeaker.name
-        self._record: Any = None
-        if record is not None:
-            self._record = wave.open(str(record), "wb")  # noqa: SIM115 - for the room's life
-            self._record.setnchannels(1)
-            self._record.setsampwidth(SAMPLE_BYTES)
-            self._record.setframerate(CLOUD_RATE)
+        self._record: Any = wav_writer(record) if record is not None else None
         self.mic = RoomMic(self, user, paced)
         self.cue: Callable[[int], bytes | None] | None = None
         """Called with the frame count before each frame: return speech to start saying then

@@ -404,6 +404,15 @@ class PyAudioSpeaker(Speaker):
         self._worker.submit(_quit)
 
 
+def wav_writer(path: Path) -> Any:
+    """A 24 kHz mono WAV open for writing what is played; its owner closes it."""
+    w = wave.open(str(path), "wb")  # noqa: SIM115 - kept open by the caller
+    w.setnchannels(1)
+    w.setsampwidth(SAMPLE_BYTES)
+    w.setframerate(CLOUD_RATE)
+    return w
+
+
 class WavSpeaker(Speaker):
     """Writes what would be played to a 24 kHz mono WAV file (or, with no path, nowhere).
 
@@ -417,10 +426,7 @@ class WavSpeaker(Speaker):
         self.paced = paced
         self._wav: Any = None
         if path is not None:
-            self._wav = wave.open(str(path), "wb")  # noqa: SIM115 - open for the daemon's life
-            self._wav.setnchannels(1)
-            self._wav.setsampwidth(SAMPLE_BYTES)
-            self._wav.setframerate(CLOUD_RATE)
+            self._wav = wav_writer(path)  # open for the daemon's life
         self._wake = asyncio.Event()
         self._closed = False
 

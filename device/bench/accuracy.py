@@ -53,11 +53,9 @@ def in_condition_padded(clip: np.ndarray, condition: str, seed: int) -> np.ndarr
         return clip
     if condition == "reverb":
         return C.reverberate(clip)
-    if condition == "babble":
-        return C.with_noise(clip, 10.0, "babble", seed)
-    if condition.split()[0] in ("babble", "music"):  # "babble 15 dB": voices that much below
-        kind, below = condition.split()[:2]
-        return C.with_noise(clip, float(below), kind, seed)
+    kind, *below = condition.split()
+    if kind in ("babble", "music"):  # "babble 15 dB": voices that much below; plain: 10 dB
+        return C.with_noise(clip, float(below[0]) if below else 10.0, kind, seed)
     snr = float(condition.split()[0])
     return C.with_noise(clip, snr, NOISE_KINDS[seed % len(NOISE_KINDS)], seed)
 

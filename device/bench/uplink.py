@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 
 from ..app import App, RunOptions
-from ..config import Secret, parse_config
 from ..core.audio import CLOUD_RATE, MIC_RATE, resample
 from ..emulator import Emulator, Scenario
 from ..emulator.voice import espeak
+from .harness import config, read_jsonl, read_wav
 
 WAKE = "okay nabu"
 COMMAND = "what is the weather like in Paris tomorrow?"
@@ -101,16 +101,12 @@ async def one_run(
         save_audio=tmp / "turns",
     )
     await emu.start("127.0.0.1", 0)
-    cfg = parse_config(
-        {
-            "cloud": {"endpoint": f"http://127.0.0.1:{emu.port}"},
-            "gpio": {"pin_factory": "mock"},
-            "button": {"enabled": False},
-            "turn": {"follow_up_ms": 0},
-            "audio": {"echo_cancellation": echo_cancellation},
-        }
+    cfg = config(
+        f"http://127.0.0.1:{emu.port}",
+        button={"enabled": False},
+        turn={"follow_up_ms": 0},
+        audio={"echo_cancellation": echo_cancellation},
     )
-    cfg = dataclasses.replace(cfg, api_key=Secret("bench"))
     room = Room(user + bytes(64_000), paced=False, **(room_kw or {"echo_gain": 0.0}))
     events = tmp / "events.jsonl"
     app = App(cfg, RunOptions(room=room, events_log=events, leds="none", signals=False))
@@ -118,16 +114,18 @@ async def one_run(
         await asyncio.wait_for(app.run(), 60)
     finally:
         await emu.close()
-    log = [json.loads(x) for x in events.read_text().splitlines()]
-    turn = next(e for e in log if e["event"] == "turn_end")
+    return received(user, events, tmp / "turns")
+
+
+def received(user: bytes, events_log: Path, turns: Path) -> Integrity:
+    """How whole the first turn the emulator saved in `turns` is, against `user` (what the
+    user said, 16 kHz, from the start of the microphone stream) over the span the events
+    log's `turn_end` names."""
+    turn = next(e for e in read_jsonl(events_log) if e["event"] == "turn_end")
     start, end = turn["start_sample"], turn["end_sample"]
     heard = (user + bytes(2 * end))[2 * start : 2 * end]
     clean = np.frombuffer(resample(heard, MIC_RATE, CLOUD_RATE), "<i2")
-    turns = sorted((tmp / "turns").glob("*.wav"))
-    import wave
-
-    with wave.open(str(turns[0]), "rb") as w:
-        sent = np.frombuffer(w.readframes(w.getnframes()), "<i2")
+    sent = np.frombuffer(read_wav(sorted(turns.glob("*.wav"))[0]), "<i2")
     return compare(sent, clean)
 
 

@@ -33,7 +33,8 @@ class Tokens:
     responses: int = 0
 
     def __add__(self, other: Tokens) -> Tokens:
-        return Tokens(*(a + b for a, b in zip(_values(self), _values(other), strict=True)))
+        pairs = zip(dataclasses.astuple(self), dataclasses.astuple(other), strict=True)
+        return Tokens(*(a + b for a, b in pairs))
 
     @property
     def total(self) -> int:
@@ -45,10 +46,6 @@ class Tokens:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Tokens:
         return cls(**{f.name: _count(d.get(f.name)) for f in dataclasses.fields(cls)})
-
-
-def _values(t: Tokens) -> tuple[int, ...]:
-    return tuple(getattr(t, f.name) for f in dataclasses.fields(t))
 
 
 def _count(value: object) -> int:
@@ -106,10 +103,14 @@ class Prices:
         return per_token / 1e6
 
     def show(self, amount: float) -> str:
-        symbol = {"USD": "$", "EUR": "€", "GBP": "£"}.get(self.currency)
-        if symbol is None:
-            return f"{amount:.2f} {self.currency}"
-        return f"{symbol}{amount:.3f}" if amount < 1 else f"{symbol}{amount:.2f}"
+        return money(amount, self.currency)
+
+
+def money(amount: float, currency: str) -> str:
+    symbol = {"USD": "$", "EUR": "€", "GBP": "£"}.get(currency)
+    if symbol is None:
+        return f"{amount:.2f} {currency}"
+    return f"{symbol}{amount:.3f}" if amount < 1 else f"{symbol}{amount:.2f}"
 
 
 def day_key(when: dt.date) -> str:
@@ -132,6 +133,10 @@ class Ledger:
         day, month = day_key(today), month_key(today)
         self.days[day] = self.days.get(day, Tokens()) + t
         self.months[month] = self.months.get(month, Tokens()) + t
+        self._prune()
+
+    def _prune(self) -> None:
+        """Only the newest KEEP_DAYS days and KEEP_MONTHS months."""
         for table, keep in ((self.days, KEEP_DAYS), (self.months, KEEP_MONTHS)):
             for old in sorted(table)[:-keep]:
                 del table[old]
@@ -162,9 +167,7 @@ class Ledger:
             for key, value in given.items():
                 if isinstance(key, str) and valid(key) and isinstance(value, Mapping):
                     table[key] = Tokens.from_dict(value)
-        for table, keep in ((ledger.days, KEEP_DAYS), (ledger.months, KEEP_MONTHS)):
-            for old in sorted(table)[:-keep]:
-                del table[old]
+        ledger._prune()
         return ledger
 
 
