@@ -183,15 +183,21 @@ class CloudLink:
         session.start(self.tg)
 
     def close_session(self, c: st.CloseSession) -> None:
-        session, self.session = self.session, None
-        CONTEXT["SESSION_ID"] = ""
+        session = self.session
         if session is not None:
             log.info("session %s closed (%s)", session.session_id or "(not open)", c.reason)
             session.close(c.reason)
-            self.events.emit("session_closed", self._audio_ms(), reason=c.reason)
-            self.meter.session_over(session.session_id)
+        self._session_over(session, c.reason)
+
+    def _session_over(self, session: CloudSession | None, reason: str) -> None:
+        """The session ended, closed by us or lost: forgotten, its end and its usage told."""
+        self.session = None
+        CONTEXT["SESSION_ID"] = ""
         self.uplink = None
         self._answer = None
+        if session is not None:
+            self.events.emit("session_closed", self._audio_ms(), reason=reason)
+            self.meter.session_over(session.session_id)
 
     def _on_session_status(self, session: CloudSession, ev: st.Input) -> None:
         if session is not self.session:
@@ -203,12 +209,7 @@ class CloudLink:
             self.events.emit("session_open", self._audio_ms(), session_id=session.session_id)
             self._pump_uplink()
         elif isinstance(ev, st.SessionFailed | st.SessionLost):
-            CONTEXT["SESSION_ID"] = ""
-            self.session = None
-            self.uplink = None
-            self._answer = None
-            self.events.emit("session_closed", self._audio_ms(), reason=ev.code)
-            self.meter.session_over(session.session_id)
+            self._session_over(session, ev.code)
         self._handle(ev)
 
     def _send(self, event: dict[str, Any]) -> None:
