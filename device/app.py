@@ -30,6 +30,7 @@ from .adapters.store import Memory
 from .adapters.systemd import Notifier
 from .config import Config, ConfigError, machine_settings
 from .core import states as st
+from .core.earcons import Earcon
 from .events import EventLog
 from .front import FrontEnd
 from .link import CloudLink
@@ -132,6 +133,7 @@ class App:
             self.machine.state,
         )
         self.presenter.speaker = self.speaker
+        self.front.play_chime = lambda: self.presenter.play_earcon(Earcon.WAKE)
         self.link = CloudLink(
             cfg,
             self.speaker,
@@ -160,7 +162,7 @@ class App:
             st.OpenMic: lambda c: self._spawn(self.mic.open()),
             st.ReportError: self._report_error,
             st.ReportRecovery: self.presenter.report_recovery,
-            st.PlayEarcon: lambda c: self.presenter.play_earcon(c.kind),
+            st.PlayEarcon: self._earcon,
             st.SendText: self.link.send_text,
             st.ReplayAnswer: self.link.replay_answer,
         }
@@ -329,6 +331,13 @@ class App:
     def _enter(self, c: st.Enter) -> None:
         self.presenter.enter(c)
         self.verbs.entered(c)
+
+    def _earcon(self, c: st.PlayEarcon) -> None:
+        if c.kind is Earcon.WAKE:
+            self.front.wake_chime()
+        else:
+            self.front.quiet()
+            self.presenter.play_earcon(c.kind)
 
     def _report_error(self, c: st.ReportError) -> None:
         self.verbs.error(c)

@@ -59,6 +59,9 @@ class FrontEnd:
         """Microphone samples seen so far: the audio clock."""
         self.preroll = PreRoll(ms_to_samples(cfg.audio.preroll_ms, MIC_RATE))
         self.wake, self.echo = detectors(cfg)
+        self.play_chime: Callable[[], None] = lambda: None
+        self._chime = False
+        """A wake chime waits for the first frame of the conversation (`wake_chime`)."""
         self.configure(cfg)
 
     def configure(self, cfg: Config, found: tuple[WakeEngine, EchoGuard] | None = None) -> None:
@@ -111,11 +114,31 @@ class FrontEnd:
                 self.background.observe(level, self.idle_vad.is_speech(heard, level))
         elif self._idle:  # a conversation begins: how loud is the room's other speech?
             self.background.turn_starts()
+            if self._chime:
+                self._chime = False
+                if self.background.user_talking:
+                    log.debug("no wake chime: the user went straight on with the command")
+                else:
+                    self.play_chime()
         self._idle = state in IDLE_STATES
         if fresh:
             self.vad.reset()  # no stale hangover from before the gap
         speech = runs and self.vad.is_speech(heard, level) and self.background.users(level)
         self._handle(st.Heard(self.pos, speech))
+
+    def wake_chime(self) -> None:
+        """The wake chime: never over the user's words. Waking from idle, it is decided on
+        the conversation's first frame, once `background` has said whether the user is
+        already talking (then it is left out: the light shows that the device listens).
+        """
+        if self._idle:
+            self._chime = True
+        else:
+            self.play_chime()
+
+    def quiet(self) -> None:
+        """Another of the device's sounds replaces a wake chime not yet played."""
+        self._chime = False
 
     def _offer_wake(self, scores: list[float]) -> None:
         """The best wake word over its threshold, under the playback rules while the device

@@ -39,7 +39,11 @@ GAINS = (0.1, 0.3, 0.7)
 REVERBS = ((5.0, 30.0), (25.0, 120.0))
 """(delay ms, reverberation time constant ms): a speaker next to the mic in a small room,
 and one across a larger, livelier one."""
-PAUSES_MS = (0, 250, 600)
+PAUSES_MS = (60, 340, 590, 940)
+"""Silence between the end of the wake word and the command: straight on (the wake word
+fires about 200 ms after the word ends, so the user is already speaking), the pause espeak
+leaves after a phrase, a longer one, and waiting for the chime."""
+WAITS_FOR_CHIME_MS = PAUSES_MS[-1]
 
 
 @dataclass
@@ -82,8 +86,15 @@ def compare(sent: np.ndarray, clean: np.ndarray) -> Integrity:
 
 
 def user_audio(pause_ms: int) -> bytes:
+    """Half a second of quiet, the wake word, `pause_ms` of silence, the command."""
     pause = bytes(2 * MIC_RATE * pause_ms // 1000)
-    return bytes(16_000) + espeak(WAKE, MIC_RATE) + pause + espeak(COMMAND, MIC_RATE)
+    return bytes(16_000) + voiced(espeak(WAKE, MIC_RATE)) + pause + espeak(COMMAND, MIC_RATE)
+
+
+def voiced(pcm: bytes, floor: int = 100) -> bytes:
+    """`pcm` without the silence espeak leaves after the phrase."""
+    x = np.frombuffer(pcm, "<i2")
+    return pcm[: 2 * (int(np.flatnonzero(np.abs(x) > floor)[-1]) + 1)]
 
 
 async def one_run(
@@ -139,7 +150,7 @@ async def measure(quick: bool) -> dict[str, dict[str, Integrity]]:
                     {"echo_gain": gain, "delay_ms": delay, "reverb_ms": reverb},
                 )
             )
-    pauses = PAUSES_MS[1:2] if quick else PAUSES_MS
+    pauses = PAUSES_MS[:2] if quick else PAUSES_MS
     table: dict[str, dict[str, Integrity]] = {}
     with tempfile.TemporaryDirectory() as d:
         for aec in (True, False):
