@@ -36,6 +36,11 @@ EventName = Literal[
     "error",
     "recovered",
     "usage",
+    "timer_set",
+    "timer_ring",
+    "timer_stop",
+    "timer_missed",
+    "announce",
     "stopped",
 ]
 EVENT_NAMES: frozenset[str] = frozenset(typing.get_args(EventName))
