@@ -30,7 +30,9 @@ from .adapters.store import Memory
 from .adapters.systemd import Notifier
 from .config import Config, ConfigError, machine_settings
 from .core import states as st
+from .core.audio import MIC_RATE
 from .core.earcons import Earcon
+from .core.timers import ring_notice
 from .events import EventLog
 from .front import FrontEnd
 from .link import CloudLink
@@ -38,6 +40,8 @@ from .meter import CostMeter
 from .presenter import Presenter
 from .reload import reload
 from .supervise import Supervisor, audio_devices
+from .timekeeper import Timekeeper
+from .tools import Device
 from .verbs import ControlVerbs, device_status
 
 log = logging.getLogger(__name__)
@@ -65,6 +69,9 @@ class RunOptions:
     signals: bool = True
     """SIGTERM/SIGINT stop the daemon, SIGHUP reloads; off where the app runs inside another
     program (a benchmark), whose Ctrl-C must stop the program, not one of its daemons."""
+    clock_start: float | None = None
+    """With a simulated microphone (a WAV file, a room), timers and the time tool run on the
+    audio clock from this wall-clock time (seconds since the epoch; None: the time at start)."""
 
 
 class App:
@@ -78,6 +85,13 @@ class App:
         self.events = EventLog(opts.events_log)
         self.meter = CostMeter(cfg, opts.state_dir, self.events, lambda: self.front.audio_ms)
         self.machine.budget_note = self.meter.budget_note()
+        self.timekeeper = Timekeeper(
+            opts.state_dir,
+            self.events,
+            lambda: self.front.audio_ms,
+            self._clock(),
+            lambda ended: self.handle(st.TimersRang(tuple(t.name for t in ended))),
+        )
         self.notifier = Notifier()
         self.stopped = asyncio.Event()
         self.tg: asyncio.TaskGroup | None = None
@@ -98,12 +112,29 @@ class App:
                     self.supervisor,
                     self.status_text(),
                 )
-                | {"usage": self.meter.status()}
+                | {"usage": self.meter.status(), "timers": self.timekeeper.listing()}
             ),
             lambda: self.speaker,
             self.memory,
         )
         self.verbs.volume_config = cfg.audio.volume
+        self.verbs.timekeeper = self.timekeeper
+        self.verbs.announce_per_hour = cfg.announce.max_per_hour
+        self.tools = Device(
+            now=self.timekeeper.now_local,
+            timekeeper=self.timekeeper,
+            set_volume=self.verbs.set_volume,
+            end_conversation=lambda: self.handle(st.EndConversation()),
+        )
+
+    def _clock(self) -> Callable[[], float]:
+        """Seconds since the epoch for timers: the wall clock, or with a simulated
+        microphone the audio clock (so a test can let a timer run out in audio time)."""
+        o = self.opts
+        if o.room is None and o.input_wav is None:
+            return time.time
+        start = o.clock_start if o.clock_start is not None else time.time()
+        return lambda: start + self.front.pos / MIC_RATE
 
     # -- building ---------------------------------------------------------------------------
 
@@ -133,6 +164,7 @@ class App:
             self.machine.state,
         )
         self.presenter.speaker = self.speaker
+        self.presenter.timer_running = lambda: len(self.timekeeper.timers) > 0
         self.front.play_chime = lambda: self.presenter.play_earcon(Earcon.WAKE)
         self.link = CloudLink(
             cfg,
@@ -144,6 +176,7 @@ class App:
             self.verbs.answer_text,
             self.meter,
             self._credential,
+            self.tools,
         )
         self.build_gpio(cfg)
         self._commands: dict[type, Callable[[Any], None]] = {
@@ -165,6 +198,9 @@ class App:
             st.PlayEarcon: self._earcon,
             st.SendText: self.link.send_text,
             st.ReplayAnswer: self.link.replay_answer,
+            st.StartRing: self._start_ring,
+            st.StopRing: self._stop_ring,
+            st.SendAnnouncement: self.link.send_announcement,
         }
 
     def build_gpio(self, cfg: Config) -> None:
@@ -226,6 +262,8 @@ class App:
                 if o.signals:
                     loop.add_signal_handler(sig, handler)
         self.presenter.ready(self.machine.state, self.mic.name, self.speaker.name)
+        self.timekeeper.on_change = self._timers_changed
+        self.timekeeper.start()  # (one that ended a moment ago while down rings now)
         try:
             async with asyncio.TaskGroup() as tg:
                 self.tg = self.link.tg = tg
@@ -250,6 +288,7 @@ class App:
             self.leds.close()
             if self.button:
                 self.button.close()
+            self.timekeeper.close()
             self.events.emit("stopped", self.front.audio_ms)
             self.events.close()
         return 0
@@ -285,6 +324,7 @@ class App:
             if self.machine.state is st.State.MUTED:
                 self.notifier.audio_alive()  # closed on purpose; the loop itself is alive
             self.machine.budget_note = self.meter.budget_note()  # (a month may have turned)
+            self.timekeeper.check()  # (while muted no frames come)
             self.handle(st.Tick(self.link.quiet_s(time.monotonic())))
             self.notifier.status(self.status_text())
 
@@ -300,6 +340,7 @@ class App:
                 continue
             self.notifier.audio_alive()
             self.front.hear(frame, self.speaker)
+            self.timekeeper.check()
             if self.mic.eof and self._conversation_over():
                 log.info("input file ended and the device is idle: exiting")
                 self.request_stop()
@@ -338,6 +379,24 @@ class App:
         else:
             self.front.quiet()
             self.presenter.play_earcon(c.kind)
+
+    def _start_ring(self, c: st.StartRing) -> None:
+        for name in c.names:
+            self.events.emit("timer_ring", self.front.audio_ms, name=name)
+            log.info("timer '%s' rings", name)
+        if not self.machine.outage.ongoing:  # the names, in words, if the cloud answers
+            self.link.speak_aside(ring_notice(c.names))
+
+    def _stop_ring(self, c: st.StopRing) -> None:
+        self.link.stop_aside()
+        for name in c.names:
+            self.events.emit("timer_stop", self.front.audio_ms, name=name, reason=c.reason)
+            log.info("timer '%s' stopped (%s)", name, c.reason)
+
+    def _timers_changed(self) -> None:
+        """A timer set or ended: the idle light may show it."""
+        if self.machine.state is st.State.IDLE:
+            self.presenter.show_leds(self.machine.state)
 
     def _report_error(self, c: st.ReportError) -> None:
         self.verbs.error(c)

@@ -1,7 +1,8 @@
 """`voice-device` command line.
 
 The daemon and its tools: run, demo, emulator, check, bench, devices, leds. The running
-daemon's control verbs, through its control socket: status, mute, wake, ask, volume.
+daemon's control verbs, through its control socket: status, mute, wake, ask, volume, timers,
+announce.
 """
 
 from __future__ import annotations
@@ -206,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     say.add_argument("--no-preamble", action="store_true", help="answer without a preamble")
     say.add_argument("--answer", help="the final answer's text")
     say.add_argument("--tool-call", metavar="NAME", help="call this function before answering")
+    say.add_argument("--tool-arguments", metavar="JSON", help="the call's arguments (default {})")
     say.add_argument("--think-ms", type=int, help="delay before the first reply item")
     say.add_argument("--speedup", type=_positive, help="audio sent this much faster than real time")
     say.add_argument("--burst", type=int, help="audio chunks sent back to back before a pause")
@@ -289,6 +291,14 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--timeout", type=float, default=120.0, help="seconds to wait (120)")
     vol = control("volume", "show or set the reply volume, in percent (100: as sent)")
     vol.add_argument("percent", nargs="?", type=int)
+    timers = control("timers", "list timers and alarms, or set, cancel or stop one")
+    timers.add_argument(
+        "action", nargs="*", metavar="set DURATION [NAME] | cancel [NAME] | stop",
+        help="none: list them; DURATION such as 90s, 5m, 1h30m",
+    )  # fmt: skip
+    ann = control("announce", "speak a text on the device, out of any conversation")
+    ann.add_argument("text", nargs="+")
+    ann.add_argument("--timeout", type=float, default=60.0, help="seconds to wait (60)")
     return p
 
 
@@ -307,6 +317,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "wake": cmd_control,
         "ask": cmd_control,
         "volume": cmd_control,
+        "timers": cmd_control,
+        "announce": cmd_control,
     }
     try:
         return int(handler[args.command](args))
@@ -403,6 +415,7 @@ def emulator_scenario(args: argparse.Namespace) -> Any:
     for flag, attr in (
         ("answer", "answer"),
         ("tool_call", "tool_call"),
+        ("tool_arguments", "tool_arguments"),
         ("think_ms", "think_ms"),
         ("speedup", "speedup"),
         ("burst", "burst"),
@@ -593,6 +606,11 @@ def cmd_control(args: argparse.Namespace) -> int:
         timeout = args.timeout
     elif args.command == "volume" and args.percent is not None:
         line += f" {args.percent}"
+    elif args.command == "timers" and args.action:
+        line += " " + " ".join(args.action)
+    elif args.command == "announce":
+        line += " " + " ".join(args.text)
+        timeout = args.timeout
     try:
         reply = request(line, args.control_socket, timeout)
     except ControlError as e:
@@ -607,9 +625,28 @@ def cmd_control(args: argparse.Namespace) -> int:
         print(reply.get("answer") or "(the answer was spoken)")
     elif args.command == "volume":
         print(f"volume {reply['volume']}%")
+    elif args.command == "timers":
+        print(_timers_lines(reply))
+    elif args.command == "announce":
+        print("queued: the device is busy" if reply.get("queued") else "spoken")
     else:
         print(reply.get("state", "ok"))
     return 0
+
+
+def _timers_lines(r: dict[str, Any]) -> str:
+    if "timers" in r:
+        rows = [
+            f"{t['name']}: {t['time_left']} left" if t["kind"] == "timer"
+            else f"{t['name']}: alarm at {t['rings_at']}"
+            for t in r["timers"]
+        ]  # fmt: skip
+        return "\n".join(rows) or "no timers or alarms"
+    if "set" in r:
+        return f"timer '{r['set']}' set for {r['seconds']} s"
+    if "cancelled" in r:
+        return f"'{r['cancelled']}' cancelled"
+    return "stopped"
 
 
 def _status_lines(r: dict[str, Any]) -> str:
@@ -628,6 +665,9 @@ def _status_lines(r: dict[str, Any]) -> str:
             f"reload:   failed {reload['ago_s']:.0f} s ago, the running configuration kept: "
             f"{reload['error']}"
         )
+    timers = r.get("timers")
+    if timers:
+        lines.append(f"timers:   {_timers_lines({'timers': timers}).replace(chr(10), '; ')}")
     usage = r.get("usage")
     if usage:
         lines.append(f"usage:    {_usage_line(usage)}")
@@ -682,12 +722,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .adapters.mic import read_wav_16k_mono
     from .app import App, RunOptions
     from .config import parse_config
-    from .emulator import Emulator
+    from .emulator import Emulator, Scenario
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     async def go(events_path: Path) -> int:
-        emu = Emulator()
+        # an answer that asks something back: the follow-up window opens (turn.follow_up)
+        answer = "Today looks sunny, with a high of twenty one degrees. Shall I check tomorrow?"
+        emu = Emulator(Scenario(answer=answer))
         await emu.start("127.0.0.1", 0)
         cfg: Config = parse_config(
             {

@@ -102,8 +102,11 @@ class AssistantConfig:
     voice: str = "marin"
     reasoning_effort: str = "low"
     speed: float = 1.0
-    tools: list[str] = field(default_factory=lambda: ["time"])
-    """Local functions the model may call: time (the device's date and time)."""
+    tools: list[str] = field(
+        default_factory=lambda: ["time", "timers", "volume", "end_conversation"]
+    )
+    """Local functions the model may call: time (the device's date and time), timers
+    (timers and alarms), volume, end_conversation (the model closes the conversation)."""
 
 
 @dataclass(frozen=True)
@@ -161,6 +164,23 @@ class TurnConfig:
     no_speech_timeout_ms: int = 5000
     max_turn_ms: int = 30_000
     follow_up_ms: int = 5000
+    follow_up: str = "auto"
+    """auto (listen on after an answer that invites a reply), always, or never."""
+
+
+@dataclass(frozen=True)
+class TimersConfig:
+    ring_timeout_s: int = 300
+    """A ring nobody stops ends by itself after this long."""
+    idle_led: str = "auto"
+    """While a timer runs, the idle light shows it dimly: auto (not on a single LED), on, off."""
+
+
+@dataclass(frozen=True)
+class AnnounceConfig:
+    max_per_hour: int = 20
+    """`voice-device announce` refuses more than this in an hour (an automation in a loop
+    must not run up a bill). 0: announcements off."""
 
 
 @dataclass(frozen=True)
@@ -241,6 +261,8 @@ class Config:
     gpio: GpioConfig = field(default_factory=GpioConfig)
     hooks: HooksConfig = field(default_factory=HooksConfig)
     usage: UsageConfig = field(default_factory=UsageConfig)
+    timers: TimersConfig = field(default_factory=TimersConfig)
+    announce: AnnounceConfig = field(default_factory=AnnounceConfig)
     api_key: Secret = field(default_factory=lambda: Secret(""), repr=False)
     origin: str = field(default="the configuration", compare=False)
     """Where it was read from (a file's path), for messages that say what to edit."""
@@ -505,6 +527,22 @@ def validate(cfg: Config) -> None:
     _check(t.max_turn_ms >= 2000, "turn.max_turn_ms must be at least 2000")
     _check(t.follow_up_ms >= 0, "turn.follow_up_ms must not be negative")
     _check(
+        t.follow_up in set(st.FollowUp),
+        f"turn.follow_up must be auto, always or never (got {t.follow_up!r})",
+    )
+    _check(
+        10 <= cfg.timers.ring_timeout_s <= 3600,
+        "timers.ring_timeout_s must be between 10 and 3600",
+    )
+    _check(
+        cfg.timers.idle_led in ("auto", "on", "off"),
+        f"timers.idle_led must be auto, on or off (got {cfg.timers.idle_led!r})",
+    )
+    _check(
+        0 <= cfg.announce.max_per_hour <= 1000,
+        "announce.max_per_hour must be between 0 and 1000",
+    )
+    _check(
         w.engine in WAKE_ENGINES, f"wake.engine must be micro or openwakeword (got {w.engine!r})"
     )
     _check(bool(w.models), "wake.models must name at least one wake word")
@@ -679,7 +717,7 @@ def require_cloud(cfg: Config) -> None:
 ENDPOINT_KINDS = ("auto", "azure", "azure-preview", "openai")
 TURN_DETECTION = ("local", "server_vad", "semantic_vad")
 WAKE_ENGINES = ("micro", "openwakeword")
-KNOWN_TOOLS = ("time",)
+KNOWN_TOOLS = ("time", "timers", "volume", "end_conversation")
 
 
 @dataclass(frozen=True)
@@ -811,6 +849,8 @@ def machine_settings(cfg: Config) -> st.Settings:
         hold_to_talk=st.ButtonMode(b.mode) is st.ButtonMode.HOLD_TO_TALK,
         double_press=st.DoublePress(b.double_press),
         double_press_s=b.double_press_ms / 1000,
+        follow_up=st.FollowUp(t.follow_up),
+        ring_timeout_s=float(cfg.timers.ring_timeout_s),
         backoff=BackoffPolicy(cfg.cloud.backoff_initial_s, cfg.cloud.backoff_max_s),
         endpoint=EndpointSettings(
             rate=MIC_RATE,

@@ -36,10 +36,10 @@ from .core.audio import (
     samples_to_ms,
 )
 from .core.earcons import Earcon
-from .core.replies import Replies
+from .core.replies import Replies, invites_reply
 from .events import EventLog
 from .meter import CostMeter
-from .tools import Toolbox
+from .tools import Device, Toolbox
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +75,13 @@ class Answer:
         return b"".join(self.items.values())
 
 
-def session_settings(cfg: Config, tools: tuple[rt.Tool, ...]) -> rt.SessionSettings:
+def session_settings(
+    cfg: Config, tools: tuple[rt.Tool, ...], hints: str = ""
+) -> rt.SessionSettings:
+    """`hints`: a sentence or two telling the model which of the device's tools to use."""
     a = cfg.assistant
     return rt.SessionSettings(
-        instructions=a.instructions,
+        instructions=f"{a.instructions} {hints}".strip(),
         voice=a.voice,
         reasoning_effort=a.reasoning_effort,
         speed=a.speed,
@@ -100,10 +103,12 @@ class CloudLink:
         answer_text: Callable[[str], None],
         meter: CostMeter,
         credential: Any = None,
+        device: Device | None = None,
     ) -> None:
         """`answer_text`: each final answer's transcript, as it completes (for `ask`);
         `meter`: counts the tokens each response used;
-        `credential`: an azure-identity TokenCredential for Entra auth."""
+        `credential`: an azure-identity TokenCredential for Entra auth;
+        `device`: what the model's tools may touch."""
         self.speaker = speaker
         self.meter = meter
         self.events = events
@@ -112,6 +117,9 @@ class CloudLink:
         self._play_earcon = play_earcon
         self._answer_text = answer_text
         self._credential = credential
+        self.device = device or Device()
+        self.aside: Aside | None = None
+        """A short session speaking a timer's name while it rings."""
         self._bearer: Any = None
         self.session: CloudSession | None = None
         self.uplink: Uplink | None = None
@@ -154,7 +162,7 @@ class CloudLink:
     def configure(self, cfg: Config) -> None:
         """Apply a (re)loaded configuration: the next session uses it."""
         self.cfg = cfg
-        self.toolbox = Toolbox(cfg.assistant.tools)
+        self.toolbox = Toolbox(cfg.assistant.tools, self.device)
         self.endpoint = realtime_endpoint(cfg.cloud)
         if cfg.cloud.auth == "entra" and self._bearer is None:
             self._bearer = EntraTokens(self._credential).bearer
@@ -168,10 +176,11 @@ class CloudLink:
         self.conversation = rt.Conversation()
         self.client = rt.ClientEvents()
         self.replies = Replies()
+        self.stop_aside()  # (a conversation takes the speaker)
         session = CloudSession(
             self.endpoint,
             auth_headers(self.endpoint.kind, self.cfg.api_key, self._bearer),
-            session_settings(self.cfg, self.toolbox.declarations),
+            session_settings(self.cfg, self.toolbox.declarations, self.toolbox.hints),
             self.client,
             on_event=lambda ev: self._on_server_event(session, ev),
             on_status=lambda ev: self._on_session_status(session, ev),
@@ -274,6 +283,27 @@ class CloudLink:
         self.replies.new_turn()
         self._send(self.client.user_text(c.text))
         self._send(self.client.create_response())
+
+    def send_announcement(self, c: st.SendAnnouncement) -> None:
+        self.replies.new_turn()
+        self.events.emit("announce", self._audio_ms(), chars=len(c.text))
+        self._send(self.client.say_aside(c.text))
+
+    # -- a few words while a timer rings ----------------------------------------------------
+
+    def speak_aside(self, text: str) -> None:
+        """Say `text` in a short session of its own, out of any conversation, if the cloud
+        answers; nothing waits for it and nothing is wrong if it does not."""
+        if self.tg is None or self.session is not None:
+            return
+        self.stop_aside()
+        self.aside = Aside(self, text)
+        self.aside.start(self.tg)
+
+    def stop_aside(self) -> None:
+        if self.aside is not None:
+            self.aside.close("stopped")
+            self.aside = None
 
     # -- the reply --------------------------------------------------------------------------
 
@@ -407,6 +437,7 @@ class CloudLink:
             log.debug("assistant (%s): %s", phase, ev.transcript)
             if phase is rt.Phase.FINAL_ANSWER:
                 self._answer_text(ev.transcript)
+                self._handle(st.ReplyInvites(invites_reply(ev.transcript)))
         elif ev.final:
             log.debug("user: %s", ev.text)
 
@@ -508,3 +539,61 @@ class CloudLink:
                 self.events.emit("barge_in", ms, item_id=ev.item_id, played_ms=ev.played_ms)
                 self.events.emit("playback_end", ms, stopped=True)
             self._handle(st.PlaybackStopped(ev.item_id, ev.played_ms, ev.unplayed_item_ids))
+
+
+class Aside:
+    """A session that only speaks one text (a ringing timer's name) and closes: out of the
+    state machine (the device is ringing, not talking), its audio played as one of the
+    device's own sounds, a failure logged at info and forgotten."""
+
+    def __init__(self, link: CloudLink, text: str) -> None:
+        self.link = link
+        self.text = text
+        self.client = rt.ClientEvents("aside")
+        self.response_id: str | None = None
+        cfg = link.cfg
+        self.session = CloudSession(
+            link.endpoint,
+            auth_headers(link.endpoint.kind, cfg.api_key, link._bearer),
+            session_settings(cfg, ()),
+            self.client,
+            on_event=self._on_event,
+            on_status=self._on_status,
+            connect_timeout_s=cfg.cloud.connect_timeout_s,
+            keepalive_s=cfg.cloud.keepalive_s,
+            entra=link._bearer is not None,
+        )
+        self.over = False
+
+    def start(self, tg: asyncio.TaskGroup) -> None:
+        self.session.start(tg)
+
+    def close(self, reason: str) -> None:
+        if not self.over:
+            self.over = True
+            self.session.close(reason)
+            self.link.meter.session_over(self.session.session_id)
+
+    def _on_status(self, ev: st.Input) -> None:
+        if self.over:
+            return
+        if isinstance(ev, st.SessionReady):
+            self.session.send(self.client.say_aside(self.text))
+        elif isinstance(ev, st.SessionFailed | st.SessionLost):
+            log.info("the timer's name was not spoken: %s", ev.code)
+            self.over = True
+
+    def _on_event(self, ev: rt.ServerEvent) -> None:
+        if self.over:
+            return
+        if isinstance(ev, rt.ResponseCreated) and self.response_id is None:
+            self.response_id = ev.response_id
+        elif isinstance(ev, rt.AudioDelta) and ev.response_id == self.response_id:
+            rid = f"aside {ev.response_id}"
+            self.link.speaker.play(rid, rid, None, ev.pcm, Source.EARCON)
+        elif isinstance(ev, rt.ResponseDone) and ev.response_id == self.response_id:
+            if ev.usage is not None:
+                self.link.meter.add(ev.usage)
+            rid = f"aside {ev.response_id}"
+            self.link.speaker.end(rid, Source.EARCON)
+            self.close("spoken")

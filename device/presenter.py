@@ -50,6 +50,7 @@ class Presenter:
         self.hooks = Hooks(cfg.hooks.command, cfg.hooks.states)
         self.leds: Leds | None = None
         self.speaker: Speaker | None = None
+        self.timer_running: Callable[[], bool] = lambda: False
         self._earcons = 0
         self.configure(cfg)
 
@@ -58,6 +59,8 @@ class Presenter:
         self.hooks.command, self.hooks.states = cfg.hooks.command, set(cfg.hooks.states)
         self.earcon_switches = frozenset(cfg.audio.earcons)
         self.earcon_volume = cfg.audio.earcon_volume
+        idle_led = cfg.timers.idle_led
+        self.timer_led = idle_led == "on" or (idle_led == "auto" and cfg.leds.kind != "single")
 
     def ready(self, state: st.State, mic: str, speaker: str) -> None:
         """The daemon is up: what it listens for, and on which devices."""
@@ -91,7 +94,8 @@ class Presenter:
         """The pattern of `state` (idle shows `offline` during an outage)."""
         if self.leds is None:
             return
-        pattern = self.patterns[pattern_name(state, self.outage.ongoing)]
+        timer = self.timer_led and self.timer_running()
+        pattern = self.patterns[pattern_name(state, self.outage.ongoing, timer)]
         self.leds.show(pattern)
         self.events.emit(
             "led",
@@ -112,7 +116,8 @@ class Presenter:
         return str(state.value).replace("_", " ")
 
     def play_earcon(self, kind: Earcon) -> None:
-        if kind.switch not in self.earcon_switches or self.speaker is None:
+        switch = kind.switch
+        if (switch is not None and switch not in self.earcon_switches) or self.speaker is None:
             return
         self._earcons += 1
         name = f"{kind.value} {self._earcons}"

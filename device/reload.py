@@ -87,6 +87,7 @@ def apply(app: App, new: Config, found: Any) -> None:
     if new.audio.volume != old.audio.volume:  # the file changed it: the file wins
         app.speaker.volume = new.audio.volume
     app.verbs.volume_config = new.audio.volume
+    app.verbs.announce_per_hour = new.announce.max_per_hour
     app.presenter.configure(new)
     app.presenter.show_leds(app.machine.state)
     app.link.configure(new)

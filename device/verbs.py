@@ -1,4 +1,4 @@
-"""The control socket's verbs: `voice-device status|mute|wake|ask|volume`.
+"""The control socket's verbs: `voice-device status|mute|wake|ask|volume|timers|announce`.
 
 Each verb becomes one of the state machine's inputs (the same path as the button or the
 wake word); whether it means anything in the current state is the machine's table's to say
@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +22,7 @@ from .adapters.speaker import Speaker
 from .adapters.store import Memory
 from .core import states as st
 from .core.audio import CLOUD_RATE
+from .core.timers import TimerError, parse_duration
 from .front import FrontEnd
 from .link import CloudLink
 from .supervise import Supervisor
@@ -30,7 +32,12 @@ log = logging.getLogger(__name__)
 REPLY_OVER = (st.State.IDLE, st.State.FOLLOW_UP, st.State.ERROR, st.State.MUTED)
 """Where an `ask` from the control socket has its answer."""
 MUTED = "muted: unmute first (voice-device mute off)"
-KNOWN = "status, mute on|off, wake, ask TEXT, volume [0-200]"
+KNOWN = (
+    "status, mute on|off, wake, ask TEXT, volume [0-200], "
+    "timers [set DURATION [NAME] | cancel [NAME] | stop], announce TEXT"
+)
+MAX_ANNOUNCEMENT = 1000
+"""Characters: a notice, not a book."""
 
 
 class ControlVerbs:
@@ -60,6 +67,11 @@ class ControlVerbs:
         """False while starting up or stopping: verbs are refused."""
         self._asks: list[asyncio.Future[Reply]] = []
         self._ask_answer: list[str] = []
+        self.timekeeper: Any = None
+        """The device's timers (`Timekeeper`), set by the app."""
+        self.announce_per_hour = 20
+        self._announced: deque[float] = deque()
+        self._announcement: asyncio.Future[Reply] | None = None
 
     async def __call__(self, verb: str, arg: str) -> Reply:
         if not self.serving:
@@ -81,6 +93,10 @@ class ControlVerbs:
             return await self._ask(arg)
         if verb == "volume":
             return self._volume(arg)
+        if verb == "timers":
+            return self._timers(arg)
+        if verb == "announce":
+            return await self._announce(arg)
         return {"ok": False, "error": f"unknown command {verb!r} ({KNOWN})"}
 
     def status(self) -> dict[str, Any]:
@@ -129,7 +145,19 @@ class ControlVerbs:
         self.last_error = (c.code, c.message, time.monotonic())
 
     def entered(self, c: st.Enter) -> None:
-        """An `ask` waiting for its reply to be over gets its answer (or why there is none)."""
+        """An `ask` waiting for its reply to be over gets its answer (or why there is none);
+        an `announce` waiting hears whether it was spoken."""
+        waiting = self._announcement
+        if waiting is not None and c.state in (st.State.IDLE, st.State.ERROR):
+            self._announcement = None
+            if not waiting.done():
+                spoken = c.reason == "announced"
+                why = self.last_error[1] if self.last_error else c.reason
+                waiting.set_result(
+                    {"ok": True, "spoken": True}
+                    if spoken
+                    else {"ok": False, "error": f"not spoken: {why}"}
+                )
         if c.state not in REPLY_OVER or not self._asks:
             return
         reply: Reply = {"ok": True, "state": c.state.value, "answer": " ".join(self._ask_answer)}
@@ -153,10 +181,66 @@ class ControlVerbs:
                 percent = -1
             if not 0 <= percent <= 200:
                 return {"ok": False, "error": "usage: volume N, N from 0 to 200 (100: as sent)"}
-            self._speaker().volume = percent / 100
-            self.memory.update(volume=percent / 100, volume_config=self.volume_config)
-            log.info("volume %d%%", percent)
+            self.set_volume(percent)
         return {"ok": True, "volume": round(self._speaker().volume * 100)}
+
+    def set_volume(self, percent: int) -> int:
+        """The volume in percent of the sound as sent, remembered (the CLI, the model)."""
+        self._speaker().volume = percent / 100
+        self.memory.update(volume=percent / 100, volume_config=self.volume_config)
+        log.info("volume %d%%", percent)
+        return percent
+
+    def _timers(self, arg: str) -> Reply:
+        keeper = self.timekeeper
+        if keeper is None:
+            return {"ok": False, "error": "timers are not available"}
+        what, _, rest = arg.partition(" ")
+        try:
+            if what == "":
+                return {"ok": True, "timers": keeper.listing()}
+            if what == "set":
+                duration, _, name = rest.strip().partition(" ")
+                t = keeper.set_timer(parse_duration(duration), name.strip() or None)
+                return {"ok": True, "set": t.name, "seconds": t.seconds}
+            if what == "cancel":
+                return {"ok": True, "cancelled": keeper.cancel(rest.strip() or None).name}
+            if what == "stop":
+                if not st.accepts(self.machine.state, st.StopRinging):
+                    return {"ok": False, "error": "nothing is ringing"}
+                self._handle(st.StopRinging())
+                return {"ok": True, "state": self.machine.state.value}
+        except TimerError as e:
+            return {"ok": False, "error": str(e)}
+        return {"ok": False, "error": "usage: timers [set DURATION [NAME] | cancel [NAME] | stop]"}
+
+    async def _announce(self, text: str) -> Reply:
+        """Spoken now if the device is idle (the reply waits until it has been), queued if
+        it is busy; refused while muted, and past `announce.max_per_hour`."""
+        text = " ".join(text.split())
+        if not text or len(text) > MAX_ANNOUNCEMENT:
+            return {"ok": False, "error": f"usage: announce TEXT (1 to {MAX_ANNOUNCEMENT} chars)"}
+        state = self.machine.state
+        if state is st.State.MUTED:
+            return {"ok": False, "error": MUTED}
+        now = time.monotonic()
+        while self._announced and now - self._announced[0] > 3600:
+            self._announced.popleft()
+        if len(self._announced) >= self.announce_per_hour:
+            return {
+                "ok": False,
+                "error": f"refused: {self.announce_per_hour} announcements in the last hour "
+                "(announce.max_per_hour)",
+            }
+        self._announced.append(now)
+        idle = state is st.State.IDLE and self._announcement is None
+        waiting: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        if idle:
+            self._announcement = waiting
+        self._handle(st.Announce(text))
+        if not idle:
+            return {"ok": True, "queued": True, "state": state.value}
+        return await waiting
 
 
 def device_status(

@@ -294,3 +294,10 @@ command = '{hook} >> {self.hooks}'
             env=self.env,
             timeout=60,
         )
+
+
+def sounds(events: list[dict[str, Any]]) -> list[str]:
+    """The device's own sounds in the events log, but for the wake chime: that one is left
+    out when the user goes straight on after the wake word, which for speech such as
+    "okay nabu, what time is it?" depends on where in the comma's pause the word fired."""
+    return [e["kind"] for e in events if e["event"] == "earcon" and e["kind"] != "wake"]

@@ -69,7 +69,10 @@ def test_conversation_through_alsa(tmp_path: Path, emulator: tuple[int, Path]) -
     speaker = tmp_path / "speaker.raw"
     alsa = asoundrc(tmp_path, tmp_path / "mic.raw", speaker)
     # echo cancellation off: the server must get the microphone's audio bit for bit
-    config = '[gpio]\npin_factory = "mock"\n[audio]\necho_cancellation = false\n'
+    config = (
+        '[gpio]\npin_factory = "mock"\n[audio]\necho_cancellation = false\n'
+        '[turn]\nfollow_up = "always"\n'  # (the whole conversation, follow-up included)
+    )
     events, stderr = converse(tmp_path, port, alsa, config)
 
     ready = events[0]

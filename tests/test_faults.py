@@ -33,6 +33,7 @@ from tests.helpers import (
     read_wav,
     reply_heard,
     silence,
+    sounds,
     speech,
     states,
     write_wav,
@@ -81,7 +82,7 @@ async def run(
     await emu.start("127.0.0.1", 0)
     data: dict[str, dict[str, Any]] = {
         "gpio": {"pin_factory": "mock"},
-        "turn": {"follow_up_ms": 1000},
+        "turn": {"follow_up_ms": 1000, "follow_up": "always"},
     }
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)
@@ -163,7 +164,7 @@ async def test_configuration_refusals_name_the_cause_and_are_not_asked_again(
     assert words in error["message"]
     assert states(r.events) == ["connecting", "error", "error", "idle"]
     assert len(r.handshakes()) == 1  # the second wake did not touch the network
-    assert [e["kind"] for e in r.events if e["event"] == "earcon"] == ["wake", "error", "error"]
+    assert sounds(r.events) == ["error", "error"]
     warned = [rec for rec in caplog.records if rec.levelno >= logging.WARNING]
     assert [w.getMessage().split(":")[0] for w in warned] == [code]
 
@@ -218,7 +219,7 @@ async def test_service_refusals_back_off_and_the_next_wake_fails_at_once(
     assert "next try after 30 s" in first["message"]  # Retry-After is honoured
     assert states(r.events) == ["connecting", "error", "error", "idle"]
     assert len(r.handshakes()) == 1  # the second wake did not touch the network
-    assert [e["kind"] for e in r.events if e["event"] == "earcon"] == ["wake", "error", "error"]
+    assert sounds(r.events) == ["error", "error"]
     assert [e["pattern"] for e in r.events if e["event"] == "led"][-2:] == ["error", "offline"]
 
 
@@ -295,7 +296,7 @@ def recovered_after(
     assert "error" in states(r.events)
     assert states(r.events)[-len(conversation) :] == conversation
     assert len([e for e in r.events if e["event"] == "recovered"]) == (1 if outage else 0)
-    assert [e["kind"] for e in r.events if e["event"] == "earcon"] == ["wake", "error", "wake"]
+    assert sounds(r.events) == ["error"]
 
 
 def test_connection_dropped_mid_answer(mid_session: dict[str, tuple[Run, Any]]) -> None:
@@ -330,7 +331,7 @@ def test_quota_error_ends_the_session_until_the_configuration_changes(
     assert r.errors() == ["insufficient_quota", "insufficient_quota"]
     assert states(r.events).count("connecting") == 1 and states(r.events)[-2:] == ["error", "idle"]
     assert len(r.handshakes()) == 1
-    assert [e["kind"] for e in r.events if e["event"] == "earcon"] == ["wake", "error", "error"]
+    assert sounds(r.events) == ["error", "error"]
 
 
 def test_session_expiry_mid_answer_ends_it_quietly(
@@ -344,7 +345,7 @@ def test_session_expiry_mid_answer_ends_it_quietly(
     assert r.errors() == [] and "error" not in states(r.events)
     first = without_preamble[:-2]  # connecting … answering, then cut: idle
     assert states(r.events) == [*first, "idle", *without_preamble]
-    assert [e["kind"] for e in r.events if e["event"] == "earcon"] == ["wake", "wake"]
+    assert sounds(r.events) == []
     closed = [e["reason"] for e in r.events if e["event"] == "session_closed"]
     assert closed[0] == "session_expired"
 

@@ -34,12 +34,17 @@ from device.core.states import ButtonDown, ButtonHeld, ButtonUp, Input, State
 
 
 def test_every_state_has_its_own_pattern_and_offline_one_too() -> None:
-    assert set(PATTERNS) == {s.value for s in State} | {"offline"}
+    assert set(PATTERNS) == {s.value for s in State} | {"offline", "timer"}
     looks = {(p.color, p.effect, p.period_s) for p in PATTERNS.values()}
     assert len(looks) == len(PATTERNS), "two patterns look the same"
     assert pattern_name(State.IDLE) == "idle"
     assert pattern_name(State.IDLE, offline=True) == "offline"
     assert pattern_name(State.ERROR, offline=True) == "error"  # an error shows as one
+    assert pattern_name(State.IDLE, timer=True) == "timer"
+    assert pattern_name(State.IDLE, offline=True, timer=True) == "offline"
+    # the ring differs from the error in colour and in motion (a slower blink)
+    assert PATTERNS["ringing"].color != PATTERNS["error"].color
+    assert PATTERNS["ringing"].period_s > PATTERNS["error"].period_s
 
 
 def test_the_patterns_say_what_the_device_does() -> None:

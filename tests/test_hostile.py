@@ -56,7 +56,7 @@ async def answers_again(d: Daemon, h: Hostile) -> None:
     h.mode = "good"
     await wait_until(lambda: d.states()[-1:] in (["idle"], []), 15, "idle again")
     reply = await ask(d)
-    assert reply == {"ok": True, "state": "follow_up", "answer": "All is well."}, reply
+    assert reply == {"ok": True, "state": "idle", "answer": "All is well."}, reply
     assert d.proc.returncode is None
 
 
@@ -194,7 +194,7 @@ async def test_a_harmless_error_before_the_session_starts_refuses_nothing(
 ) -> None:
     hostile.mode = "benign_error_first"
     reply = await ask(daemon)
-    assert reply == {"ok": True, "state": "follow_up", "answer": "All is well."}
+    assert reply == {"ok": True, "state": "idle", "answer": "All is well."}
 
 
 async def test_a_rate_limit_before_the_session_starts_backs_off(

@@ -128,7 +128,12 @@ async def test_the_listening_light_is_on_exactly_while_audio_is_sent(
         events_log=log,
     )
     cfg = dataclasses.replace(
-        parse_config({"cloud": {"endpoint": f"http://127.0.0.1:{emulator.port}"}}),
+        parse_config(
+            {
+                "cloud": {"endpoint": f"http://127.0.0.1:{emulator.port}"},
+                "turn": {"follow_up": "always"},  # (the light in the follow-up window too)
+            }
+        ),
         api_key=Secret("test-key"),
     )
     await asyncio.wait_for(App(cfg, opts).run(), 60)

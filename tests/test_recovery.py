@@ -98,7 +98,7 @@ async def test_the_server_closing_while_the_user_speaks(tmp_path: Path) -> None:
             {
                 "cloud": {"endpoint": f"http://127.0.0.1:{emu.port}", "backoff_initial_s": 0.5},
                 "button": {"enabled": False},
-                "turn": {"follow_up_ms": 1000, "detection": "server_vad"},
+                "turn": {"follow_up_ms": 1000, "detection": "server_vad", "follow_up": "always"},
             }
         ),
         api_key=Secret("test-key"),

@@ -15,6 +15,7 @@ from device.core.endpoint import EndpointSettings
 from device.core.states import (
     IGNORED,
     TRANSITIONS,
+    Announce,
     AskText,
     ButtonDown,
     ButtonHeld,
@@ -26,6 +27,7 @@ from device.core.states import (
     Command,
     DeleteItems,
     DiscardTurn,
+    EndConversation,
     EndTurn,
     Enter,
     Heard,
@@ -40,10 +42,12 @@ from device.core.states import (
     PlaybackStopped,
     PlayEarcon,
     ReplayAnswer,
+    ReplyInvites,
     ReportError,
     ReportRecovery,
     ResponseEnded,
     ResponseStarted,
+    SendAnnouncement,
     SendText,
     ServerCommitted,
     SessionFailed,
@@ -52,12 +56,16 @@ from device.core.states import (
     SetMute,
     Settings,
     SpeakerFailed,
+    StartRing,
     StartTurn,
     State,
     StopPlayback,
+    StopRing,
+    StopRinging,
     SubmitTurn,
     Summon,
     Tick,
+    TimersRang,
     TransitionError,
     Truncate,
     Turn,
@@ -170,6 +178,12 @@ def answering_with_a_tool_call_pending() -> Machine:
 def error() -> Machine:
     m = connecting()
     m.handle(SessionFailed("unreachable", "cannot reach host"), 10)
+    return m
+
+
+def ringing() -> Machine:
+    m = idle()
+    m.handle(TimersRang(("tea",)), 100)
     return m
 
 
@@ -784,6 +798,7 @@ def test_every_prepared_state_is_reachable() -> None:
             follow_up,
             muted,
             error,
+            ringing,
         )
     }
     assert prepared == set(State)
@@ -827,6 +842,11 @@ inputs = hst.one_of(
     hst.builds(SetMute, hst.booleans()),
     hst.builds(Summon, hst.just(0)),
     hst.builds(AskText, hst.just("what time is it?")),
+    hst.builds(TimersRang, hst.sampled_from([("tea",), ("tea", "eggs")])),
+    hst.just(StopRinging()),
+    hst.just(EndConversation()),
+    hst.builds(ReplyInvites, hst.booleans()),
+    hst.builds(Announce, hst.just("dinner is ready")),
 )
 VARIANTS = {
     "local turns": SETTINGS,
@@ -834,6 +854,7 @@ VARIANTS = {
     "hold-to-talk": dataclasses.replace(SETTINGS, hold_to_talk=True, double_press="cancel"),
     "double press repeats": dataclasses.replace(SETTINGS, double_press="repeat"),
     "double press mutes": dataclasses.replace(SETTINGS, double_press="mute"),
+    "follow-up auto": dataclasses.replace(SETTINGS, follow_up="auto"),
 }
 
 
@@ -865,8 +886,10 @@ def test_random_inputs_keep_the_machine_coherent(
         opens = sum(isinstance(c, OpenSession) for c in commands)
         closes = sum(isinstance(c, CloseSession) for c in commands)
         assert opens <= 1 and closes <= 1
-        if opens:
-            assert not was_open, "a second session opened over the first"
+        kinds = [type(c) for c in commands]
+        if opens:  # (an announcement waiting opens its own once a conversation closes)
+            closed_first = closes and kinds.index(CloseSession) < kinds.index(OpenSession)
+            assert not was_open or closed_first, "a second session opened over the first"
         if closes:
             assert was_open, "closing a session that is not open"
         # the listening LED is on exactly when the turn is being streamed
@@ -884,6 +907,15 @@ def test_random_inputs_keep_the_machine_coherent(
             assert m.session_open or m.replay_from is not None or finished
         if m.state is State.MUTED:
             assert m.pending_text is None
+        # a ring: no session, something rings, and each name is told when it starts
+        if m.state is State.RINGING:
+            assert not m.session_open and m.turn is Turn.NONE and m.ringing
+        else:
+            assert not m.ringing
+        started = [n for c in commands if isinstance(c, StartRing) for n in c.names]
+        assert len(started) == len(set(started))
+        if any(isinstance(c, StopRing) for c in commands):
+            assert m.state is not State.RINGING or started
 
 
 def test_a_lost_microphone_ends_the_conversation_and_shows_until_it_is_back() -> None:
@@ -1321,3 +1353,146 @@ def test_a_refusal_only_the_configuration_can_fix_is_not_asked_again_by_the_wake
     assert OpenSession() in m.handle(Wake("okay nabu", 0.97, m.audio_pos), 30)
     m.handle(SessionFailed("unreachable", "down", retryable=True), 31)
     assert m.refusal is None
+
+
+# ---------------------------------------------------------------------------------------------
+# Timers ringing, the end of a conversation, announcements
+
+
+def test_a_timer_rings_at_once_when_idle() -> None:
+    m = idle()
+    assert m.handle(TimersRang(("tea",)), 100) == [
+        StartRing(("tea",)),
+        PlayEarcon("ring"),
+        Enter(State.RINGING, "timer"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("how", "reason", "state"),
+    [
+        (lambda m: m.handle(ButtonDown(m.audio_pos), 101), "button", State.IDLE),
+        (lambda m: m.handle(StopRinging(), 101), "command", State.IDLE),
+        (lambda m: m.handle(Summon(m.audio_pos), 101), "command", State.IDLE),
+        (lambda m: m.handle(Wake("okay nabu", 0.9, m.audio_pos), 101), "wake", State.CONNECTING),
+        (lambda m: m.handle(Tick(), 100 + 300), "timeout", State.IDLE),
+        (lambda m: m.handle(SetMute(True), 101), "command", State.MUTED),
+    ],
+    ids=["button", "command", "summon", "wake word", "timeout", "mute"],
+)
+def test_each_way_of_stopping_the_ring(
+    how: Callable[[Machine], list[Command]], reason: str, state: State
+) -> None:
+    m = ringing()
+    cmds = how(m)
+    assert StopRing(("tea",), reason) in cmds and StopPlayback() in cmds
+    assert m.state is state
+    if state is State.CONNECTING:  # the wake word stops it and listens
+        assert OpenSession() in cmds and any(isinstance(c, StartTurn) for c in cmds)
+
+
+def test_the_ring_repeats_until_it_times_out_and_a_press_that_stopped_it_does_not_mute() -> None:
+    m = ringing()
+    assert m.handle(Tick(), 101) == []
+    assert m.handle(Tick(), 102) == [PlayEarcon("ring")]
+    assert m.handle(Tick(), 399) == [PlayEarcon("ring")]
+    m.handle(ButtonDown(m.audio_pos), 399.5)
+    assert m.handle(ButtonHeld(), 400) == []  # held on: still not muted
+    assert m.handle(ButtonUp(), 400) == [] and m.state is State.IDLE
+
+
+def test_a_timer_that_ends_during_a_conversation_waits_for_the_answer() -> None:
+    m = answering_after_response_done()
+    assert m.handle(TimersRang(("tea",)), 2.5) == []
+    assert m.state is State.ANSWERING
+    cmds = m.handle(PlaybackFinished("r1"), 3)
+    # the answer was heard: the follow-up window gives way to the ring
+    assert cmds[-3:] == [StartRing(("tea",)), PlayEarcon("ring"), Enter(State.RINGING, "timer")]
+    assert CloseSession("timer") in cmds and not m.session_open
+
+
+def test_a_timer_rings_while_muted_and_the_device_stays_muted() -> None:
+    m = muted()
+    assert m.handle(TimersRang(("tea",)), 5)[-1] == Enter(State.RINGING, "timer")
+    cmds = m.handle(ButtonDown(m.audio_pos), 6)
+    assert cmds == [
+        StopRing(("tea",), "button"),
+        StopPlayback(),
+        Enter(State.MUTED, "ring stopped (button)"),
+    ]
+
+
+def test_another_timer_ending_while_one_rings_joins_it() -> None:
+    m = ringing()
+    assert m.handle(TimersRang(("eggs",)), 150) == [StartRing(("eggs",))]
+    assert m.handle(StopRinging(), 151)[0] == StopRing(("tea", "eggs"), "command")
+
+
+def test_end_conversation_closes_after_the_reply_instead_of_the_follow_up() -> None:
+    m = answering_after_response_done()
+    m.handle(EndConversation(), 2)
+    cmds = m.handle(PlaybackFinished("r1"), 3)
+    assert cmds[-1] == Enter(State.IDLE, "conversation over")
+    assert CloseSession("conversation over") in cmds
+
+
+@pytest.mark.parametrize(
+    ("mode", "invites", "state"),
+    [
+        ("auto", True, State.FOLLOW_UP),
+        ("auto", False, State.IDLE),
+        ("auto", None, State.FOLLOW_UP),
+        ("always", False, State.FOLLOW_UP),
+        ("never", True, State.IDLE),
+    ],
+)
+def test_the_follow_up_window_fits_the_answer(
+    mode: str, invites: bool | None, state: State
+) -> None:
+    m = Machine(dataclasses.replace(SETTINGS, follow_up=mode))
+    frames(m, 50, False)
+    m.handle(Wake("okay nabu", 0.97, m.audio_pos), 0)
+    m.handle(SessionReady(), 0)
+    frames(m, 10, True)
+    frames(m, 40, False)
+    m.handle(ResponseStarted("r1"), 1)
+    m.handle(PlaybackStarted("r1", "i1", "final_answer"), 1)
+    if invites is not None:
+        m.handle(ReplyInvites(invites), 1)
+    m.handle(ResponseEnded("r1", "completed"), 1)
+    m.handle(PlaybackFinished("r1"), 2)
+    assert m.state is state
+
+
+def test_an_announcement_is_spoken_in_a_session_of_its_own_and_waits_while_busy() -> None:
+    m = answering_after_response_done()
+    assert m.handle(Announce("dinner is ready"), 2) == []
+    m.handle(PlaybackFinished("r1"), 3)
+    assert m.state is State.FOLLOW_UP  # the conversation goes on first
+    cmds: list[Command] = []
+    for _ in range(400):  # the follow-up window closes
+        cmds = m.handle(Heard(m.audio_pos + F, False), 4)
+        if m.state is not State.FOLLOW_UP:
+            break
+    assert cmds[-3:] == [
+        PlayEarcon("announce"),
+        OpenSession(),
+        Enter(State.CONNECTING, "announcement"),
+    ]
+    assert m.handle(SessionReady(), 5) == [
+        SendAnnouncement("dinner is ready"),
+        Enter(State.THINKING, "announcement"),
+    ]
+    m.handle(ResponseStarted("r9"), 5)
+    m.handle(PlaybackStarted("r9", "i9", "final_answer"), 5)
+    m.handle(ResponseEnded("r9", "completed"), 5)
+    cmds = m.handle(PlaybackFinished("r9"), 6)
+    assert cmds[-1] == Enter(State.IDLE, "announced") and not m.session_open
+
+
+def test_an_announcement_with_the_cloud_unreachable_is_the_chime_and_the_error_light() -> None:
+    m = after_an_outage()
+    cmds = m.handle(Announce("dinner is ready"), 14)
+    assert cmds[0] == PlayEarcon("announce")
+    assert isinstance(cmds[1], ReportError) and cmds[1].code == "announce_failed"
+    assert cmds[-1] == Enter(State.ERROR, "announcement not spoken")

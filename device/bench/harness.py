@@ -31,12 +31,15 @@ QUESTION = "okay nabu, what's the weather like today?"
 
 def config(endpoint: str, **sections: dict[str, Any]) -> Config:
     """A configuration for a daemon in a test or benchmark: `endpoint`, simulated pins, a
-    made-up key, and `sections` over the defaults."""
+    made-up key, and `sections` over the defaults. The follow-up window opens after every
+    reply (`turn.follow_up = "always"`) unless `turn` says otherwise: the emulator's
+    answers are statements, which `auto` would not listen on after."""
     data: dict[str, dict[str, Any]] = {
         "cloud": {"endpoint": endpoint},
         "gpio": {"pin_factory": "mock"},
         **sections,
     }
+    data["turn"] = {"follow_up": "always", **data.get("turn", {})}
     return dataclasses.replace(parse_config(data), api_key=Secret("test-key"))
 
 

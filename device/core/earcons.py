@@ -29,16 +29,24 @@ class Earcon(enum.StrEnum):
     MUTE_OFF = "mute_off"
     MUTED = "muted"
     """Pressed while muted: still muted."""
+    RING = "ring"
+    """A timer or alarm ended (repeats while it rings)."""
+    ANNOUNCE = "announce"
+    """Before an announcement."""
 
     @property
-    def switch(self) -> str:
+    def switch(self) -> str | None:
         """The name that turns this sound on in `audio.earcons`: the three mute sounds
-        share one switch, `mute`."""
-        return SWITCHES[self]
+        share one switch, `mute`; None: always played (the ring, the announcement)."""
+        return SWITCHES.get(self)
 
 
+ALWAYS = frozenset({Earcon.RING, Earcon.ANNOUNCE})
+"""Sounds that are the point, not a courtesy: no switch turns them off."""
 SWITCHES = {
-    k: "mute" if k in (Earcon.MUTE_ON, Earcon.MUTE_OFF, Earcon.MUTED) else k.value for k in Earcon
+    k: "mute" if k in (Earcon.MUTE_ON, Earcon.MUTE_OFF, Earcon.MUTED) else k.value
+    for k in Earcon
+    if k not in ALWAYS
 }
 EARCON_SWITCHES = tuple(dict.fromkeys(SWITCHES.values()))
 """What `audio.earcons` may list: wake, end_of_turn, error, mute."""
@@ -54,6 +62,10 @@ NOTES: dict[Earcon, list[tuple[float, float]]] = {
     Earcon.MUTE_ON: [(784.0, 0.07), (523.0, 0.1)],
     Earcon.MUTE_OFF: [(523.0, 0.07), (784.0, 0.1)],
     Earcon.MUTED: [(392.0, 0.12)],
+    # three bright beeps, a rest: a kitchen timer, not to be missed, not to be confused
+    Earcon.RING: [(1175.0, 0.1), (0.0, 0.06), (1175.0, 0.1), (0.0, 0.06), (1568.0, 0.16)],
+    # a soft two-note call before someone's words
+    Earcon.ANNOUNCE: [(523.0, 0.1), (784.0, 0.16)],
 }
 
 

@@ -15,9 +15,18 @@ from .audio import FRAME_MS, MIC_RATE, ms_to_samples
 from .states import State
 
 WAKE_STATES = frozenset(
-    {State.IDLE, State.ERROR, State.FOLLOW_UP, State.THINKING, State.PREAMBLE, State.ANSWERING}
+    {
+        State.IDLE,
+        State.ERROR,
+        State.FOLLOW_UP,
+        State.THINKING,
+        State.PREAMBLE,
+        State.ANSWERING,
+        State.RINGING,
+    }
 )
-"""Where a wake word means something: to wake, or to interrupt a reply (barge-in)."""
+"""Where a wake word means something: to wake, to interrupt a reply (barge-in), or to stop
+a ring and listen."""
 VAD_STATES = frozenset({State.CONNECTING, State.LISTENING, State.FOLLOW_UP})
 """Where the user's speech is awaited."""
 IDLE_STATES = frozenset({State.IDLE, State.ERROR})

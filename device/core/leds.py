@@ -52,6 +52,8 @@ VIOLET: RGB = (0.55, 0.0, 1.0)
 GREEN: RGB = (0.0, 1.0, 0.2)
 RED: RGB = (1.0, 0.0, 0.0)
 AMBER: RGB = (1.0, 0.45, 0.0)
+YELLOW: RGB = (1.0, 0.8, 0.0)
+DIM_YELLOW: RGB = (0.12, 0.09, 0.0)
 
 PATTERNS: dict[str, Pattern] = {
     p.name: p
@@ -66,14 +68,20 @@ PATTERNS: dict[str, Pattern] = {
         Pattern("muted", RED, Effect.SOLID),
         Pattern("error", AMBER, Effect.BLINK, 0.4),
         Pattern("offline", AMBER, Effect.PULSE, 3.0),
+        Pattern("ringing", YELLOW, Effect.BLINK, 1.0),
+        Pattern("timer", DIM_YELLOW, Effect.SOLID),
     )
 }
-"""Keyed by name: one per state, and `offline` (idle, but the cloud is unreachable)."""
+"""Keyed by name: one per state, `offline` (idle, but the cloud is unreachable) and `timer`
+(idle, a timer running; shown if `timers.idle_led` says so). Ringing blinks slowly in
+yellow, the error quickly in amber."""
 
 
-def pattern_name(state: State, offline: bool = False) -> str:
+def pattern_name(state: State, offline: bool = False, timer: bool = False) -> str:
     if state is State.IDLE and offline:
         return "offline"
+    if state is State.IDLE and timer:
+        return "timer"
     return state.value
 
 

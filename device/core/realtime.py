@@ -107,6 +107,13 @@ def turn_detection(mode: str, silence_ms: int) -> dict[str, Any] | None:
     return None
 
 
+SAY_VERBATIM = (
+    "Read the following text aloud to the people in the room, word for word, in your usual "
+    "voice; add nothing, answer nothing in it, and do not call tools. The text:\n"
+)
+"""How an out-of-band response is asked to speak a text as it is."""
+
+
 class ClientEvents:
     """Builds client events, each with its own `event_id` so server errors can name it."""
 
@@ -172,6 +179,12 @@ class ClientEvents:
 
     def create_response(self) -> dict[str, Any]:
         return self._event("response.create")
+
+    def say_aside(self, text: str) -> dict[str, Any]:
+        """An out-of-band response that speaks `text` word for word and joins no
+        conversation (an announcement, a timer's name)."""
+        response = {"conversation": "none", "instructions": SAY_VERBATIM + text, "input": []}
+        return self._event("response.create", response=response)
 
     def cancel_response(self, response_id: str | None = None) -> dict[str, Any]:
         """Cancel `response_id` (None: the one the server is generating, if any)."""

@@ -5,6 +5,8 @@ Plain bookkeeping for the cloud link, kept here so it can be tested with plain v
 
 from __future__ import annotations
 
+import re
+
 MAX_TOOL_ROUNDS = 4
 """Tool calls answered in a row for one turn; a model stuck calling tools is stopped."""
 
@@ -49,3 +51,16 @@ class Replies:
             return False
         self.tool_rounds += 1
         return True
+
+
+def invites_reply(answer: str) -> bool:
+    """Whether a final answer asks something back, so that the follow-up window should open
+    (`turn.follow_up = "auto"`): a question mark in its last two sentences ("It's 4 °C.
+    Want tomorrow's too?", "Which one: tea or pasta? I can cancel either."). Measured on the
+    labelled answers in tests/test_replies.py."""
+    text = answer.strip()
+    sentences = [p for p in _SENTENCE.split(text) if p.strip()]
+    return any("?" in p for p in sentences[-2:])
+
+
+_SENTENCE = re.compile(r"(?<=[.!?])\s+")

@@ -49,6 +49,9 @@ class State(enum.Enum):
     """Microphone closed."""
     ERROR = "error"
     """Something failed; shown for a moment, then back to idle."""
+    RINGING = "ringing"
+    """A timer or alarm ended: the device rings until stopped (button, wake word, command) or
+    for `ring_timeout_s`. No session; the wake word still listens (to stop it and listen)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,6 +204,38 @@ class SpeakerFailed:
 
 
 @dataclass(frozen=True)
+class TimersRang:
+    """Timers or alarms ended (their names)."""
+
+    names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class StopRinging:
+    """`voice-device timers stop`."""
+
+
+@dataclass(frozen=True)
+class EndConversation:
+    """The model called `end_conversation`: no follow-up window after this reply."""
+
+
+@dataclass(frozen=True)
+class ReplyInvites:
+    """What the final answer's words say of the follow-up window (`turn.follow_up = auto`):
+    True if it invites a reply (a question)."""
+
+    invites: bool
+
+
+@dataclass(frozen=True)
+class Announce:
+    """`voice-device announce "…"`: the text spoken, out of any conversation."""
+
+    text: str
+
+
+@dataclass(frozen=True)
 class Tick:
     server_quiet_s: float | None = None
     """Seconds since the awaited reply last made progress (None: no session)."""
@@ -228,6 +263,11 @@ Input = (
     | MicLost
     | MicBack
     | SpeakerFailed
+    | TimersRang
+    | StopRinging
+    | EndConversation
+    | ReplyInvites
+    | Announce
     | Tick
 )
 
@@ -349,6 +389,27 @@ class PlayEarcon:
     kind: Earcon
 
 
+@dataclass(frozen=True)
+class StartRing:
+    """These timers ring now (the ring sound, their names told)."""
+
+    names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class StopRing:
+    names: tuple[str, ...]
+    reason: str
+    """button, wake, command, timeout, or error (the speaker failed)."""
+
+
+@dataclass(frozen=True)
+class SendAnnouncement:
+    """Ask the session for an out-of-band response speaking `text` word for word."""
+
+    text: str
+
+
 Command = (
     Enter
     | OpenSession
@@ -368,6 +429,9 @@ Command = (
     | PlayEarcon
     | SendText
     | ReplayAnswer
+    | StartRing
+    | StopRing
+    | SendAnnouncement
 )
 
 
@@ -385,6 +449,15 @@ class DoublePress(enum.StrEnum):
     """End whatever is going on."""
     MUTE = "mute"
     """Mute or unmute."""
+
+
+class FollowUp(enum.StrEnum):
+    """When the follow-up window opens after a reply."""
+
+    AUTO = "auto"
+    """When the answer invites a reply (`ReplyInvites`)."""
+    ALWAYS = "always"
+    NEVER = "never"
 
 
 class ButtonMode(enum.StrEnum):
@@ -414,9 +487,15 @@ class Settings:
     double_press: DoublePress = DoublePress.NONE
     """Other than none, short presses wait double_press_s for a second one."""
     double_press_s: float = 0.4
+    follow_up: FollowUp = FollowUp.ALWAYS
+    ring_timeout_s: float = 300.0
+    """A ring nobody stops ends by itself after this long."""
+    ring_period_s: float = 2.0
+    """The ring sound repeats this often."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "double_press", DoublePress(self.double_press))
+        object.__setattr__(self, "follow_up", FollowUp(self.follow_up))
 
 
 class Turn(enum.Enum):
@@ -497,6 +576,24 @@ class Machine:
         """This month's budget is spent (set by the app from the cost meter): a wake, the
         word or the button, plays this notice instead of opening a session."""
         self.budget_told = False
+        self.ring_queue: list[str] = []
+        """Timers that ended while a conversation went on: they ring once it is over."""
+        self.ringing: list[str] = []
+        self.ring_since = 0.0
+        self.ring_last = 0.0
+        self.ring_since_sample = 0
+        self.ring_last_sample = 0
+        self.ring_return = State.IDLE
+        """Where a ring goes back to when it stops (muted, if it rang while muted)."""
+        self.ring_press = False
+        """The press that stopped a ring: holding it on does not mute."""
+        self.announcements: list[str] = []
+        """Waiting for the device to be idle (at most MAX_ANNOUNCEMENTS)."""
+        self.pending_announcement: str | None = None
+        self.announcing = False
+        """The reply being played is an announcement: no follow-up after it."""
+        self.end_requested = False
+        self.reply_invites: bool | None = None
 
     def reconfigure(self, settings: Settings) -> None:
         """New settings (a reloaded configuration), keeping the conversation and any outage."""
@@ -525,7 +622,21 @@ class Machine:
                     )
                 self.state = c.state
                 self.entered_at = now
-        return commands
+        return commands + self._after(now)
+
+    def _after(self, now: float) -> list[Command]:
+        """What waited for the device to be free: a timer that ended during a conversation
+        rings once the answer has been heard; an announcement is spoken once idle."""
+        follow: list[Command] = []
+        if self.ring_queue and self.state in RING_FROM:
+            follow = self._ring(now)
+        elif self.announcements and self.state is State.IDLE:
+            follow = self._announce(self.announcements.pop(0), now)
+        for c in follow:
+            if isinstance(c, Enter):
+                self.state = c.state
+                self.entered_at = now
+        return follow
 
     # -- building blocks --------------------------------------------------------------------
 
@@ -551,6 +662,7 @@ class Machine:
     def _submit(self, reason: str, commit: bool = True) -> list[Command]:
         self.turn = Turn.NONE
         self.response_expected = True
+        self.reply_invites = None
         return [SubmitTurn(commit), PlayEarcon(Earcon.END_OF_TURN), Enter(State.THINKING, reason)]
 
     def _teardown(self, reason: str) -> list[Command]:
@@ -563,6 +675,9 @@ class Machine:
         self.replay_from = None
         self.response_id = None
         self.response_expected = False
+        self.pending_announcement = None
+        self.announcing = False
+        self.end_requested = False
         if self.turn is Turn.OPEN:
             cmds.append(EndTurn(self.audio_pos, reason))
         if self.turn is not Turn.NONE:
@@ -709,7 +824,13 @@ class Machine:
         if self.pending_text is not None:
             text, self.pending_text = self.pending_text, None
             self.response_expected = True
+            self.reply_invites = None
             return [*cmds, SendText(text), Enter(State.THINKING, "typed question")]
+        if self.pending_announcement is not None:
+            text, self.pending_announcement = self.pending_announcement, None
+            self.response_expected = True
+            self.announcing = True
+            return [*cmds, SendAnnouncement(text), Enter(State.THINKING, "announcement")]
         cmds.append(Enter(State.LISTENING, "session ready"))
         if self.turn is Turn.ENDED:
             cmds += self._submit("turn ended while connecting")
@@ -798,10 +919,33 @@ class Machine:
             return self._enter_once(State.THINKING, "waiting for the rest of the reply")
         if not self.session_open:  # the server ended the session once the reply was sent
             return [Enter(State.IDLE, "conversation over")]
+        if self.announcing:
+            return [*self._teardown("announced"), Enter(State.IDLE, "announced")]
+        if not self._follow_up_wanted():
+            return [*self._teardown("conversation over"), Enter(State.IDLE, "conversation over")]
         if now - self.session_opened_at >= self.s.max_session_s:
             return [*self._teardown("session age"), Enter(State.IDLE, "session age")]
         self.endpointer.wait_for_speech(self.audio_pos, self.s.follow_up_ms)
         return [Enter(State.FOLLOW_UP, "reply played")]
+
+    def _follow_up_wanted(self) -> bool:
+        """After this reply: the model said the user is done (`end_conversation`), or the
+        setting, or (auto) whether the answer invites a reply (unknown: open, as it closes
+        by itself)."""
+        if self.end_requested:
+            return False
+        if self.s.follow_up is FollowUp.AUTO:
+            return self.reply_invites is not False
+        return self.s.follow_up is FollowUp.ALWAYS
+
+    def on_end_conversation(self, e: Input, now: float) -> list[Command]:
+        self.end_requested = True
+        return []
+
+    def on_reply_invites(self, e: Input, now: float) -> list[Command]:
+        assert isinstance(e, ReplyInvites)
+        self.reply_invites = e.invites
+        return []
 
     def on_heard_in_follow_up(self, e: Input, now: float) -> list[Command]:
         assert isinstance(e, Heard)
@@ -827,6 +971,7 @@ class Machine:
     def _interrupt(self, start_sample: int, reason: str = "barge-in") -> list[Command]:
         """Silence the reply, cancel what is still being generated, and listen."""
         cmds: list[Command] = [StopPlayback()]
+        self.announcing = False  # the user talks over it: a conversation now
         if self.replay_from is not None or not self.session_open:
             # A repeated answer (nothing is being generated), or a reply whose session the
             # server has already closed: the user is heard in a new session.
@@ -845,6 +990,7 @@ class Machine:
     def on_button_down(self, e: Input, now: float) -> list[Command]:
         assert isinstance(e, ButtonDown)
         button = BUTTON[self.state]
+        self.ring_press = False
         if now <= self.double_until:
             self.pending_press, self.double_until = None, -1.0
             self.press_sample = e.sample
@@ -863,6 +1009,7 @@ class Machine:
         assert isinstance(e, ButtonDown)
         self.press_sample = e.sample
         self.press_consumed = True
+        self.ring_press = False
         if self.s.double_press is not DoublePress.NONE:
             self.double_until = now + self.s.double_press_s  # a second press may follow
         return self._interrupt(e.sample, "hold" if self.s.hold_to_talk else "barge-in")
@@ -896,8 +1043,9 @@ class Machine:
         return sample
 
     def on_hold(self, e: Input, now: float) -> list[Command]:
-        """A long press mutes (in hold-to-talk mode, holding is talking)."""
-        if self.s.hold_to_talk:
+        """A long press mutes (in hold-to-talk mode, holding is talking; a press that
+        stopped a ring does nothing more)."""
+        if self.s.hold_to_talk or self.ring_press:
             return []
         self.press_consumed = True
         return self._mute(self.audio_pos)
@@ -991,6 +1139,118 @@ class Machine:
     def on_ask_in_follow_up(self, e: Input, now: float) -> list[Command]:
         return [*self._teardown("typed question"), *self.on_ask(e, now)]
 
+    # -- announcements ----------------------------------------------------------------------
+
+    def on_announce(self, e: Input, now: float) -> list[Command]:
+        """Spoken at once when idle; otherwise once the device is (a bounded queue)."""
+        assert isinstance(e, Announce)
+        if len(self.announcements) < MAX_ANNOUNCEMENTS:
+            self.announcements.append(e.text)
+        return []
+
+    def _announce(self, text: str, now: float) -> list[Command]:
+        """A chime, then the text in a session of its own (an out-of-band response); with
+        the cloud unreachable, the chime and the error light (the text cannot be spoken)."""
+        wait = self.outage.wait(now)
+        if wait > 0 or self.refusal is not None or self.budget_note is not None:
+            why = (
+                f"the cloud is unreachable (next try after {wait:.0f} s)"
+                if wait > 0
+                else (self.budget_note or (self.refusal or ("", ""))[1])
+            )
+            return [
+                PlayEarcon(Earcon.ANNOUNCE),
+                ReportError("announce_failed", f"announcement not spoken: {why}", True),
+                Enter(State.ERROR, "announcement not spoken"),
+            ]
+        self.session_open = True
+        self.pending_announcement = text
+        return [PlayEarcon(Earcon.ANNOUNCE), OpenSession(), Enter(State.CONNECTING, "announcement")]
+
+    # -- timers ringing ---------------------------------------------------------------------
+
+    def on_timers_rang(self, e: Input, now: float) -> list[Command]:
+        """Queued; `_after` rings them as soon as the device is free (at once when it is)."""
+        assert isinstance(e, TimersRang)
+        self.ring_queue += [n for n in e.names if n not in self.ring_queue]
+        return []
+
+    def _ring(self, now: float) -> list[Command]:
+        names = tuple(self.ring_queue)
+        self.ring_queue = []
+        self.ring_since = self.ring_last = now
+        self.ring_since_sample = self.ring_last_sample = self.audio_pos
+        if self.state is State.RINGING:
+            self.ringing += names
+            return [StartRing(names)]
+        self.ringing = list(names)
+        self.ring_return = State.MUTED if self.state is State.MUTED else State.IDLE
+        cmds = self._teardown("timer") if self.state is State.FOLLOW_UP else []
+        return [*cmds, StartRing(names), PlayEarcon(Earcon.RING), Enter(State.RINGING, "timer")]
+
+    def _stop_ring(self, reason: str, enter: bool = True) -> list[Command]:
+        names, self.ringing = tuple(self.ringing), []
+        cmds: list[Command] = [StopRing(names, reason), StopPlayback()]
+        if not enter:
+            return cmds
+        back = self.ring_return
+        if back is State.IDLE and self.mic_down:
+            back = State.ERROR  # the microphone went while it rang: shown until it is back
+        return [*cmds, Enter(back, f"ring stopped ({reason})")]
+
+    def on_time_ringing(self, e: Input, now: float) -> list[Command]:
+        """The ring repeats and times out by whichever clock is ahead: the wall clock (the
+        microphone may be closed, muted) or the audio clock (a simulated room runs faster
+        than real time)."""
+        rate = self.s.rate
+        if (
+            now - self.ring_since >= self.s.ring_timeout_s
+            or self.audio_pos - self.ring_since_sample >= self.s.ring_timeout_s * rate
+        ):
+            return self._stop_ring("timeout")
+        if (
+            now - self.ring_last >= self.s.ring_period_s
+            or self.audio_pos - self.ring_last_sample >= self.s.ring_period_s * rate
+        ):
+            self.ring_last, self.ring_last_sample = now, self.audio_pos
+            return [PlayEarcon(Earcon.RING)]
+        return []
+
+    def on_button_down_ringing(self, e: Input, now: float) -> list[Command]:
+        self.press_sample = None
+        self.press_consumed = True
+        self.ring_press = True
+        return self._stop_ring("button")
+
+    def on_stop_ringing(self, e: Input, now: float) -> list[Command]:
+        return self._stop_ring("command")
+
+    def on_wake_ringing(self, e: Input, now: float) -> list[Command]:
+        """ "Okay nabu" stops the ring and listens ("…snooze it for five minutes")."""
+        assert isinstance(e, Wake)
+        return [*self._stop_ring("wake", enter=False), *self.on_wake(e, now)]
+
+    def on_mute_ringing(self, e: Input, now: float) -> list[Command]:
+        assert isinstance(e, SetMute)
+        if e.on:
+            return [*self._stop_ring("command", enter=False), *self._mute(self.audio_pos)]
+        if self.ring_return is State.MUTED:
+            return [*self._stop_ring("command", enter=False), *self._unmute(self.audio_pos)]
+        return []
+
+    def on_mic_lost_ringing(self, e: Input, now: float) -> list[Command]:
+        """The ring goes on (it needs no microphone); the error shows once it stops."""
+        assert isinstance(e, MicLost)
+        self.mic_down = True
+        return [ReportError("mic_lost", e.message)]
+
+    def on_speaker_failed_ringing(self, e: Input, now: float) -> list[Command]:
+        assert isinstance(e, SpeakerFailed)
+        return [
+            *self._stop_ring("error", enter=False),
+            *self._fail("speaker_failed", e.message, now, retryable=False, earcon=False),
+        ]
+
     # -- time -------------------------------------------------------------------------------
 
     def on_tick(self, e: Input, now: float) -> list[Command]:
@@ -1071,6 +1331,10 @@ S = State
 M = Machine
 REPLY = frozenset({S.THINKING, S.PREAMBLE, S.ANSWERING})
 """The user is waiting for, or hearing, a reply."""
+CONVERSATION = frozenset({S.CONNECTING, S.LISTENING, *REPLY, S.FOLLOW_UP})
+RING_FROM = frozenset({S.IDLE, S.ERROR, S.FOLLOW_UP, S.MUTED, S.RINGING})
+"""Where a timer that ended may ring at once (in follow-up, the answer has been heard)."""
+MAX_ANNOUNCEMENTS = 5
 _ALL = frozenset(State)
 _MUTE = {DoublePress.MUTE: M._mute}
 _READY = Button(  # idle, and an error being shown
@@ -1099,6 +1363,7 @@ BUTTON: dict[State, Button] = {
         talk=M._talk_starts_turn,
         double={**_MUTE, DoublePress.CANCEL: M._cancel, DoublePress.REPEAT: M._repeat},
     ),
+    S.RINGING: Button(),  # a press stops the ring (`on_button_down_ringing`)
     S.MUTED: Button(
         short=M._press_while_muted,
         talk=M._press_while_muted,
@@ -1172,7 +1437,7 @@ TRANSITIONS: dict[tuple[State, type], Row] = {
     (S.FOLLOW_UP, ButtonUp): row(M.on_button_up, S.LISTENING),
     (S.MUTED, ButtonUp): row(M.on_button_up),
     **{(s, ButtonUp): row(M.on_button_up_over_reply) for s in REPLY},
-    **{(s, ButtonHeld): row(M.on_hold, S.MUTED) for s in _ALL - {S.MUTED}},
+    **{(s, ButtonHeld): row(M.on_hold, S.MUTED) for s in _ALL - {S.MUTED, S.RINGING}},
     (S.MUTED, ButtonHeld): row(M.on_hold_muted, S.IDLE),
     # commands from `voice-device` on the control socket
     **{(s, SetMute): row(M.on_mute_on, S.MUTED) for s in _ALL - {S.MUTED}},
@@ -1201,18 +1466,43 @@ TRANSITIONS: dict[tuple[State, type], Row] = {
     (S.ERROR, MicBack): row(M.on_mic_back_in_error, S.IDLE),
     # the speaker (a muted device plays nothing that could fail but its own earcons)
     **{(s, SpeakerFailed): row(M.on_speaker_failed, S.ERROR) for s in _ALL - {S.MUTED}},
+    # timers: wherever one ends it is queued, and rings as soon as the device is free
+    # (`Machine._after`); ringing, anything the user does stops it
+    **{(s, TimersRang): row(M.on_timers_rang) for s in State},
+    (S.RINGING, Wake): row(M.on_wake_ringing, S.CONNECTING, S.ERROR),
+    (S.RINGING, ButtonDown): row(M.on_button_down_ringing, S.IDLE, S.MUTED, S.ERROR),
+    (S.RINGING, StopRinging): row(M.on_stop_ringing, S.IDLE, S.MUTED, S.ERROR),
+    (S.RINGING, Summon): row(M.on_stop_ringing, S.IDLE, S.MUTED, S.ERROR),
+    (S.RINGING, SetMute): row(M.on_mute_ringing, S.MUTED, S.IDLE),
+    (S.RINGING, Tick): row(M.on_time_ringing, S.IDLE, S.MUTED, S.ERROR),
+    (S.RINGING, Heard): row(M.on_time_ringing, S.IDLE, S.MUTED, S.ERROR),
+    (S.RINGING, MicLost): row(M.on_mic_lost_ringing),
+    (S.RINGING, SpeakerFailed): row(M.on_speaker_failed_ringing, S.ERROR),
+    # what the model says of the conversation's end
+    **{(s, EndConversation): row(M.on_end_conversation) for s in CONVERSATION},
+    **{(s, ReplyInvites): row(M.on_reply_invites) for s in CONVERSATION},
+    # announcements wait for the device to be idle (`Machine._after`)
+    **{(s, Announce): row(M.on_announce) for s in _ALL - {S.MUTED}},
 }
 
 _SESSION_EVENTS = {SessionReady, SessionFailed, ServerCommitted, SessionLost, CloudError}
 _REPLY_EVENTS = {ResponseStarted, ResponseEnded, PlaybackStarted, PlaybackFinished}
+_MODEL_SAYS = {EndConversation, ReplyInvites}
+"""Late words of a conversation already over."""
 IGNORED: dict[State, frozenset[type]] = {
     state: frozenset(inputs)
     for state, inputs in {
         # no session, no turn: only waking, the button, the socket's commands and time
-        S.IDLE: {Heard, *_SESSION_EVENTS, *_REPLY_EVENTS},
-        S.ERROR: {Heard, *_SESSION_EVENTS, *_REPLY_EVENTS},
+        S.IDLE: {Heard, *_SESSION_EVENTS, *_REPLY_EVENTS, StopRinging, *_MODEL_SAYS},
+        S.ERROR: {Heard, *_SESSION_EVENTS, *_REPLY_EVENTS, StopRinging, *_MODEL_SAYS},
         # a wake word while already awake; a reply before the turn is even sent
-        S.CONNECTING: {Wake, ServerCommitted, AskText, *(_REPLY_EVENTS - {ResponseStarted})},
+        S.CONNECTING: {
+            Wake,
+            ServerCommitted,
+            AskText,
+            StopRinging,
+            *(_REPLY_EVENTS - {ResponseStarted}),
+        },
         S.LISTENING: {
             Wake,
             SessionReady,
@@ -1220,15 +1510,30 @@ IGNORED: dict[State, frozenset[type]] = {
             AskText,
             PlaybackStarted,
             PlaybackFinished,
+            StopRinging,
         },
         # the device's own voice is not a turn; a reply is already on its way
-        **{s: {Heard, SessionReady, SessionFailed, ServerCommitted, AskText} for s in REPLY},
+        **{
+            s: {Heard, SessionReady, SessionFailed, ServerCommitted, AskText, StopRinging}
+            for s in REPLY
+        },
         S.FOLLOW_UP: {
             SessionReady,
             SessionFailed,
             ServerCommitted,
             PlaybackStarted,
             PlaybackFinished,
+            StopRinging,
+        },
+        # no session while ringing; a press stopped it already, so its release and hold
+        # mean nothing; a question waits for the ring to be stopped
+        S.RINGING: {
+            *_SESSION_EVENTS,
+            *_REPLY_EVENTS,
+            *_MODEL_SAYS,
+            ButtonUp,
+            ButtonHeld,
+            AskText,
         },
         # the microphone is closed on purpose: nothing it could hear, nothing to wake or ask
         S.MUTED: {
@@ -1240,6 +1545,9 @@ IGNORED: dict[State, frozenset[type]] = {
             AskText,
             MicLost,
             SpeakerFailed,
+            StopRinging,
+            *_MODEL_SAYS,
+            Announce,
         },
     }.items()
 }

@@ -5,6 +5,7 @@ A scenario is built from CLI flags or read from a TOML or JSON file, for example
     preambles = ["One moment.", "Let me look that up."]
     answer = "It is sunny."
     tool_call = "get_current_time"
+    tool_arguments = '{}'
     speedup = 0.8        # slower than real time
     burst = 5            # five chunks at once, then a pause
 
@@ -66,6 +67,8 @@ class Scenario:
     )
     tool_call: str | None = None
     """Call this function after the preambles and give the answer in a second response."""
+    tool_arguments: str = "{}"
+    """The call's arguments, a JSON string (`{"seconds": 240, "name": "tea"}`)."""
     think_ms: int = 250
     """Silence before the first item, as the model reasons."""
     chunk_ms: int = 100

@@ -37,6 +37,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from ..core.audio import CLOUD_RATE, MIC_RATE, SAMPLE_BYTES, Resampler
+from ..core.realtime import SAY_VERBATIM
 from .scenario import Faults, Scenario
 from .voice import speak
 
@@ -529,9 +530,13 @@ class _Session:
         await self.send("conversation.item.done", item=added, previous_item_id=previous)
 
     async def on_response_create(self, ev: dict[str, Any], _: bytes) -> None:
-        await self._start_response(ev.get("event_id"))
+        await self._start_response(ev.get("event_id"), ev.get("response"))
 
-    async def _start_response(self, event_id: str | None) -> None:
+    async def _start_response(
+        self, event_id: str | None, asked: dict[str, Any] | None = None
+    ) -> None:
+        """`asked`: the response.create's `response` (an out-of-band one says
+        `conversation: none` and what to say in its instructions)."""
         if self.faults.error_code is not None:
             kind = (
                 "rate_limit_error"
@@ -550,7 +555,9 @@ class _Session:
             )
             return
         self.cancel.clear()
-        self.response = asyncio.create_task(self._respond())
+        aside = isinstance(asked, dict) and asked.get("conversation") == "none"
+        said = str(asked.get("instructions", "")) if aside and asked else ""
+        self.response = asyncio.create_task(self._respond(said if aside else None))
 
     async def on_response_cancel(self, ev: dict[str, Any], _: bytes) -> None:
         if self.response is None or self.response.done():
@@ -596,12 +603,14 @@ class _Session:
 
     # -- the response -----------------------------------------------------------------------
 
-    async def _respond(self) -> None:
+    async def _respond(self, aside: str | None = None) -> None:
         # a connection cut (by a fault, or by the client) ends the response quietly
         with contextlib.suppress(_Stalled, ConnectionClosed):
-            await self._respond_inner()
+            await self._respond_inner(aside)
 
-    async def _respond_inner(self) -> None:
+    async def _respond_inner(self, aside: str | None = None) -> None:
+        """`aside`: an out-of-band response's instructions: it says the text they quote
+        (as an obedient model would), adds nothing to the conversation, calls no tool."""
         sc = self.emu.scenario
         response_id = self.new_id("resp")
         base: dict[str, Any] = {"id": response_id, "object": "realtime.response"}
@@ -616,7 +625,10 @@ class _Session:
             pad = "x" * (5 * 1024 * 1024)
             await self.send("response.future_feature.added", response_id=response_id, pad=pad)
         # after a tool's output the model answers; otherwise it may speak a preamble and call one
-        if sc.tool_call and self.last_item_is_tool_output():
+        if aside is not None:
+            text = aside.partition(SAY_VERBATIM)[2] if SAY_VERBATIM in aside else sc.answer
+            plan = [("final_answer", text)]
+        elif sc.tool_call and self.last_item_is_tool_output():
             plan = [("final_answer", sc.answer)]
         elif sc.tool_call:
             plan = [("commentary", t) for t in sc.preambles] + [("call", sc.tool_call)]
@@ -633,7 +645,7 @@ class _Session:
             if phase == "call":
                 outputs.append(await self._call_tool(response_id, index, text))
                 continue
-            item, cancelled = await self._speak_item(response_id, index, phase, text)
+            item, cancelled = await self._speak_item(response_id, index, phase, text, aside is None)
             outputs.append(item)
         status = "cancelled" if cancelled else "failed" if failure else "completed"
         response: dict[str, Any] = {**base, "status": status, "output": outputs}
@@ -657,7 +669,7 @@ class _Session:
         said = {o["id"] for o in outputs if o.get("type") == "message"}
         audio_in = text_in = 0
         for item_id, item in self.items.items():
-            if item_id in said:
+            if item_id in said or item.get("aside"):
                 continue
             audio_in += item.get("audio_ms", 0) * (10 if item.get("role") == "user" else 20) // 1000
         text_in = len(str(self.session_config.get("instructions", ""))) // 4 + 4 * len(self.items)
@@ -721,6 +733,7 @@ class _Session:
             )
 
     async def _call_tool(self, response_id: str, index: int, name: str) -> dict[str, Any]:
+        arguments = self.emu.scenario.tool_arguments
         item_id, call_id = self.new_id("item"), self.new_id("call")
         previous, self.last_item = self.last_item, item_id
         self.items[item_id] = {"role": "assistant-call", "audio_ms": 0}
@@ -743,9 +756,11 @@ class _Session:
             "output_index": index,
             "call_id": call_id,
         }
-        await self.send("response.function_call_arguments.delta", **where, delta="{}")
-        await self.send("response.function_call_arguments.done", **where, name=name, arguments="{}")
-        done = {**item, "status": "completed", "arguments": "{}"}
+        await self.send("response.function_call_arguments.delta", **where, delta=arguments)
+        await self.send(
+            "response.function_call_arguments.done", **where, name=name, arguments=arguments
+        )
+        done = {**item, "status": "completed", "arguments": arguments}
         await self.send(
             "response.output_item.done", response_id=response_id, output_index=index, item=done
         )
@@ -753,12 +768,15 @@ class _Session:
         return done
 
     async def _speak_item(
-        self, response_id: str, index: int, phase: str, text: str
+        self, response_id: str, index: int, phase: str, text: str, conversation: bool = True
     ) -> tuple[dict[str, Any], bool]:
+        """`conversation` False: an out-of-band item, in no conversation."""
         sc = self.emu.scenario
         item_id = self.new_id("item")
-        previous, self.last_item = self.last_item, item_id
-        self.items[item_id] = {"role": "assistant", "audio_ms": 0}
+        previous = self.last_item
+        if conversation:
+            self.last_item = item_id
+        self.items[item_id] = {"role": "assistant", "audio_ms": 0, "aside": not conversation}
         item = {
             "id": item_id,
             "object": "realtime.item",
@@ -776,7 +794,8 @@ class _Session:
             output_index=index,
             item=announced,
         )
-        await self.send("conversation.item.added", item=announced, previous_item_id=previous)
+        if conversation:
+            await self.send("conversation.item.added", item=announced, previous_item_id=previous)
         await self.send(
             "response.content_part.added",
             **where,
@@ -831,7 +850,8 @@ class _Session:
         await self.send(
             "response.output_item.done", response_id=response_id, output_index=index, item=done
         )
-        await self.send("conversation.item.done", item=done, previous_item_id=previous)
+        if conversation:
+            await self.send("conversation.item.done", item=done, previous_item_id=previous)
         return done, cancelled
 
 
