@@ -50,6 +50,27 @@ def of(events: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
     return [e for e in events if e["event"] == name]
 
 
+async def talk(
+    tmp_path: Path, scenario: Scenario, said: str, follow_up: str = "never"
+) -> tuple[App, list[dict[str, Any]]]:
+    """The daemon hears "okay nabu, `said`" once (a WAV, as fast as it goes) and talks to
+    the emulator playing `scenario` until the conversation is over; its events."""
+    emu = await start(scenario, tmp_path)
+    audio = silence(0.5) + speech(f"okay nabu, {said}") + silence(5)
+    opts = RunOptions(
+        input_wav=write_wav(tmp_path / "in.wav", audio),
+        fast=True,
+        events_log=tmp_path / "e",
+        output_wav=tmp_path / "out.wav",
+    )
+    app = App(config(f"http://127.0.0.1:{emu.port}", turn={"follow_up": follow_up}), opts)
+    try:
+        assert await asyncio.wait_for(app.run(), 60) == 0
+    finally:
+        await emu.close()
+    return app, read_jsonl(tmp_path / "e")
+
+
 async def test_a_timer_set_by_voice_rings_on_time_with_the_cloud_gone(tmp_path: Path) -> None:
     """The model calls set_timer; the emulator then goes away; three seconds of audio later
     the device rings (the sound, the light, the event), and `timers stop` stops it."""
@@ -116,49 +137,22 @@ async def test_a_timer_set_by_voice_rings_on_time_with_the_cloud_gone(tmp_path: 
 async def test_a_tool_called_with_bad_arguments_answers_the_model_and_sets_nothing(
     tmp_path: Path, args: str, words: str
 ) -> None:
-    emu = await start(
-        Scenario(**FAST, answer="Sorry.", tool_call="set_timer", tool_arguments=args), tmp_path
-    )
-    audio = silence(0.5) + speech("okay nabu, set a timer") + silence(4)
-    opts = RunOptions(
-        input_wav=write_wav(tmp_path / "in.wav", audio),
-        fast=True,
-        events_log=tmp_path / "e",
-        output_wav=tmp_path / "out.wav",
-    )
-    app = App(config(f"http://127.0.0.1:{emu.port}", turn={"follow_up": "never"}), opts)
-    try:
-        assert await asyncio.wait_for(app.run(), 60) == 0
-    finally:
-        await emu.close()
+    scenario = Scenario(**FAST, answer="Sorry.", tool_call="set_timer", tool_arguments=args)
+    app, events = await talk(tmp_path, scenario, "set a timer")
     (output,) = tool_outputs(tmp_path)
     assert words in output["error"]
-    assert of(read_jsonl(tmp_path / "e"), "timer_set") == [] and len(app.timekeeper.timers) == 0
-    assert states(read_jsonl(tmp_path / "e"))[-1] == "idle"  # and the conversation went on
+    assert of(events, "timer_set") == [] and len(app.timekeeper.timers) == 0
+    assert states(events)[-1] == "idle"  # and the conversation went on
 
 
 async def test_end_conversation_closes_at_once_instead_of_the_follow_up_window(
     tmp_path: Path,
 ) -> None:
-    emu = await start(
-        Scenario(**FAST, answer="You're welcome, bye.", tool_call="end_conversation"), tmp_path
-    )
-    audio = silence(0.5) + speech("okay nabu, thanks, that's all") + silence(4)
-    log = tmp_path / "e"
-    opts = RunOptions(
-        input_wav=write_wav(tmp_path / "in.wav", audio),
-        fast=True,
-        events_log=log,
-        output_wav=tmp_path / "out.wav",
-    )
-    app = App(config(f"http://127.0.0.1:{emu.port}", turn={"follow_up": "always"}), opts)
-    try:
-        assert await asyncio.wait_for(app.run(), 60) == 0
-    finally:
-        await emu.close()
-    shown = states(read_jsonl(log))
+    scenario = Scenario(**FAST, answer="You're welcome, bye.", tool_call="end_conversation")
+    _, events = await talk(tmp_path, scenario, "thanks, that's all", follow_up="always")
+    shown = states(events)
     assert "answering" in shown and "follow_up" not in shown and shown[-1] == "idle"
-    assert of(read_jsonl(log), "tool_call")[0]["name"] == "end_conversation"
+    assert of(events, "tool_call")[0]["name"] == "end_conversation"
 
 
 @pytest.mark.parametrize(
@@ -173,23 +167,9 @@ async def test_end_conversation_closes_at_once_instead_of_the_follow_up_window(
 async def test_the_follow_up_window_opens_when_the_answer_invites_a_reply(
     tmp_path: Path, answer: str, follow_up: str, opens: bool
 ) -> None:
-    emu = await start(Scenario(**FAST, answer=answer), tmp_path)
-    audio = silence(0.5) + speech("okay nabu, how cold is it") + silence(5)
-    log = tmp_path / "e"
-    opts = RunOptions(
-        input_wav=write_wav(tmp_path / "in.wav", audio),
-        fast=True,
-        events_log=log,
-        output_wav=tmp_path / "out.wav",
-    )
-    app = App(config(f"http://127.0.0.1:{emu.port}", turn={"follow_up": follow_up}), opts)
-    try:
-        assert await asyncio.wait_for(app.run(), 60) == 0
-    finally:
-        await emu.close()
-    shown = states(read_jsonl(log))
-    assert ("follow_up" in shown) is opens
-    follow = [e["pattern"] for e in of(read_jsonl(log), "led")]
+    _, events = await talk(tmp_path, Scenario(**FAST, answer=answer), "how cold is it", follow_up)
+    assert ("follow_up" in states(events)) is opens
+    follow = [e["pattern"] for e in of(events, "led")]
     assert ("follow_up" in follow) is opens  # the light says which
 
 
@@ -224,7 +204,13 @@ async def test_timers_survive_a_restart_and_one_that_ended_while_down_rings(
     try:
         await wait_until(lambda: bool(of(read_jsonl(log), "timer_ring")), 10, "the ring")
         listed = (await app.verbs("timers", ""))["timers"]
-        assert [(t["name"], t["time_left"][:10]) for t in listed] == [("roast", "49 minutes")]
+        assert [t["name"] for t in listed] == ["roast"]
+        assert listed[0]["time_left"].startswith(("49 minutes", "50 minutes"))
+        # the command line's set and cancel, as `voice-device timers set 5m tea`
+        assert await app.verbs("timers", "set 5m tea") == {"ok": True, "set": "tea", "seconds": 300}
+        assert (await app.verbs("timers", "set soon"))["ok"] is False
+        assert await app.verbs("timers", "cancel tea") == {"ok": True, "cancelled": "tea"}
+        assert "no timer" in (await app.verbs("timers", "cancel tea"))["error"]
         app.handle(st.StopRinging())
         app.request_stop()
         assert await asyncio.wait_for(run, 20) == 0
@@ -260,6 +246,11 @@ async def test_an_alarm_rings_at_the_local_time_it_was_set_for(tmp_path: Path) -
     run = asyncio.create_task(app.run())
     try:
         await wait_until(lambda: bool(of(read_jsonl(log), "timer_ring")), 60, "the alarm")
+        await wait_until(
+            lambda: any("conversation" in str(e.get("response")) for e in sent(tmp_path)),
+            10,
+            "its name spoken",
+        )
         app.handle(st.ButtonDown(app.pos))
         app.request_stop()
         assert await asyncio.wait_for(run, 20) == 0
@@ -269,6 +260,15 @@ async def test_an_alarm_rings_at_the_local_time_it_was_set_for(tmp_path: Path) -
     events = read_jsonl(log)
     (ring,) = of(events, "timer_ring")
     assert ring["name"] == "07:30 alarm" and 60_000 <= ring["audio_ms"] <= 60_020
+    # idle with an alarm set, the light said so (dimly) until it rang
+    before = [e["pattern"] for e in of(events, "led") if e["audio_ms"] < ring["audio_ms"]]
+    assert before[-1] == "timer"
+    # the cloud answered, so its name was spoken, out of any conversation
+    spoken = [
+        e["response"] for e in sent(tmp_path) if e["type"] == "response.create" and "response" in e
+    ]
+    assert spoken and spoken[-1]["conversation"] == "none"
+    assert spoken[-1]["instructions"].endswith("Your 07:30 alarm is done.")
     assert of(events, "timer_stop")[0]["reason"] == "button"
     (output,) = tool_outputs(tmp_path)
     assert output == {"ok": True, "name": "07:30 alarm", "rings_at": "07:30", "day": "today"}
