@@ -368,3 +368,22 @@ async def test_announce_speaks_the_text_out_of_any_conversation_and_says_when_it
     assert "error" in shown[4:]
     assert of(events, "announce")[0]["chars"] == len("Dinner is ready.")
     assert any(e["event"] == "playback_end" for e in events)  # and it was heard
+
+
+@pytest.mark.parametrize(
+    ("tool", "args", "output"),
+    [
+        ("set_volume", '{"percent": 30}', {"ok": True, "volume_percent": 30}),
+        ("list_timers", "{}", {"timers": [], "note": "no timers or alarms"}),
+        ("cancel_alarm", "{}", {"error": "there is no alarm running"}),
+    ],
+)
+async def test_the_other_tools_through_the_emulator(
+    tmp_path: Path, tool: str, args: str, output: dict[str, Any]
+) -> None:
+    scenario = Scenario(**FAST, answer="Done.", tool_call=tool, tool_arguments=args)
+    app, events = await talk(tmp_path, scenario, "do it")
+    assert tool_outputs(tmp_path) == [output]
+    assert of(events, "tool_call")[0]["name"] == tool
+    if tool == "set_volume":
+        assert round(app.speaker.volume * 100) == 30
