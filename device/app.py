@@ -30,11 +30,13 @@ from .adapters.store import Memory
 from .adapters.systemd import Notifier
 from .config import Config, ConfigError, machine_settings
 from .core import states as st
+from .core.arbitration import Verdict
 from .core.audio import MIC_RATE
 from .core.earcons import Earcon
 from .core.timers import ring_notice
 from .events import EventLog
 from .front import FrontEnd
+from .home import Home
 from .link import CloudLink
 from .meter import CostMeter
 from .presenter import Presenter
@@ -113,6 +115,7 @@ class App:
                     self.status_text(),
                 )
                 | {"usage": self.meter.status(), "timers": self.timekeeper.listing()}
+                | ({"mqtt": self.home.status()} if self.home is not None else {})
             ),
             lambda: self.speaker,
             self.memory,
@@ -120,6 +123,10 @@ class App:
         self.verbs.volume_config = cfg.audio.volume
         self.verbs.timekeeper = self.timekeeper
         self.verbs.announce_per_hour = cfg.announce.max_per_hour
+        self.home: Home | None = None
+        """Home Assistant and the other devices, over MQTT (`mqtt.enabled`)."""
+        if cfg.mqtt.enabled:
+            self.home = Home(cfg, self.verbs, self.events, lambda: self.front.audio_ms)
         self.tools = Device(
             now=self.timekeeper.now_local,
             timekeeper=self.timekeeper,
@@ -178,10 +185,16 @@ class App:
             self._credential,
             self.tools,
         )
+        if self.home is not None:
+            home = self.home
+            self.link.contest = self._contest
+            self.link.contest_over = self.front.contest_over
+            self.link.transcript = home.transcript
+            self.front.woke = lambda w: home.woke(w.word, w.score, self.front.wake_level())
         self.build_gpio(cfg)
         self._commands: dict[type, Callable[[Any], None]] = {
             st.Enter: self._enter,
-            st.OpenSession: self.link.open_session,
+            st.OpenSession: self._open_session,
             st.CloseSession: self.link.close_session,
             st.StartTurn: lambda c: self.link.start_turn(c, self.front.preroll),
             st.EndTurn: self.link.end_turn,
@@ -274,8 +287,13 @@ class App:
                     tg.create_task(self.speaker.run(), name="speaker"),
                     tg.create_task(self.presenter.hooks.run(), name="hooks"),
                 ]
+                if self.home is not None:
+                    self._publish_values()
+                    tasks.append(tg.create_task(self.home.run(), name="mqtt"))
                 await self.stopped.wait()
                 self._shutdown()
+                if self.home is not None:
+                    await self.home.goodbye()
                 for t in tasks:
                     t.cancel()
         finally:
@@ -317,8 +335,12 @@ class App:
         self.tg.create_task(coro)
 
     async def _ticker(self) -> None:
+        ticks = 0
         while True:
             await asyncio.sleep(TICK_S)
+            ticks += 1
+            if self.home is not None and ticks % 10 == 0:
+                self._publish_values()
             self.supervisor.report_overflows()
             self.supervisor.check_speaker()
             if self.machine.state is st.State.MUTED:
@@ -372,6 +394,27 @@ class App:
     def _enter(self, c: st.Enter) -> None:
         self.presenter.enter(c)
         self.verbs.entered(c)
+        if self.home is not None:
+            self.home.state(c.state)
+
+    def _publish_values(self) -> None:
+        """What Home Assistant shows besides the state (published when it changes)."""
+        assert self.home is not None
+        self.home.state(self.machine.state)
+        self.home.volume(round(self.speaker.volume * 100))
+        self.home.usage(self.meter.status())
+        self.home.timers(self.timekeeper.listing())
+
+    def _open_session(self, c: st.OpenSession) -> None:
+        if c.arbitrate and self.home is not None and self.home.arbitrating:
+            self.front.hold_chime = True  # (the chime is for the device that answers)
+        self.link.open_session(c)
+
+    async def _contest(self) -> Verdict:
+        assert self.home is not None
+        w = self.front.last_wake
+        level = max(-120.0, self.front.wake_level())
+        return await self.home.contest(w.score if w is not None else 1.0, level)
 
     def _earcon(self, c: st.PlayEarcon) -> None:
         if c.kind is Earcon.WAKE:

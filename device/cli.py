@@ -356,7 +356,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return cfg
 
     cfg = load_config(args.config, overrides=overrides)
-    setup_logging(args.debug, [cfg.api_key.reveal()])
+    setup_logging(args.debug, [cfg.api_key.reveal(), cfg.mqtt_password.reveal()])
     require_cloud(cfg)
     if realtime_endpoint(cfg.cloud).kind == "azure-preview":
         log.warning("%s", PREVIEW_RETIRED)

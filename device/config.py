@@ -38,6 +38,7 @@ from .core.wake import DuringPlayback
 DEFAULT_PATH = Path("/etc/voice-device/config.toml")
 EX_CONFIG = 78
 CREDENTIAL_NAME = "azure-openai-api-key"
+MQTT_CREDENTIAL_NAME = "mqtt-password"
 
 DEFAULT_INSTRUCTIONS = (
     "You are a voice assistant in someone's home, heard through a small speaker. "
@@ -250,6 +251,34 @@ class UsageConfig:
 
 
 @dataclass(frozen=True)
+class MqttConfig:
+    """Home Assistant over MQTT, and one answer when several devices hear a wake. These key
+    names are a contract (README). The password is never here: it is the systemd credential
+    `mqtt-password` (or $VOICE_DEVICE_MQTT_PASSWORD)."""
+
+    enabled: bool = False
+    host: str = "localhost"
+    port: int = 1883
+    tls: bool = False
+    """TLS with the system's certificate authorities (brokers usually listen on 8883 for it)."""
+    username: str = ""
+    device_id: str = ""
+    """Names this device on the broker and in Home Assistant (default: the host name)."""
+    topic_prefix: str = ""
+    """Where its state and commands live (default: voice-device/<device_id>)."""
+    discovery_prefix: str = "homeassistant"
+    publish_transcripts: bool = False
+    """Publish what the user said and the answer's words (off: nothing said leaves over
+    MQTT; audio never does)."""
+    arbitration: bool = True
+    """Agree with the other devices on the broker which one answers a wake word."""
+    arbitration_window_ms: int = 150
+    """How long a wake waits for other devices' claims, from its own wake (20 to 150)."""
+    arbitration_topic: str = "voice-device/arbitration"
+    """Shared by the devices that may hear the same words."""
+
+
+@dataclass(frozen=True)
 class Config:
     cloud: CloudConfig = field(default_factory=CloudConfig)
     assistant: AssistantConfig = field(default_factory=AssistantConfig)
@@ -263,7 +292,9 @@ class Config:
     usage: UsageConfig = field(default_factory=UsageConfig)
     timers: TimersConfig = field(default_factory=TimersConfig)
     announce: AnnounceConfig = field(default_factory=AnnounceConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
     api_key: Secret = field(default_factory=lambda: Secret(""), repr=False)
+    mqtt_password: Secret = field(default_factory=lambda: Secret(""), repr=False)
     origin: str = field(default="the configuration", compare=False)
     """Where it was read from (a file's path), for messages that say what to edit."""
 
@@ -271,7 +302,7 @@ class Config:
 SECTIONS: dict[str, Any] = {
     name: t
     for name, t in typing.get_type_hints(Config).items()
-    if name not in ("api_key", "origin")
+    if name not in ("api_key", "mqtt_password", "origin")
 }
 
 
@@ -442,6 +473,8 @@ LIMITS: dict[str, tuple[float, float]] = {
     "usage.text_output_per_million": (0, 10_000),
     "usage.audio_output_per_million": (0, 10_000),
     "usage.monthly_budget": (0, 1_000_000),
+    "mqtt.port": (1, 65535),
+    "mqtt.arbitration_window_ms": (20, 150),
 }
 """Every duration, count and pin, with its sane range: a mistyped value (inf, 2**63, a pin
 the header does not have) is a configuration error naming the range, not a device that
@@ -618,23 +651,59 @@ def validate(cfg: Config) -> None:
         )
     _check_limits(cfg)
     _check_pins(cfg)
+    _check_mqtt(cfg.mqtt)
     if c.endpoint:
         realtime_endpoint(c)  # raises ConfigError if the URL is not usable
 
 
-def read_api_key(env: Mapping[str, str]) -> Secret:
+TOPIC_PART = re.compile(r"[A-Za-z0-9_-]+")
+"""A device id: one topic level, and part of Home Assistant's ids and discovery topics."""
+
+
+def _check_mqtt(m: MqttConfig) -> None:
+    _check(
+        not m.device_id or TOPIC_PART.fullmatch(m.device_id) is not None,
+        f"mqtt.device_id may hold only letters, digits, '_' and '-' (got {m.device_id!r})",
+    )
+    for key in ("topic_prefix", "discovery_prefix", "arbitration_topic"):
+        topic = getattr(m, key)
+        _check(
+            not any(c in topic for c in "+#\0")
+            and not topic.startswith("/")
+            and not topic.endswith("/")
+            and "//" not in topic,
+            f"mqtt.{key} must be a plain topic such as 'a/b', without +, #, or a leading, "
+            f"trailing or doubled '/' (got {topic!r})",
+        )
+    _check(
+        bool(m.discovery_prefix) and bool(m.arbitration_topic),
+        "mqtt.discovery_prefix and mqtt.arbitration_topic may not be empty",
+    )
+    _check(not m.enabled or bool(m.host.strip()), "mqtt.host is empty: name the MQTT broker")
+
+
+def read_credential(env: Mapping[str, str], variable: str, name: str) -> Secret:
     """From the environment, else from the systemd credential the unit loads."""
-    key = env.get("AZURE_OPENAI_API_KEY", "").strip()
+    key = env.get(variable, "").strip()
     if key:
         return Secret(key)
     cred_dir = env.get("CREDENTIALS_DIRECTORY")
     if cred_dir:
-        path = Path(cred_dir) / CREDENTIAL_NAME
+        path = Path(cred_dir) / name
         try:
             return Secret(path.read_text(encoding="utf-8").strip())
         except OSError:
             pass
     return Secret("")
+
+
+def read_api_key(env: Mapping[str, str]) -> Secret:
+    return read_credential(env, "AZURE_OPENAI_API_KEY", CREDENTIAL_NAME)
+
+
+def read_mqtt_password(env: Mapping[str, str]) -> Secret:
+    """An empty credential (the installer makes one) means no password."""
+    return read_credential(env, "VOICE_DEVICE_MQTT_PASSWORD", MQTT_CREDENTIAL_NAME)
 
 
 ENV_OVERRIDES = {
@@ -681,7 +750,9 @@ def load_config(
         section, key = dotted.split(".", 1)
         merged.setdefault(section, {})[key] = value
     cfg = parse_config(merged, origin)
-    return dataclasses.replace(cfg, api_key=read_api_key(env))
+    return dataclasses.replace(
+        cfg, api_key=read_api_key(env), mqtt_password=read_mqtt_password(env)
+    )
 
 
 def require_cloud(cfg: Config) -> None:

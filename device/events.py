@@ -41,6 +41,8 @@ EventName = Literal[
     "timer_stop",
     "timer_missed",
     "announce",
+    "arbitration",
+    "mqtt",
     "stopped",
 ]
 EVENT_NAMES: frozenset[str] = frozenset(typing.get_args(EventName))

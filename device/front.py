@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import deque
 from collections.abc import Callable
 
 from .adapters.denoise import denoiser
@@ -20,7 +21,15 @@ from .adapters.wakeword import WakeEngine, load_engine
 from .config import Config
 from .core import states as st
 from .core.audio import MIC_RATE, PreRoll, ms_to_samples, rms_dbfs, samples_to_ms
-from .core.hearing import IDLE_STATES, WAKE_STATES, BackgroundSpeech, DeafWindow, UplinkChoice
+from .core.hearing import (
+    IDLE_STATES,
+    WAKE_STATES,
+    WAKE_WORD_FRAMES,
+    BackgroundSpeech,
+    DeafWindow,
+    UplinkChoice,
+    speech_level,
+)
 from .core.wake import DuringPlayback, WakeFilter, choose_wake
 from .events import EventLog
 
@@ -59,9 +68,16 @@ class FrontEnd:
         """Microphone samples seen so far: the audio clock."""
         self.preroll = PreRoll(ms_to_samples(cfg.audio.preroll_ms, MIC_RATE))
         self.wake, self.echo = detectors(cfg)
+        self.loudness: deque[float] = deque(maxlen=WAKE_WORD_FRAMES)
+        """Each recent frame's level, dBFS: how loud the wake word was (`wake_level`)."""
+        self.last_wake: st.Wake | None = None
+        self.woke: Callable[[st.Wake], None] = lambda w: None
         self.play_chime: Callable[[], None] = lambda: None
         self._chime = False
         """A wake chime waits for the first frame of the conversation (`wake_chime`)."""
+        self.hold_chime = False
+        """Other devices may answer this wake: the chime waits for the outcome."""
+        self._chime_held = False
         self.configure(cfg)
 
     def configure(self, cfg: Config, found: tuple[WakeEngine, EchoGuard] | None = None) -> None:
@@ -108,7 +124,9 @@ class FrontEnd:
             self._offer_wake(scores)
         state = self._state()
         runs, fresh = self.deaf.vad_runs(state, self.pos)
-        level = rms_dbfs(heard) if runs or state in IDLE_STATES else -math.inf
+        loudness = rms_dbfs(heard)
+        self.loudness.append(loudness)
+        level = loudness if runs or state in IDLE_STATES else -math.inf
         if state in IDLE_STATES:
             if not self.deaf.deaf(state, self.pos):  # (not the echo of its own error sound)
                 self.background.observe(level, self.idle_vad.is_speech(heard, level))
@@ -118,6 +136,8 @@ class FrontEnd:
                 self._chime = False
                 if self.background.user_talking:
                     log.debug("no wake chime: the user went straight on with the command")
+                elif self.hold_chime:
+                    self._chime_held = True
                 else:
                     self.play_chime()
         self._idle = state in IDLE_STATES
@@ -136,9 +156,17 @@ class FrontEnd:
         else:
             self.play_chime()
 
+    def contest_over(self, won: bool) -> None:
+        """The devices agreed who answers: a chime held for it plays if it is this one."""
+        held, self._chime_held, self.hold_chime = self._chime_held, False, False
+        if not won:
+            self._chime = False  # (one not yet due either)
+        elif held:
+            self.play_chime()
+
     def quiet(self) -> None:
         """Another of the device's sounds replaces a wake chime not yet played."""
-        self._chime = False
+        self._chime = self._chime_held = False
 
     def _offer_wake(self, scores: list[float]) -> None:
         """The best wake word over its threshold, under the playback rules while the device
@@ -165,4 +193,11 @@ class FrontEnd:
             return
         self.events.emit("wake", self.audio_ms, word=hit.word, score=round(hit.score, 3))
         log.info("wake word '%s' (score %.2f)", hit.word, hit.score)
-        self._handle(st.Wake(hit.word, hit.score, hit.end_sample))
+        self.last_wake = st.Wake(hit.word, hit.score, hit.end_sample)
+        self.woke(self.last_wake)
+        self._handle(self.last_wake)
+
+    def wake_level(self) -> float:
+        """How loud the speech over the last wake word was (dBFS): what another device on
+        the broker compares with its own (`core.arbitration`)."""
+        return speech_level(self.loudness)

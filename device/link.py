@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .adapters.cloud import CloudSession, auth_headers
@@ -23,6 +23,7 @@ from .adapters.systemd import CONTEXT, escape
 from .config import Config, realtime_endpoint
 from .core import realtime as rt
 from .core import states as st
+from .core.arbitration import Verdict
 from .core.audio import (
     CLOUD_RATE,
     SAMPLE_BYTES,
@@ -118,6 +119,13 @@ class CloudLink:
         self._answer_text = answer_text
         self._credential = credential
         self.device = device or Device()
+        self.contest: Callable[[], Awaitable[Verdict]] | None = None
+        """Whether this device answers a wake word other devices may have heard (None: it
+        is alone, no broker configured)."""
+        self.contest_over: Callable[[bool], None] = lambda won: None
+        self.transcript: Callable[[str, str], None] = lambda role, text: None
+        """What the user said and the answer's words, as each is final (MQTT, if the user
+        turned `mqtt.publish_transcripts` on)."""
         self.aside: Aside | None = None
         """A short session speaking a timer's name while it rings."""
         self._bearer: Any = None
@@ -189,7 +197,36 @@ class CloudLink:
             entra=self._bearer is not None,
         )
         self.session = session
-        session.start(self.tg)
+        if c.arbitrate and self.contest is not None:
+            self.tg.create_task(self._after_contest(session, self.contest), name="contest")
+        else:
+            session.start(self.tg)
+
+    async def _after_contest(
+        self, session: CloudSession, contest: Callable[[], Awaitable[Verdict]]
+    ) -> None:
+        """The session opens only if no other device that heard the wake answers it."""
+        started = time.monotonic()
+        verdict = await contest()
+        waited_ms = round((time.monotonic() - started) * 1000)
+        self.events.emit(
+            "arbitration",
+            self._audio_ms(),
+            won=verdict.won,
+            winner=verdict.winner,
+            why=verdict.why,
+            rivals=verdict.rivals,
+            waited_ms=waited_ms,
+        )
+        self.contest_over(verdict.won)
+        if session is not self.session:
+            return  # the conversation ended meanwhile (a press, no speech)
+        if verdict.won:
+            assert self.tg is not None
+            session.start(self.tg)
+            return
+        log.info("'%s' answers this wake word (%s): back to idle", verdict.winner, verdict.why)
+        self._handle(st.HandledElsewhere(verdict.winner))
 
     def close_session(self, c: st.CloseSession) -> None:
         session = self.session
@@ -437,9 +474,11 @@ class CloudLink:
             log.debug("assistant (%s): %s", phase, ev.transcript)
             if phase is rt.Phase.FINAL_ANSWER:
                 self._answer_text(ev.transcript)
+                self.transcript("assistant", ev.transcript)
                 self._handle(st.ReplyInvites(invites_reply(ev.transcript)))
         elif ev.final:
             log.debug("user: %s", ev.text)
+            self.transcript("user", ev.text)
 
     def _on_rate_limits(self, ev: rt.RateLimits) -> None:
         for name, remaining, reset in ev.limits:

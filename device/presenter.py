@@ -7,6 +7,7 @@ device's own short sounds (earcons) are played from here too.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -21,10 +22,13 @@ from .core import states as st
 from .core.audio import Source
 from .core.backoff import Outage
 from .core.earcons import Earcon, earcon
-from .core.leds import Pattern, pattern_name, with_overrides
+from .core.leds import ELSEWHERE_S, Pattern, pattern_name, with_overrides
 from .events import EventLog
 
 log = logging.getLogger(__name__)
+
+ELSEWHERE = "handled elsewhere"
+"""The reason of the idle state entered when another device answers the wake word."""
 
 
 class Presenter:
@@ -52,6 +56,8 @@ class Presenter:
         self.speaker: Speaker | None = None
         self.timer_running: Callable[[], bool] = lambda: False
         self._earcons = 0
+        self._entered = 0
+        """States entered so far (a flash ends only if no other state came since)."""
         self.configure(cfg)
 
     def configure(self, cfg: Config) -> None:
@@ -81,21 +87,42 @@ class Presenter:
 
     def enter(self, c: st.Enter) -> None:
         previous, self.shown = self.shown, c.state
+        self._entered += 1
         CONTEXT["STATE"] = c.state.value
         self.events.emit("state", self._audio_ms(), state=c.state.value, reason=c.reason)
-        self.show_leds(c.state)
+        if c.state is st.State.IDLE and c.reason == ELSEWHERE:
+            self._flash("elsewhere", ELSEWHERE_S)
+        else:
+            self.show_leds(c.state)
         self.notifier.status(self.status_text(c.state))
         log.info("state: %s (%s)", c.state.value, c.reason)
         self.hooks.state_changed(c.state.value, previous.value, c.reason)
         if (c.state is st.State.MUTED) != (previous is st.State.MUTED):
             self.memory.update(muted=c.state is st.State.MUTED)
 
+    def _flash(self, name: str, seconds: float) -> None:
+        """Show the pattern `name` for a moment, then the state's own again (if the state
+        is still the one shown)."""
+        if self.leds is None:
+            return
+        self._show(self.patterns[name])
+        shown, entered = self.shown, self._entered
+
+        def back() -> None:
+            if self.shown is shown and self._entered == entered:
+                self.show_leds(shown)
+
+        asyncio.get_running_loop().call_later(seconds, back)
+
     def show_leds(self, state: st.State) -> None:
         """The pattern of `state` (idle shows `offline` during an outage)."""
         if self.leds is None:
             return
         timer = self.timer_led and self.timer_running()
-        pattern = self.patterns[pattern_name(state, self.outage.ongoing, timer)]
+        self._show(self.patterns[pattern_name(state, self.outage.ongoing, timer)])
+
+    def _show(self, pattern: Pattern) -> None:
+        assert self.leds is not None
         self.leds.show(pattern)
         self.events.emit(
             "led",

@@ -9,12 +9,13 @@ waits for the next restart.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from typing import TYPE_CHECKING, Any
 
 from .adapters.systemd import REDACT
-from .config import Config, machine_settings, setting
+from .config import Config, MqttConfig, machine_settings, setting
 from .front import detectors
 
 if TYPE_CHECKING:
@@ -30,8 +31,10 @@ RESTART_KEYS = (
     "audio.input_channel",
     "audio.jitter_ms",
     "gpio.pin_factory",
+    *(f"mqtt.{f.name}" for f in dataclasses.fields(MqttConfig)),
 )
-"""What a reload cannot change under a running daemon: the audio devices and pin library."""
+"""What a reload cannot change under a running daemon: the audio devices, the pin library and
+the MQTT connection."""
 
 
 async def reload(app: App) -> None:
@@ -50,6 +53,7 @@ async def reload(app: App) -> None:
         _failed(app, e)
         return
     REDACT.add(new.api_key.reveal())
+    REDACT.add(new.mqtt_password.reveal())
     apply(app, new, found)
     app.verbs.reload_failed = None
     app.notifier.ready(app.status_text())

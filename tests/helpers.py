@@ -5,12 +5,10 @@ must look like, paced FIFO devices, a daemon driven through its control socket."
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,8 @@ import numpy as np
 
 from device.bench.harness import (  # noqa: F401 - the tests' one harness
     QUESTION,
+    FifoMic,
+    FifoSpeaker,
     alsa_daemon,
     asoundrc,
     config,
@@ -106,103 +106,6 @@ def reply_heard(scenario: Any, earcons: tuple[str, ...] = ("wake",)) -> bytes:
     sounds = b"".join(earcon(kind) for kind in earcons)
     preambles = b"".join(speak(t, "commentary") for t in scenario.preambles)
     return sounds + preambles + speak(scenario.answer, "final_answer")
-
-
-class _PacedFifo:
-    """One end of a FIFO that an ALSA `file` device has at the other, worked by a thread at
-    the pace of real audio (one `chunk` every 20 ms), that can `stall` (stop, keep it open)
-    like a failing device. PortAudio opens and closes every device when it starts: the
-    thread reopens the FIFO whenever the other side goes away."""
-
-    mode = "rb"
-
-    def __init__(self, path: Path) -> None:
-        import threading
-
-        self.path = path
-        os.mkfifo(path)
-        self.stalled = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _step(self, f: Any) -> bool:
-        """Move one chunk; False when the other side has gone."""
-        raise NotImplementedError
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                f = open(self.path, self.mode)  # noqa: SIM115 - reopened when the other side leaves
-            except OSError:
-                time.sleep(0.05)
-                continue
-            t0, n = time.monotonic(), 0
-            try:
-                with f:
-                    while not self._stop.is_set():
-                        if self.stalled.is_set():
-                            time.sleep(0.02)
-                            t0, n = time.monotonic(), 0
-                            continue
-                        if not self._step(f):
-                            break
-                        n += 1
-                        time.sleep(max(0.0, t0 + n * 0.02 - time.monotonic()))
-            except (BrokenPipeError, ValueError):
-                pass
-
-    def close(self) -> None:
-
-        self._stop.set()
-        self.stalled.clear()
-        other = os.O_RDONLY if self.mode == "wb" else os.O_WRONLY
-        with contextlib.suppress(OSError):  # unblock the thread if it waits in open()
-            os.close(os.open(self.path, other | os.O_NONBLOCK))
-
-
-class FifoMic(_PacedFifo):
-    """A real-time microphone for the ALSA tests: the ALSA device reads the FIFO, kept fed
-    with silence unless told to `say` something."""
-
-    mode = "wb"
-    FRAME = 640  # 20 ms at 16 kHz
-
-    def __init__(self, path: Path) -> None:
-        import queue
-
-        self._pending: queue.SimpleQueue[bytes] = queue.SimpleQueue()
-        super().__init__(path)
-
-    def say(self, pcm: bytes) -> None:
-        for i in range(0, len(pcm), self.FRAME):
-            self._pending.put(pcm[i : i + self.FRAME].ljust(self.FRAME, b"\0"))
-
-    def _step(self, f: Any) -> bool:
-        try:
-            frame = self._pending.get_nowait()
-        except Exception:
-            frame = bytes(self.FRAME)
-        f.write(frame)
-        f.flush()
-        return True
-
-
-class FifoSpeaker(_PacedFifo):
-    """A real-time speaker for the ALSA tests: the ALSA device writes into the FIFO, drained
-    at the pace of a real output (24 kHz), so PortAudio is clocked by it; when it stalls the
-    output hangs as a wedged driver's would."""
-
-    CHUNK = 960  # 20 ms at 24 kHz
-
-    def __init__(self, path: Path) -> None:
-        self.received = 0
-        super().__init__(path)
-
-    def _step(self, f: Any) -> bool:
-        data = f.read(self.CHUNK)
-        self.received += len(data)
-        return bool(data)
 
 
 class Daemon:

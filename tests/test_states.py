@@ -231,7 +231,7 @@ TABLE: list[tuple[str, Callable[[], Machine], Step, State, list[Command]]] = [
         State.CONNECTING,
         [
             StartTurn(POS - PREROLL, "wake word"),
-            OpenSession(),
+            OpenSession(arbitrate=True),
             PlayEarcon("wake"),
             Enter(State.CONNECTING, "wake word"),
         ],
@@ -621,7 +621,7 @@ TABLE: list[tuple[str, Callable[[], Machine], Step, State, list[Command]]] = [
         State.CONNECTING,
         [
             StartTurn(POS - PREROLL, "wake word"),
-            OpenSession(),
+            OpenSession(arbitrate=True),
             PlayEarcon("wake"),
             Enter(State.CONNECTING, "wake word"),
         ],
@@ -645,7 +645,7 @@ TABLE: list[tuple[str, Callable[[], Machine], Step, State, list[Command]]] = [
         State.LISTENING,
         [
             StartTurn(POS - PREROLL, "wake word"),
-            OpenSession(),
+            OpenSession(arbitrate=True),
             PlayEarcon("wake"),
             Enter(State.CONNECTING, "wake word"),
             ReportRecovery(31.0),
@@ -748,7 +748,7 @@ TABLE: list[tuple[str, Callable[[], Machine], Step, State, list[Command]]] = [
         State.CONNECTING,
         [
             StartTurn(POS - PREROLL, "wake word"),
-            OpenSession(),
+            OpenSession(arbitrate=True),
             PlayEarcon("wake"),
             Enter(State.CONNECTING, "wake word"),
         ],
@@ -1083,7 +1083,7 @@ MODES = [
         State.CONNECTING,
         [
             StartTurn(POS - PREROLL, "wake word"),
-            OpenSession(),
+            OpenSession(arbitrate=True),
             PlayEarcon("wake"),
             Enter(State.CONNECTING, "wake word"),
         ],
@@ -1350,7 +1350,7 @@ def test_a_refusal_only_the_configuration_can_fix_is_not_asked_again_by_the_wake
     m.handle(CloudError("insufficient_quota", "quota spent"), 10)
     m.reconfigure(SETTINGS)
     m.handle(Tick(), 20)
-    assert OpenSession() in m.handle(Wake("okay nabu", 0.97, m.audio_pos), 30)
+    assert OpenSession(arbitrate=True) in m.handle(Wake("okay nabu", 0.97, m.audio_pos), 30)
     m.handle(SessionFailed("unreachable", "down", retryable=True), 31)
     assert m.refusal is None
 
@@ -1388,7 +1388,7 @@ def test_each_way_of_stopping_the_ring(
     assert StopRing(("tea",), reason) in cmds and StopPlayback() in cmds
     assert m.state is state
     if state is State.CONNECTING:  # the wake word stops it and listens
-        assert OpenSession() in cmds and any(isinstance(c, StartTurn) for c in cmds)
+        assert OpenSession(arbitrate=True) in cmds and any(isinstance(c, StartTurn) for c in cmds)
 
 
 def test_the_ring_repeats_until_it_times_out_and_a_press_that_stopped_it_does_not_mute() -> None:

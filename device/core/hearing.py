@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Iterable
 
 from .audio import FRAME_MS, MIC_RATE, ms_to_samples
 from .states import State
@@ -159,3 +160,17 @@ class DeafWindow:
         fresh = runs and not self._vad_ran
         self._vad_ran = runs
         return runs, fresh
+
+
+WAKE_WORD_FRAMES = 60
+"""Frames (1.2 s) before a wake in which the wake word was spoken."""
+LOUDEST_FRAMES = 10
+
+
+def speech_level(levels: Iterable[float]) -> float:
+    """The speech level over a wake word: the mean power of its loudest 200 ms (the voiced
+    part, whatever the word's length and the pauses around it), in dBFS."""
+    top = sorted((x for x in levels if x > -math.inf), reverse=True)[:LOUDEST_FRAMES]
+    if not top:
+        return -math.inf
+    return 10 * math.log10(sum(10 ** (x / 10) for x in top) / len(top))

@@ -54,6 +54,7 @@ RED: RGB = (1.0, 0.0, 0.0)
 AMBER: RGB = (1.0, 0.45, 0.0)
 YELLOW: RGB = (1.0, 0.8, 0.0)
 DIM_YELLOW: RGB = (0.12, 0.09, 0.0)
+DIM_BLUE: RGB = (0.0, 0.04, 0.16)
 
 PATTERNS: dict[str, Pattern] = {
     p.name: p
@@ -70,11 +71,14 @@ PATTERNS: dict[str, Pattern] = {
         Pattern("offline", AMBER, Effect.PULSE, 3.0),
         Pattern("ringing", YELLOW, Effect.BLINK, 1.0),
         Pattern("timer", DIM_YELLOW, Effect.SOLID),
+        Pattern("elsewhere", DIM_BLUE, Effect.SOLID),
     )
 }
 """Keyed by name: one per state, `offline` (idle, but the cloud is unreachable) and `timer`
-(idle, a timer running; shown if `timers.idle_led` says so). Ringing blinks slowly in
-yellow, the error quickly in amber."""
+(idle, a timer running; shown if `timers.idle_led` says so), and `elsewhere` (for a moment
+after another device took the wake word, `ELSEWHERE_S`). Ringing blinks slowly in yellow,
+the error quickly in amber."""
+ELSEWHERE_S = 1.0
 
 
 def pattern_name(state: State, offline: bool = False, timer: bool = False) -> str:

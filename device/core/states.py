@@ -236,6 +236,13 @@ class Announce:
 
 
 @dataclass(frozen=True)
+class HandledElsewhere:
+    """Another device that heard the same wake word answers it (`core.arbitration`)."""
+
+    device: str
+
+
+@dataclass(frozen=True)
 class Tick:
     server_quiet_s: float | None = None
     """Seconds since the awaited reply last made progress (None: no session)."""
@@ -268,6 +275,7 @@ Input = (
     | EndConversation
     | ReplyInvites
     | Announce
+    | HandledElsewhere
     | Tick
 )
 
@@ -284,7 +292,9 @@ class Enter:
 
 @dataclass(frozen=True)
 class OpenSession:
-    pass
+    arbitrate: bool = False
+    """Woken by the wake word: other devices that heard it too may answer instead
+    (`HandledElsewhere`); the session opens only if this device wins."""
 
 
 @dataclass(frozen=True)
@@ -719,7 +729,7 @@ class Machine:
 
     # -- waking -----------------------------------------------------------------------------
 
-    def _wake(self, start_sample: int, reason: str) -> list[Command]:
+    def _wake(self, start_sample: int, reason: str, arbitrate: bool = False) -> list[Command]:
         if self.budget_note is not None:
             told, self.budget_told = self.budget_told, True  # logged once, shown each time
             return [
@@ -731,7 +741,7 @@ class Machine:
         self.session_open = True
         return [
             *self._start_turn(start_sample, reason, wait_for_speech=True),
-            OpenSession(),
+            OpenSession(arbitrate),
             PlayEarcon(Earcon.WAKE),
             Enter(State.CONNECTING, reason),
         ]
@@ -756,7 +766,12 @@ class Machine:
                 PlayEarcon(Earcon.ERROR),
                 Enter(State.ERROR, "offline"),
             ]
-        return self._wake(self._preroll_start(e.end_sample), "wake word")
+        return self._wake(self._preroll_start(e.end_sample), "wake word", arbitrate=True)
+
+    def on_handled_elsewhere(self, e: Input, now: float) -> list[Command]:
+        """Another device answers the wake word: back to idle, nothing sent."""
+        assert isinstance(e, HandledElsewhere)
+        return [*self._teardown("handled elsewhere"), Enter(State.IDLE, "handled elsewhere")]
 
     def on_wake_in_follow_up(self, e: Input, now: float) -> list[Command]:
         assert isinstance(e, Wake)
@@ -1398,6 +1413,7 @@ TRANSITIONS: dict[tuple[State, type], Row] = {
     (S.CONNECTING, SessionReady): row(M.on_session_ready, S.LISTENING, S.THINKING),
     (S.LISTENING, ServerCommitted): row(M.on_server_committed, S.THINKING),
     (S.CONNECTING, SessionFailed): row(M.on_session_failed, S.ERROR),
+    (S.CONNECTING, HandledElsewhere): row(M.on_handled_elsewhere, S.IDLE),
     **{(s, SessionLost): row(M.on_session_lost, S.ERROR) for s in (S.CONNECTING, S.LISTENING)},
     **{(s, SessionLost): row(M.on_session_lost_in_reply, S.ERROR) for s in REPLY},
     **{
@@ -1485,7 +1501,14 @@ TRANSITIONS: dict[tuple[State, type], Row] = {
     **{(s, Announce): row(M.on_announce) for s in _ALL - {S.MUTED}},
 }
 
-_SESSION_EVENTS = {SessionReady, SessionFailed, ServerCommitted, SessionLost, CloudError}
+_SESSION_EVENTS = {
+    SessionReady,
+    SessionFailed,
+    ServerCommitted,
+    SessionLost,
+    CloudError,
+    HandledElsewhere,
+}
 _REPLY_EVENTS = {ResponseStarted, ResponseEnded, PlaybackStarted, PlaybackFinished}
 _MODEL_SAYS = {EndConversation, ReplyInvites}
 """Late words of a conversation already over."""
@@ -1503,10 +1526,12 @@ IGNORED: dict[State, frozenset[type]] = {
             StopRinging,
             *(_REPLY_EVENTS - {ResponseStarted}),
         },
+        # (another device's answer comes only while connecting: the session waits for it)
         S.LISTENING: {
             Wake,
             SessionReady,
             SessionFailed,
+            HandledElsewhere,
             AskText,
             PlaybackStarted,
             PlaybackFinished,
@@ -1514,12 +1539,21 @@ IGNORED: dict[State, frozenset[type]] = {
         },
         # the device's own voice is not a turn; a reply is already on its way
         **{
-            s: {Heard, SessionReady, SessionFailed, ServerCommitted, AskText, StopRinging}
+            s: {
+                Heard,
+                SessionReady,
+                SessionFailed,
+                ServerCommitted,
+                AskText,
+                StopRinging,
+                HandledElsewhere,
+            }
             for s in REPLY
         },
         S.FOLLOW_UP: {
             SessionReady,
             SessionFailed,
+            HandledElsewhere,
             ServerCommitted,
             PlaybackStarted,
             PlaybackFinished,
