@@ -248,11 +248,13 @@ def build_parser() -> argparse.ArgumentParser:
     chk.add_argument("--no-cloud", action="store_true", help="skip opening a test session")
 
     bench = sub.add_parser(
-        "bench", help="measurements: echo handling, accuracy and endpointing, speed and memory"
+        "bench",
+        help="measurements: echo handling, accuracy and endpointing, speed and memory, "
+        "several devices agreeing who answers",
     )
     bench.add_argument(
         "what",
-        choices=["echo", "uplink", "accuracy", "perf", "soak"],
+        choices=["echo", "uplink", "accuracy", "perf", "soak", "arbitration"],
         help="which measurement",
     )
     bench.add_argument(
@@ -515,6 +517,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         conversations = min(args.conversations, 50) if args.quick else args.conversations
         return soak.run(conversations, args.seed, args.out)
+    if args.what == "arbitration":
+        from .bench import arbitration
+
+        return arbitration.main(args.quick, args.out)
     return 2
 
 

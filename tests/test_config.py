@@ -66,6 +66,11 @@ def test_file_then_environment_then_flags(tmp_path: Path) -> None:
         ("[cloud]\nendpoint = 'openai.azure.com'", "cloud.endpoint must be a URL"),
         ("audio = 3", "'audio' in"),
         ("[audio\n", "is not valid TOML"),
+        ("[mqtt]\ndevice_id = 'my kitchen'", "mqtt.device_id may hold only letters"),
+        ("[mqtt]\ntopic_prefix = 'home/#'", "mqtt.topic_prefix must be a plain topic"),
+        ("[mqtt]\narbitration_window_ms = 500", "mqtt.arbitration_window_ms must be between"),
+        ("[mqtt]\nport = 0", "mqtt.port must be between 1 and 65535"),
+        ("[mqtt]\npassword = 'x'", "unknown key 'mqtt.password'"),
     ],
 )
 def test_mistakes_name_the_key(tmp_path: Path, toml: str, message: str) -> None:
@@ -95,6 +100,14 @@ def test_key_from_a_systemd_credential(tmp_path: Path) -> None:
         ).reveal()
         == "env"
     )
+
+
+def test_the_mqtt_password_is_a_credential_too(tmp_path: Path) -> None:
+    (tmp_path / "mqtt-password").write_text("broker-secret\n")
+    cfg = load_config(None, env={"CREDENTIALS_DIRECTORY": str(tmp_path)})
+    assert cfg.mqtt_password.reveal() == "broker-secret"
+    assert "broker-secret" not in repr(cfg)
+    assert not load_config(None, env={}).mqtt_password  # none: no password
 
 
 def test_the_key_never_shows_itself() -> None:

@@ -197,6 +197,8 @@ def test_the_unit_verifies_cleanly(tmp_path: Path) -> None:
 
 
 def test_the_unit_is_hardened() -> None:
+    """With MQTT on too: the broker is reached over AF_INET like the cloud, and its
+    password is a credential like the key, so the same unit serves both."""
     r = subprocess.run(
         ["systemd-analyze", "security", "--offline=true", "--no-pager", str(UNIT)],
         capture_output=True,
@@ -218,6 +220,7 @@ def test_the_unit_is_hardened() -> None:
         "RuntimeDirectory=voice-device",
         "StateDirectory=voice-device",
         "LoadCredential=azure-openai-api-key:",
+        "LoadCredential=mqtt-password:",
         "DevicePolicy=closed",
         "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
         "MemoryDenyWriteExecute=yes",
@@ -386,6 +389,10 @@ def test_the_installer_in_a_throwaway_root(tmp_path: Path) -> None:
     assert key.read_text() == "sk-install-test-0123456789\n"
     assert mode("etc/voice-device/credentials/azure-openai-api-key") == 0o600
     assert mode("etc/voice-device/credentials") == 0o700
+    # the unit loads the MQTT password as a credential too: it exists, empty (none) for now
+    password = root / "etc/voice-device/credentials/mqtt-password"
+    assert password.read_text() == ""
+    assert mode("etc/voice-device/credentials/mqtt-password") == 0o600
     for step in (
         "would run: python3 -m venv --system-site-packages /opt/voice-device/venv",
         f"would run: /opt/voice-device/venv/bin/pip install --quiet --upgrade {REPO}",

@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import functools
 import json
-import os
 import shutil
 import socket
 import statistics
@@ -234,7 +233,15 @@ def devices(
                 '[gpio]\npin_factory = "mock"\n[turn]\nno_speech_timeout_ms = 2000\n'
                 'follow_up = "never"\n' + mqtt_config(broker_port, name, window_ms)
             )
-            proc = alsa_daemon(folder, cloud_port, alsa, config, KEY, input_device="livemic")
+            proc = alsa_daemon(
+                folder,
+                cloud_port,
+                alsa,
+                config,
+                KEY,
+                input_device="livemic",
+                args=("--control-socket", str(folder / "control.sock")),
+            )
             found.append(Device(folder, mic, proc, gain, name))
         for d in found:
             poll(functools.partial(_connected, d), f"{d.name} to connect to the broker", 60)
@@ -369,14 +376,11 @@ def main(quick: bool, out: Path | None) -> int:
                     f"{condition:5} {n} devices: exactly one session in "
                     f"{s['exactly_one_session']}/{s['trials']} trials "
                     f"(the loudest in {s['loudest_answered']}); the answering device waited "
-                    f"median {s['answer_waited_ms_median']} ms, max {s['answer_waited_ms_max']} ms; "
+                    f"median {s['answer_waited_ms_median']} ms, "
+                    f"max {s['answer_waited_ms_max']} ms; "
                     f"sessions per trial {s['sessions']}",
                     flush=True,
                 )
     if out is not None:
         out.write_text(json.dumps(results, indent=2))
     return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main(bool(os.environ.get("QUICK")), None))

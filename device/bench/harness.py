@@ -226,6 +226,7 @@ def alsa_daemon(
     key: str,
     input_device: str = "testmic",
     env: dict[str, str] | None = None,
+    args: tuple[str, ...] = (),
 ) -> subprocess.Popen[str]:
     """`voice-device run` as a process of its own on the ALSA devices of the asoundrc
     `alsa` (`input_device`, and `testspk`), with `config` as its configuration file; its
@@ -238,6 +239,7 @@ def alsa_daemon(
             *("--endpoint", f"http://127.0.0.1:{port}"),
             *("--input-device", input_device, "--output-device", "testspk"),
             *("--events-log", str(tmp / "events.jsonl"), "--leds", "none"),
+            *args,
         ],
         env={
             **os.environ,

@@ -105,7 +105,8 @@ def decode(payload: bytes) -> Message | None:
 class Verdict:
     won: bool
     winner: str
-    """The device that answers (ourselves if we won)."""
+    """Ourselves if we won; else a device that outranks us or took the wake (the loss is
+    known as soon as one such is heard, so not always the one that answers in the end)."""
     why: str
     """alone (no other claim), best (ours ranked first), outranked, or taken."""
     rivals: int
