@@ -146,6 +146,12 @@ def test_real_daemons_hearing_the_same_words_open_one_session(tmp_path: Path, de
     for t in c.trials:
         assert sorted(t.woke) == [f"dev{i}" for i in range(devices)], t
         assert t.sessions == [t.loudest], t
+        # the others showed "handled elsewhere" (and never the listening light)
+        for name, lights in t.lights.items():
+            if name != t.loudest:
+                assert "elsewhere" in lights and "listening" not in lights, (name, lights)
+            else:
+                assert "elsewhere" not in lights and "listening" in lights, (name, lights)
 
 
 @pytest.mark.slow

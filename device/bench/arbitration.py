@@ -208,6 +208,8 @@ class Trial:
     waited_ms: dict[str, int]
     """Per device, how long its wake waited for the others' claims."""
     woke: list[str] = field(default_factory=list)
+    lights: dict[str, list[str]] = field(default_factory=dict)
+    """Per device, the LED patterns it showed."""
 
 
 def level(pcm: bytes, gain_db: float) -> bytes:
@@ -298,7 +300,8 @@ def trial(found: list[Device], words: bytes, timeout: float = 40) -> Trial:
     sessions = [n for n, ev in per.items() if any(e["event"] == "session_open" for e in ev)]
     waited = {n: e["waited_ms"] for n, ev in per.items() for e in ev if e["event"] == "arbitration"}
     loudest = max(found, key=lambda d: d.gain_db).name
-    return Trial(sessions, loudest, waited, woke)
+    lights = {n: [e["pattern"] for e in ev if e["event"] == "led"] for n, ev in per.items()}
+    return Trial(sessions, loudest, waited, woke, lights)
 
 
 @dataclass
