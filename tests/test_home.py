@@ -56,7 +56,7 @@ async def emulator(tmp_path: Path) -> AsyncIterator[Emulator]:
     )
     await emu.start("127.0.0.1", 0)
     yield emu
-    await emu.stop()
+    await emu.close()
 
 
 def home_daemon(tmp: Path, cloud: int, port: int, extra: str = "", **env: str) -> Daemon:

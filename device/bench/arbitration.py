@@ -18,6 +18,8 @@ import asyncio
 import contextlib
 import functools
 import json
+import os
+import pwd
 import shutil
 import socket
 import statistics
@@ -69,7 +71,13 @@ class Broker:
         self.tmp = tmp
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
-        conf = [f"listener {self.port} 127.0.0.1", "persistence false", "log_dest stderr"]
+        conf = [
+            f"listener {self.port} 127.0.0.1",
+            "persistence false",
+            "log_dest stderr",
+            # as root, mosquitto would become the `mosquitto` user, who cannot read our files
+            f"user {pwd.getpwuid(os.getuid()).pw_name}",
+        ]
         if passwords:
             pwfile = tmp / "mosquitto.passwd"
             pwfile.write_text("")
