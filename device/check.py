@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -182,6 +183,37 @@ async def check_cloud(cfg: Config, credential: Any = None) -> Line:
         await asyncio.wait_for(task, 5)
 
 
+async def check_mqtt(cfg: Config) -> Line:
+    """The broker reached and our credentials taken, as `run` connects."""
+    import aiomqtt
+
+    from .home import device_id
+
+    m = cfg.mqtt
+    where = f"{m.host}:{m.port}"
+    try:
+        async with asyncio.timeout(CHECK_MQTT_S):
+            client = aiomqtt.Client(
+                m.host,
+                m.port,
+                username=m.username or None,
+                password=cfg.mqtt_password.reveal() or None,
+                identifier=f"voice-device-check-{device_id(m)}",
+                tls_context=ssl.create_default_context() if m.tls else None,
+                timeout=CHECK_MQTT_S,
+            )
+            async with client:
+                pass
+    except TimeoutError:
+        return Line(FAIL, "mqtt", f"{where}: no answer in {CHECK_MQTT_S:.0f} s")
+    except (aiomqtt.MqttError, OSError, ssl.SSLError) as e:
+        return Line(FAIL, "mqtt", f"{where}: {e}")
+    return Line(OK, "mqtt", f"{where} as '{device_id(m)}' (Home Assistant discovery on)")
+
+
+CHECK_MQTT_S = 5.0
+
+
 def run_checks(
     load: Callable[[], Config],
     env: dict[str, str],
@@ -228,6 +260,8 @@ def run_checks(
         except ConfigError as e:
             lines.append(Line(FAIL, "cloud", str(e)))
             unset = True
+        if cfg.mqtt.enabled:
+            lines.append(asyncio.run(check_mqtt(cfg)))
     for line in lines:
         out(f"  {line.mark} {line.what:<12} {line.detail}")
     failed = [line.what for line in lines if line.mark == FAIL]

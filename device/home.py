@@ -398,6 +398,9 @@ class Home:
         if not (topic.startswith(start) and topic.endswith(end)):
             return
         name = topic[len(start) : -len(end)]
+        if message.retain:  # a command kept by the broker is stale: it must not act again
+            self._noisy("ignored a retained command on %s (commands are not retained)", name)
+            return
         if len(payload) > MAX_COMMAND_BYTES:
             self._noisy(
                 "ignored a %d-byte command on %s (at most %d)",

@@ -172,3 +172,23 @@ def test_the_retired_preview_api_is_named(tmp_path: Path) -> None:
     preview = "https://res.openai.azure.com/openai/realtime?api-version=2025-04-01-preview"
     r = check(tmp_path, "--no-cloud", "--endpoint", preview)
     assert "! endpoint     Azure retired the preview realtime API" in r.stdout
+
+
+def test_the_mqtt_broker_is_checked_with_the_devices_credentials(
+    tmp_path: Path, emulator_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from device.bench.arbitration import Broker, mqtt_config
+
+    with Broker(tmp_path, passwords={"kitchen": "broker-secret"}) as broker:
+        config = tmp_path / "config.toml"
+        config.write_text(mqtt_config(broker.port, "kitchen", extra='username = "kitchen"\n'))
+        endpoint = ("--endpoint", f"http://127.0.0.1:{emulator_port}", "--config", str(config))
+        monkeypatch.setenv("VOICE_DEVICE_MQTT_PASSWORD", "wrong")
+        refused = check(tmp_path, *endpoint)
+        monkeypatch.setenv("VOICE_DEVICE_MQTT_PASSWORD", "broker-secret")
+        good = check(tmp_path, *endpoint)
+    assert refused.returncode == 1 and "✗ mqtt" in refused.stdout, refused.stdout
+    assert "verdict: not ready (mqtt)" in refused.stdout
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert f"✓ mqtt         127.0.0.1:{broker.port} as 'kitchen'" in good.stdout
+    assert "broker-secret" not in good.stdout + good.stderr + refused.stdout + refused.stderr

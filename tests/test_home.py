@@ -110,14 +110,19 @@ async def test_home_assistant_discovers_one_device_with_its_entities(
 ) -> None:
     d = home_daemon(tmp_path, emulator.port, broker.port)
     async with watcher(broker.port) as w:
+        # a command someone left retained is stale: it must not mute the device at each start
+        await w.client.publish("voice-device/kitchen/mute/set", "ON", qos=1, retain=True)
         await d.start()
         try:
             await w.until("voice-device/kitchen/availability", "online")
             await wait_until(lambda: len(discovered(w)) >= 9, 10, "the discovery configs")
             await w.until("voice-device/kitchen/state", "idle")
+            await asyncio.sleep(0.5)
+            assert (await d.ask("status"))["state"] == "idle"
         finally:
             assert await d.stop() == 0
         await w.until("voice-device/kitchen/availability", "offline")
+    assert "ignored a retained command on mute" in d.log.read_text()
     configs = discovered(w)
     keys = {c["unique_id"].removeprefix("voice-device_kitchen_") for c in configs.values()}
     assert keys == {
