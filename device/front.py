@@ -115,7 +115,8 @@ class FrontEnd:
         cleaned = self.echo.process(frame, far, playing, self.pos)
         if playing and far.strip(b"\0"):
             self.deaf.sounded(self.pos)
-        sent = cleaned if self.uplink_choice.cleaned(self._state(), self.pos) else frame
+        heard_as_is = self.echo.aligned  # (as late as the canceller's output, if it is on)
+        sent = cleaned if self.uplink_choice.cleaned(self._state(), self.pos) else heard_as_is
         self.preroll.append(sent)
         self._uplink(sent)
         heard = self.denoise.process(cleaned)  # what the device's own detectors listen to

@@ -84,6 +84,7 @@ def test_simulate_echo_from_the_command_line(tmp_path: Path) -> None:
 
     import numpy as np
 
+    from device.adapters.echo import AEC_LAG
     from device.bench.uplink import received
     from device.core.audio import CLOUD_RATE
     from tests.helpers import emulator_process, read_jsonl, read_wav, write_wav
@@ -106,7 +107,7 @@ def test_simulate_echo_from_the_command_line(tmp_path: Path) -> None:
     at = chime_ms * CLOUD_RATE // 1000
     assert not played[: at - 480].any()  # nothing before the wake (20 ms of slack)
     assert np.abs(played[at - 480 : at + 3840]).max() > 3000  # the chime, where it was heard
-    result = received(user, tmp_path / "ev.jsonl", tmp_path / "turns")
+    result = received(user, tmp_path / "ev.jsonl", tmp_path / "turns", AEC_LAG)
     assert result.whole == result.windows > 20, result.worst
 
 

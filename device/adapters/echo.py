@@ -26,6 +26,8 @@ FAR_FRAME = FRAME_SAMPLES * CLOUD_RATE // MIC_RATE
 """Far-end samples (24 kHz) per microphone frame."""
 MATCH_WINDOW_S = 1.5
 REFERENCE_THRESHOLD = 0.5
+AEC_LAG = 128
+"""Samples (8 ms at 16 kHz) by which WebRTC's AEC3 output lags its input."""
 """A far-end score above this means the device itself is saying the word."""
 
 
@@ -43,6 +45,10 @@ class EchoGuard:
         self._far16 = bytearray()
         self._said: dict[int, int] = {}
         self._aec = None
+        self._delay = bytes(AEC_LAG * 2) if cancel_echo else b""
+        self._resumed = True
+        self.aligned = b""
+        """The last frame as heard, as late as the canceller's output (`process`)."""
         if cancel_echo:
             from pywebrtc_audio import EchoCanceller
 
@@ -53,13 +59,23 @@ class EchoGuard:
         return pos <= self._active_until
 
     def process(self, frame: bytes, far24: bytes, playing: bool, pos: int) -> bytes:
-        """The microphone frame ending at `pos`, cleaned of echo where that is switched on."""
+        """The microphone frame ending at `pos`, cleaned of echo where that is switched on.
+
+        With the canceller on, everything comes out `AEC_LAG` samples late, cancelled or
+        not (`aligned` is the frame as heard, as late), so that the canceller switching in
+        and out neither repeats nor drops a sound: what it held back when it stopped, and
+        the stale samples it gives first when it starts again, are replaced by the audio
+        they stand for."""
         if playing:
             self._active_until = pos + self._tail
+        delayed = self._delay + frame[: len(frame) - len(self._delay)]
+        self.aligned = delayed if self._aec is not None else frame
+        self._delay = frame[len(frame) - len(self._delay) :]
         if not self.active(pos):
             if self._far16:
                 self._far16.clear()
-            return frame
+            self._resumed = True
+            return self.aligned
         self._far16 += self._resampler.push(far24)
         want = len(frame)
         far = bytes(self._far16[:want]).ljust(want, b"\0")
@@ -69,7 +85,11 @@ class EchoGuard:
                 if score >= REFERENCE_THRESHOLD:
                     self._said[i] = pos
         if self._aec is not None:
-            frame = self._cancel(frame, far)
+            out = self._cancel(frame, far)
+            if self._resumed:  # its first samples are what it held back when it stopped
+                out = delayed[: AEC_LAG * 2] + out[AEC_LAG * 2 :]
+                self._resumed = False
+            return out
         return frame
 
     def _cancel(self, near: bytes, far: bytes) -> bytes:

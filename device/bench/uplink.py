@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ..adapters.echo import AEC_LAG
 from ..app import App, RunOptions
 from ..core.audio import CLOUD_RATE, MIC_RATE, resample
 from ..emulator import Emulator, Scenario
@@ -125,19 +126,20 @@ async def one_run(
         await asyncio.wait_for(app.run(), 60)
     finally:
         await emu.close()
-    return received(user, events, tmp / "turns")
+    return received(user, events, tmp / "turns", AEC_LAG if echo_cancellation else 0)
 
 
-def received(user: bytes, events_log: Path, turns: Path) -> Integrity:
+def received(user: bytes, events_log: Path, turns: Path, lag: int = 0) -> Integrity:
     """How whole the first turn the emulator saved in `turns` is, against `user` (what the
     user said, 16 kHz, from the start of the microphone stream) over the span the events
-    log's `turn_end` names."""
+    log's `turn_end` names. `lag`: samples by which the device's stream runs late (the
+    canceller's, when it is on: `adapters.echo.AEC_LAG`)."""
     turn = next(e for e in read_jsonl(events_log) if e["event"] == "turn_end")
     start, end = turn["start_sample"], turn["end_sample"]
     heard = (user + bytes(2 * end))[2 * start : 2 * end]
     clean = np.frombuffer(resample(heard, MIC_RATE, CLOUD_RATE), "<i2")
     sent = np.frombuffer(read_wav(sorted(turns.glob("*.wav"))[0]), "<i2")
-    return compare(sent, clean)
+    return compare(sent[lag * CLOUD_RATE // MIC_RATE :], clean)
 
 
 async def measure(quick: bool) -> dict[str, dict[str, Integrity]]:
