@@ -172,7 +172,9 @@ class App:
         )
         self.presenter.speaker = self.speaker
         self.presenter.timer_running = lambda: len(self.timekeeper.timers) > 0
+        self.presenter.mic_live = lambda: self.machine.hears_talk_over
         self.front.play_chime = lambda: self.presenter.play_earcon(Earcon.WAKE)
+        self.front.hears_talk_over = lambda: self.machine.hears_talk_over
         self.link = CloudLink(
             cfg,
             self.speaker,

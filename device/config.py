@@ -167,6 +167,9 @@ class TurnConfig:
     follow_up_ms: int = 5000
     follow_up: str = "auto"
     """auto (listen on after an answer that invites a reply), always, or never."""
+    barge_in: str = "wake"
+    """How to interrupt a reply by voice: wake (the wake word, as before) or voice (also by
+    talking over it, without the wake word)."""
 
 
 @dataclass(frozen=True)
@@ -641,6 +644,10 @@ def validate(cfg: Config) -> None:
         "cloud.auth = 'entra' works with Azure endpoints only",
     )
     _check(
+        t.barge_in in BARGE_IN,
+        f"turn.barge_in must be one of {', '.join(BARGE_IN)} (got {t.barge_in!r})",
+    )
+    _check(
         t.detection in TURN_DETECTION,
         f"turn.detection must be one of {', '.join(TURN_DETECTION)} (got {t.detection!r})",
     )
@@ -787,6 +794,7 @@ def require_cloud(cfg: Config) -> None:
 
 ENDPOINT_KINDS = ("auto", "azure", "azure-preview", "openai")
 TURN_DETECTION = ("local", "server_vad", "semantic_vad")
+BARGE_IN = ("wake", "voice")
 WAKE_ENGINES = ("micro", "openwakeword")
 KNOWN_TOOLS = ("time", "timers", "volume", "end_conversation")
 
@@ -921,6 +929,7 @@ def machine_settings(cfg: Config) -> st.Settings:
         double_press=st.DoublePress(b.double_press),
         double_press_s=b.double_press_ms / 1000,
         follow_up=st.FollowUp(t.follow_up),
+        talk_over=t.barge_in == "voice",
         ring_timeout_s=float(cfg.timers.ring_timeout_s),
         backoff=BackoffPolicy(cfg.cloud.backoff_initial_s, cfg.cloud.backoff_max_s),
         endpoint=EndpointSettings(

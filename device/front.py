@@ -16,17 +16,19 @@ from collections.abc import Callable
 from .adapters.denoise import denoiser
 from .adapters.echo import FAR_FRAME, EchoGuard
 from .adapters.speaker import Speaker
-from .adapters.vad import Vad
+from .adapters.vad import NeuralVad, Vad
 from .adapters.wakeword import WakeEngine, load_engine
 from .config import Config
 from .core import states as st
 from .core.audio import MIC_RATE, PreRoll, ms_to_samples, rms_dbfs, samples_to_ms
 from .core.hearing import (
     IDLE_STATES,
+    USER_FRAMES,
     WAKE_STATES,
     WAKE_WORD_FRAMES,
     BackgroundSpeech,
     DeafWindow,
+    TalkOver,
     UplinkChoice,
     speech_level,
 )
@@ -69,8 +71,12 @@ class FrontEnd:
         self.preroll = PreRoll(ms_to_samples(cfg.audio.preroll_ms, MIC_RATE))
         self.wake, self.echo = detectors(cfg)
         self.loudness: deque[float] = deque(maxlen=WAKE_WORD_FRAMES)
+        self.user_levels: deque[float] = deque(maxlen=USER_FRAMES)
+        """The levels of the user's last voiced frames while listening."""
         """Each recent frame's level, dBFS: how loud the wake word was (`wake_level`)."""
         self.last_wake: st.Wake | None = None
+        self.hears_talk_over: Callable[[], bool] = lambda: False
+        """Whether talking over the reply interrupts it now (the machine says)."""
         self.woke: Callable[[st.Wake], None] = lambda w: None
         self.play_chime: Callable[[], None] = lambda: None
         self._chime = False
@@ -92,6 +98,13 @@ class FrontEnd:
         self.idle_vad = Vad(cfg.turn.vad_aggressiveness)
         """The room while idle, for `background` (its own state: the turn's VAD is reset)."""
         self.background = BackgroundSpeech()
+        self.talk_over = TalkOver()
+        self.over_vad: NeuralVad | None = None
+        """The talk-over detector's own VAD (made when `turn.barge_in = "voice"`)."""
+        self.over_gate = Vad(cfg.turn.vad_aggressiveness)
+        """webrtcvad first (cheap): only what it calls speech is asked of the neural VAD."""
+        if cfg.turn.barge_in == "voice":
+            self.over_vad = NeuralVad()
         self._idle = True
         self.denoise = denoiser(cfg.audio.noise_suppression)
         self.deaf = DeafWindow(cfg.audio.echo_tail_ms)
@@ -133,6 +146,7 @@ class FrontEnd:
                 self.background.observe(level, self.idle_vad.is_speech(heard, level))
         elif self._idle:  # a conversation begins: how loud is the room's other speech?
             self.background.turn_starts()
+            self.user_levels.clear()
             if self._chime:
                 self._chime = False
                 if self.background.user_talking:
@@ -145,7 +159,33 @@ class FrontEnd:
         if fresh:
             self.vad.reset()  # no stale hangover from before the gap
         speech = runs and self.vad.is_speech(heard, level) and self.background.users(level)
+        if speech and state is st.State.LISTENING:
+            self.user_levels.append(level)  # (how loud the user speaks, for `talk_over`)
         self._handle(st.Heard(self.pos, speech))
+        self._talked_over(heard, loudness, playing, far, frame)
+
+    def _talked_over(
+        self, heard: bytes, loudness: float, playing: bool, far: bytes, raw: bytes
+    ) -> None:
+        """While a reply sounds (with `turn.barge_in = "voice"`): is the user talking over
+        it? Checked after the frame's other inputs, on what the canceller left."""
+        vad = self.over_vad
+        if vad is None or not self.hears_talk_over():
+            if self.talk_over.active:
+                self.talk_over.reset()
+                if vad is not None:
+                    vad.reset()
+            return
+        t = self.talk_over
+        t.far(rms_dbfs(far), rms_dbfs(raw))
+        t.user_db = speech_level(self.user_levels)
+        vad.hear(heard)
+        loud_enough = t.loud_enough(loudness, self.background.gate_db)
+        voiced = loud_enough and self.over_gate.is_speech(heard, loudness) and vad.is_speech()
+        onset = t.feed(self.pos, loudness, voiced, playing)
+        if onset is not None:
+            log.info("the user talks over the reply")
+            self._handle(st.TalkedOver(onset))
 
     def wake_chime(self) -> None:
         """The wake chime: never over the user's words. Waking from idle, it is decided on

@@ -55,6 +55,8 @@ class Presenter:
         self.leds: Leds | None = None
         self.speaker: Speaker | None = None
         self.timer_running: Callable[[], bool] = lambda: False
+        self.mic_live: Callable[[], bool] = lambda: False
+        """Whether the user may talk over the reply now (the microphone is live)."""
         self._earcons = 0
         self._entered = 0
         """States entered so far (a flash ends only if no other state came since)."""
@@ -119,7 +121,8 @@ class Presenter:
         if self.leds is None:
             return
         timer = self.timer_led and self.timer_running()
-        self._show(self.patterns[pattern_name(state, self.outage.ongoing, timer)])
+        live = self.mic_live()
+        self._show(self.patterns[pattern_name(state, self.outage.ongoing, timer, live)])
 
     def _show(self, pattern: Pattern) -> None:
         assert self.leds is not None

@@ -34,7 +34,8 @@ from device.core.states import ButtonDown, ButtonHeld, ButtonUp, Input, State
 
 
 def test_every_state_has_its_own_pattern_and_offline_one_too() -> None:
-    assert set(PATTERNS) == {s.value for s in State} | {"offline", "timer", "elsewhere"}
+    live = {"preamble_live", "answering_live"}
+    assert set(PATTERNS) == {s.value for s in State} | {"offline", "timer", "elsewhere"} | live
     looks = {(p.color, p.effect, p.period_s) for p in PATTERNS.values()}
     assert len(looks) == len(PATTERNS), "two patterns look the same"
     assert pattern_name(State.IDLE) == "idle"

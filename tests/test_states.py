@@ -65,6 +65,7 @@ from device.core.states import (
     StopRinging,
     SubmitTurn,
     Summon,
+    TalkedOver,
     Tick,
     TimersRang,
     TransitionError,
@@ -1509,3 +1510,36 @@ def test_an_announcement_with_the_cloud_unreachable_is_the_chime_and_the_error_l
     assert cmds[0] == PlayEarcon("announce")
     assert isinstance(cmds[1], ReportError) and cmds[1].code == "announce_failed"
     assert cmds[-1] == Enter(State.ERROR, "announcement not spoken")
+
+
+def talking_over(state: Callable[[], Machine]) -> Machine:
+    m = state()
+    m.reconfigure(dataclasses.replace(SETTINGS, talk_over=True))
+    return m
+
+
+def test_talking_over_the_reply_interrupts_it_from_where_the_user_began() -> None:
+    for during in (preamble, answering):
+        m = talking_over(during)
+        assert m.hears_talk_over
+        began = m.audio_pos - 4000
+        cmds = m.handle(TalkedOver(began), 5)
+        assert cmds == [
+            StopPlayback(),
+            CancelResponse(),
+            StartTurn(began, "talked over"),
+            Enter(State.LISTENING, "talked over"),
+        ], cmds
+        assert m.state is State.LISTENING and not m.hears_talk_over
+    # from no further back than the pre-roll holds
+    m = talking_over(answering)
+    cmds = m.handle(TalkedOver(m.audio_pos - 10 * 16_000), 5)
+    assert StartTurn(m.audio_pos - 300 * 16, "talked over") in cmds
+
+
+def test_talking_over_means_nothing_without_the_mode_or_a_conversation() -> None:
+    m = answering()  # turn.barge_in = "wake"
+    assert not m.hears_talk_over and m.handle(TalkedOver(m.audio_pos), 5) == []
+    assert m.state is State.ANSWERING
+    m = talking_over(follow_up)
+    assert not m.hears_talk_over and m.handle(TalkedOver(m.audio_pos), 5) == []

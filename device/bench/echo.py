@@ -8,6 +8,8 @@ and reverberation, at several loudnesses) against the emulator. Two situations:
 - user: the answer has no wake word; 0.8 s into it the user says "okay nabu, stop". A
   barge-in is a success.
 
+Then the rows of `bench.talkover`: talking over the answer without the wake word.
+
 Each wake-during-playback rule (and echo cancellation) is measured on the same runs.
 """
 
@@ -148,6 +150,9 @@ def run(quick: bool = False, out: Path | None = None) -> int:
         heard = sum(r["user"] for r in per_gain.values())
         by_gain = "".join(f"  {per_gain[g]['user']:>3} / {per_gain[g]['runs']:<3}" for g in gains)
         print(f"{name:<18}{woke:>6} / {runs:<5}{heard:>9} / {runs:<5}{by_gain}")
+    from . import talkover
+
+    talk = talkover.measure_and_print(quick)
     if out is not None:
-        out.write_text(json.dumps(results, indent=2))
+        out.write_text(json.dumps({**results, "talk_over": talk}, indent=2))
     return 0

@@ -162,6 +162,8 @@ class DeafWindow:
         return runs, fresh
 
 
+USER_FRAMES = 100
+"""The user's voiced frames (2 s) from which their speaking level is taken."""
 WAKE_WORD_FRAMES = 60
 """Frames (1.2 s) before a wake in which the wake word was spoken."""
 LOUDEST_FRAMES = 10
@@ -174,3 +176,166 @@ def speech_level(levels: Iterable[float]) -> float:
     if not top:
         return -math.inf
     return 10 * math.log10(sum(10 ** (x / 10) for x in top) / len(top))
+
+
+ECHO_FAR_DB = -45.0
+"""A far end this loud is heard in the room: the echo path is measured on it."""
+MIN_ECHO_FRAMES = 25
+"""Frames of the device's echo heard before any verdict (half a second)."""
+
+
+class TalkOver:
+    """Whether the user is talking over the device's reply (`turn.barge_in = "voice"`).
+
+    It hears the echo-cancelled microphone while the reply sounds. The canceller does not
+    remove all of the device's voice: in a lively room bursts of it come through, some
+    nearly as loud as the echo itself. So a frame is the user's only when
+
+    - it stands `margin_db` over what the canceller is expected to let through now (a high
+      quantile of how much of the far end leaked through lately, relative to the loudest
+      far-end level of the last `far_ms`; in the far end's pauses, the quiet floor), and
+      over the room's background-speech gate;
+    - it is within `user_margin_db` of how loud the user spoke in this conversation
+      (someone across the room is not the user);
+    - a neural VAD (`adapters.vad.NeuralVad`) calls it a voice (a cough or a door is loud,
+      and webrtcvad takes it for speech).
+
+    Once `need` of the last `span` frames were the user's, and over them the microphone
+    (before the canceller) was on average `excess_db` louder than the device's echo alone
+    would make it (a burst the canceller let through is not), the user is talking over the
+    reply. What is learnt (the leak, the floor, the echo path) is kept from reply to reply;
+    frames are learnt from only once `settle_ms` old, so that the user's first syllables,
+    before the VAD is sure of them, never raise the bar. No verdict before `warmup_ms` into
+    a reply, nor before the room's echo was heard at all. Levels and verdicts only: no
+    audio is kept. Measured in `bench echo` (the talk-over rows).
+    """
+
+    def __init__(
+        self,
+        margin_db: float = 6.0,
+        need: int = 5,
+        span: int = 8,
+        warmup_ms: int = 600,
+        settle_ms: int = 300,
+        history_ms: int = 3000,
+        far_ms: int = 400,
+        leak_quantile: float = 0.98,
+        lead_ms: int = 100,
+        min_db: float = -55.0,
+        excess_db: float = 3.0,
+        user_margin_db: float = 12.0,
+        rate: int = MIC_RATE,
+    ) -> None:
+        self.margin_db = margin_db
+        self.need, self.span = need, span
+        self.warmup = ms_to_samples(warmup_ms, rate)
+        self.settle = ms_to_samples(settle_ms, rate)
+        self.lead = ms_to_samples(lead_ms, rate)
+        self.min_db = min_db
+        self.leak_quantile = leak_quantile
+        self._leaks: deque[float] = deque(maxlen=history_ms // FRAME_MS)
+        self._quiet: deque[float] = deque(maxlen=history_ms // FRAME_MS)
+        self._far: deque[float] = deque(maxlen=far_ms // FRAME_MS)
+        self._erl: deque[float] = deque(maxlen=history_ms // FRAME_MS)
+        """How loud the device's voice reaches the microphone, relative to what it played
+        (the room's echo path, before the canceller: raw minus far end, dB)."""
+        self.excess_db = excess_db
+        self.user_margin_db = user_margin_db
+        self.user_db = -math.inf
+        """How loud the user speaks in this conversation (their turns' loudest 200 ms): a
+        voice more than `user_margin_db` under it is someone else in the room."""
+        self._pending: deque[tuple[int, float, bool, float | None]] = deque()
+        """(pos, value, is a leak, the echo path's gain) of recent frames, learnt from once
+        `settle_ms` old: the start of the user's speech, before the VAD is sure of it, must
+        not teach the detector that the device leaks that loud."""
+        self._recent: deque[tuple[int, bool, float]] = deque(maxlen=span)
+        self._since: int | None = None
+        self.raw_db = -math.inf
+
+    def far(self, level_db: float, raw_db: float) -> None:
+        """The level of what the device played during this frame, and of what the
+        microphone heard before the canceller (before `feed`)."""
+        self._far.append(level_db)
+        self.raw_db = raw_db
+
+    def reset(self) -> None:
+        """A reply is over (or not yet sounding): wait for the next one. What was learnt of
+        the canceller and the room is kept (it holds for the next reply)."""
+        self._pending.clear()
+        self._far.clear()
+        self._recent.clear()
+        self._since = None
+
+    def line(self, gate_db: float) -> float:
+        """The level a frame must reach to be the user's, now."""
+        far = max(self._far, default=-math.inf)
+        leak = _quantile(self._leaks, self.leak_quantile)
+        quiet = _quantile(self._quiet, 0.9)
+        expected = max(far + leak, quiet)
+        return max(
+            expected + self.margin_db, gate_db, self.min_db, self.user_db - self.user_margin_db
+        )
+
+    @property
+    def converged(self) -> bool:
+        """Whether enough of the room's echo has been heard to tell the user from it (not in
+        the first moments of the first reply after a start)."""
+        return len(self._erl) >= MIN_ECHO_FRAMES
+
+    def excess(self) -> float:
+        """How much louder the microphone (before the canceller) is than the device's own
+        voice alone would make it: the user adds to the echo, a burst the canceller let
+        through does not."""
+        far = max(self._far, default=-math.inf)
+        if far == -math.inf:
+            return math.inf  # nothing played lately: no echo to be louder than
+        return self.raw_db - (far + _quantile(self._erl, 0.5))
+
+    @property
+    def active(self) -> bool:
+        """A reply is being listened to (since it began to sound)."""
+        return self._since is not None
+
+    def loud_enough(self, level_db: float, gate_db: float) -> bool:
+        """Whether a frame is loud enough to be the user's."""
+        return self.active and self.converged and level_db >= self.line(gate_db)
+
+    def feed(self, pos: int, level_db: float, candidate: bool, sounding: bool) -> int | None:
+        """One frame of the reply, ending at `pos`; `sounding`: the device's voice is playing.
+        Returns the sample where the user began, once they are talking over it."""
+        if self._since is None:
+            if not sounding:
+                return None
+            self._since = pos
+        warm = pos - self._since >= self.warmup
+        candidate = candidate and warm
+        if candidate:
+            self._pending.clear()  # (what led up to the user's words was theirs too)
+        elif level_db > -math.inf:
+            far = max(self._far, default=-math.inf)
+            erl = self.raw_db - far if far > ECHO_FAR_DB else None
+            if far > -math.inf:
+                self._pending.append((pos, level_db - far, True, erl))
+            else:
+                self._pending.append((pos, level_db, False, erl))
+        while self._pending and pos - self._pending[0][0] >= self.settle:
+            _, value, leak, erl = self._pending.popleft()
+            (self._leaks if leak else self._quiet).append(value)
+            if erl is not None:
+                self._erl.append(erl)
+        self._recent.append((pos, candidate, self.excess() if candidate else 0.0))
+        hits = [(p, x) for p, c, x in self._recent if c]
+        if len(hits) < self.need:
+            return None
+        if sum(min(x, 20.0) for _, x in hits) / len(hits) < self.excess_db:
+            return None  # the device's own voice, come through the canceller
+        onset = hits[0][0] - FRAME_MS * MIC_RATE // 1000 - self.lead
+        self.reset()
+        return onset
+
+
+def _quantile(values: Iterable[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return -math.inf
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]

@@ -72,16 +72,25 @@ PATTERNS: dict[str, Pattern] = {
         Pattern("ringing", YELLOW, Effect.BLINK, 1.0),
         Pattern("timer", DIM_YELLOW, Effect.SOLID),
         Pattern("elsewhere", DIM_BLUE, Effect.SOLID),
+        Pattern("preamble_live", CYAN, Effect.BLINK, 0.6),
+        Pattern("answering_live", GREEN, Effect.PULSE, 2.4),
     )
 }
 """Keyed by name: one per state, `offline` (idle, but the cloud is unreachable) and `timer`
 (idle, a timer running; shown if `timers.idle_led` says so), and `elsewhere` (for a moment
 after another device took the wake word, `ELSEWHERE_S`). Ringing blinks slowly in yellow,
-the error quickly in amber."""
+the error quickly in amber. With `turn.barge_in = "voice"` the microphone is live during a
+reply, for the user to talk over it: the reply shows `preamble_live` / `answering_live`,
+the same colours in another motion, so a live microphone is never mistaken for one that is
+not."""
 ELSEWHERE_S = 1.0
 
 
-def pattern_name(state: State, offline: bool = False, timer: bool = False) -> str:
+def pattern_name(
+    state: State, offline: bool = False, timer: bool = False, live: bool = False
+) -> str:
+    if live and state in (State.PREAMBLE, State.ANSWERING):
+        return f"{state.value}_live"
     if state is State.IDLE and offline:
         return "offline"
     if state is State.IDLE and timer:

@@ -236,6 +236,13 @@ class Announce:
 
 
 @dataclass(frozen=True)
+class TalkedOver:
+    """The user talks over the reply (`core.hearing.TalkOver`), from `start_sample`."""
+
+    start_sample: int
+
+
+@dataclass(frozen=True)
 class HandledElsewhere:
     """Another device that heard the same wake word answers it (`core.arbitration`)."""
 
@@ -276,6 +283,7 @@ Input = (
     | ReplyInvites
     | Announce
     | HandledElsewhere
+    | TalkedOver
     | Tick
 )
 
@@ -502,6 +510,8 @@ class Settings:
     """A ring nobody stops ends by itself after this long."""
     ring_period_s: float = 2.0
     """The ring sound repeats this often."""
+    talk_over: bool = False
+    """turn.barge_in = "voice": the user may interrupt a reply by talking over it."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "double_press", DoublePress(self.double_press))
@@ -767,6 +777,26 @@ class Machine:
                 Enter(State.ERROR, "offline"),
             ]
         return self._wake(self._preroll_start(e.end_sample), "wake word", arbitrate=True)
+
+    @property
+    def hears_talk_over(self) -> bool:
+        """Whether talking over the reply now interrupts it: a reply of the conversation the
+        user opened (not a repeat, nor one whose session is gone), with the mode on."""
+        return (
+            self.s.talk_over
+            and self.state in REPLY
+            and self.session_open
+            and self.replay_from is None
+        )
+
+    def on_talked_over(self, e: Input, now: float) -> list[Command]:
+        """The user talks over the reply: as the button would, from where they began."""
+        assert isinstance(e, TalkedOver)
+        if not self.hears_talk_over:
+            return []
+        return self._interrupt(
+            max(e.start_sample, self._preroll_start(self.audio_pos)), "talked over"
+        )
 
     def on_handled_elsewhere(self, e: Input, now: float) -> list[Command]:
         """Another device answers the wake word: back to idle, nothing sent."""
@@ -1414,6 +1444,7 @@ TRANSITIONS: dict[tuple[State, type], Row] = {
     (S.LISTENING, ServerCommitted): row(M.on_server_committed, S.THINKING),
     (S.CONNECTING, SessionFailed): row(M.on_session_failed, S.ERROR),
     (S.CONNECTING, HandledElsewhere): row(M.on_handled_elsewhere, S.IDLE),
+    **{(s, TalkedOver): row(M.on_talked_over, S.LISTENING) for s in REPLY},
     **{(s, SessionLost): row(M.on_session_lost, S.ERROR) for s in (S.CONNECTING, S.LISTENING)},
     **{(s, SessionLost): row(M.on_session_lost_in_reply, S.ERROR) for s in REPLY},
     **{
@@ -1509,7 +1540,7 @@ _SESSION_EVENTS = {
     CloudError,
     HandledElsewhere,
 }
-_REPLY_EVENTS = {ResponseStarted, ResponseEnded, PlaybackStarted, PlaybackFinished}
+_REPLY_EVENTS = {ResponseStarted, ResponseEnded, PlaybackStarted, PlaybackFinished, TalkedOver}
 _MODEL_SAYS = {EndConversation, ReplyInvites}
 """Late words of a conversation already over."""
 IGNORED: dict[State, frozenset[type]] = {
@@ -1532,6 +1563,7 @@ IGNORED: dict[State, frozenset[type]] = {
             SessionReady,
             SessionFailed,
             HandledElsewhere,
+            TalkedOver,
             AskText,
             PlaybackStarted,
             PlaybackFinished,
@@ -1554,6 +1586,7 @@ IGNORED: dict[State, frozenset[type]] = {
             SessionReady,
             SessionFailed,
             HandledElsewhere,
+            TalkedOver,
             ServerCommitted,
             PlaybackStarted,
             PlaybackFinished,

@@ -1,0 +1,90 @@
+"""Talking over the answer (`turn.barge_in = "voice"`), through the real daemon in the
+simulated room against the emulator (`bench talkover` measures the same at scale)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from device.bench.echo import PLAIN_ANSWER, SELF_ANSWER
+from device.bench.talkover import WITHIN_MS, one_run, sounds
+from device.config import ConfigError, parse_config
+from tests.helpers import read_jsonl
+
+TIGHT = {"delay_ms": 5.0, "reverb_ms": 30.0}
+
+
+async def test_a_correction_spoken_over_the_answer_cuts_it_where_it_was_heard(
+    tmp_path: Path,
+) -> None:
+    """The answer stops within 300 ms of the words, the service is told to forget what was
+    not played (truncated at the played ms; the emulator had sent all of it already, so
+    there is nothing left to cancel), and the words reach it."""
+    r = await one_run({"echo_gain": 0.3, **TIGHT}, PLAIN_ANSWER, sounds()["correction"], tmp_path)
+    assert r.interrupted and r.latency_ms is not None and r.latency_ms <= WITHIN_MS, r
+    assert r.integrity.windows > 10 and r.integrity.whole >= 0.75 * r.integrity.windows, r
+    events = read_jsonl(tmp_path / "events.jsonl")
+    barge = next(e for e in events if e["event"] == "barge_in")
+    record = [x["event"] for x in read_jsonl(tmp_path / "record.jsonl") if "event" in x]
+    truncate = next(x for x in record if x["type"] == "conversation.item.truncate")
+    assert (truncate["item_id"], truncate["audio_end_ms"]) == (barge["item_id"], barge["played_ms"])
+    # the light said the microphone was live while the answer played, then listening
+    lights = [e["pattern"] for e in events if e["event"] == "led"]
+    assert "answering_live" in lights and "answering" not in lights
+    cut = lights.index("listening", lights.index("answering_live"))
+    assert cut > 0
+
+
+async def test_the_devices_own_answer_does_not_interrupt_it(tmp_path: Path) -> None:
+    """Two answers per conversation, one saying the wake word twice, in a quiet and a loud
+    room: the device never takes its own voice for the user's."""
+    for gain in (0.1, 0.7):
+        for answer in (PLAIN_ANSWER, SELF_ANSWER):
+            folder = tmp_path / f"{gain}-{len(answer)}"
+            r = await one_run({"echo_gain": gain, **TIGHT}, answer, None, folder)
+            assert r.answers == 2 and not r.interrupted, (gain, answer)
+
+
+async def test_a_cough_or_a_door_over_the_answer_does_not_interrupt_it(tmp_path: Path) -> None:
+    what = sounds()
+    for name in ("cough", "door"):
+        r = await one_run({"echo_gain": 0.1, **TIGHT}, SELF_ANSWER, what[name], tmp_path / name)
+        assert r.answers == 2 and not r.interrupted, name
+
+
+def test_the_mode_is_named_in_the_configuration() -> None:
+    assert parse_config({}).turn.barge_in == "wake"  # (until the measurements hold)
+    assert parse_config({"turn": {"barge_in": "voice"}}).turn.barge_in == "voice"
+    try:
+        parse_config({"turn": {"barge_in": "always"}})
+    except ConfigError as e:
+        assert "turn.barge_in must be one of wake, voice" in str(e)
+    else:
+        raise AssertionError("accepted")
+
+
+def test_the_detector_tells_the_user_from_what_the_canceller_lets_through() -> None:
+    """Levels only (dBFS per 20 ms frame): the device plays at -15; its echo reaches the
+    microphone at -25 and the canceller leaves -60, with bursts at -35; the user, at -20
+    as in their own turn, adds to the microphone."""
+    from device.core.hearing import TalkOver
+
+    def run(frames: list[tuple[float, float, bool]]) -> int | None:
+        t = TalkOver()
+        t.user_db = -20.0
+        for i, (cleaned, raw, voice) in enumerate(frames, start=1):
+            t.far(-15.0, raw)
+            candidate = t.loud_enough(cleaned, -math.inf) and voice
+            onset = t.feed(i * 320, cleaned, candidate, sounding=True)
+            if onset is not None:
+                return onset
+        return None
+
+    quiet = [(-60.0, -25.0, False)] * 100
+    burst = [(-35.0, -25.0, True)] * 8  # the device's own voice, let through: no louder
+    assert run(quiet + burst + quiet) is None
+    user = [(-21.0, -19.0, True)] * 8  # the user over the echo: louder than it alone
+    onset = run(quiet + user + quiet)
+    assert onset == 100 * 320 - 100 * 16  # the first frame of the words, less the lead
+    far_away = [(-40.0, -24.5, True)] * 8  # another voice, 20 dB under the user's
+    assert run(quiet + far_away + quiet) is None
