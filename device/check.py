@@ -187,20 +187,14 @@ async def check_mqtt(cfg: Config) -> Line:
     """The broker reached and our credentials taken, as `run` connects."""
     import aiomqtt
 
-    from .home import device_id
+    from .home import connection, device_id
 
     m = cfg.mqtt
     where = f"{m.host}:{m.port}"
     try:
         async with asyncio.timeout(CHECK_MQTT_S):
-            client = aiomqtt.Client(
-                m.host,
-                m.port,
-                username=m.username or None,
-                password=cfg.mqtt_password.reveal() or None,
-                identifier=f"voice-device-check-{device_id(m)}",
-                tls_context=ssl.create_default_context() if m.tls else None,
-                timeout=CHECK_MQTT_S,
+            client = connection(
+                m, cfg.mqtt_password, f"voice-device-check-{device_id(m)}", timeout=CHECK_MQTT_S
             )
             async with client:
                 pass

@@ -70,6 +70,19 @@ def topic_prefix(m: MqttConfig) -> str:
     return m.topic_prefix or f"voice-device/{device_id(m)}"
 
 
+def connection(m: MqttConfig, password: Secret, identifier: str, **options: Any) -> aiomqtt.Client:
+    """A client for the configured broker, as this device (`run` and `check` alike)."""
+    return aiomqtt.Client(
+        m.host,
+        m.port,
+        username=m.username or None,
+        password=password.reveal() or None,
+        identifier=identifier,
+        tls_context=ssl.create_default_context() if m.tls else None,
+        **options,
+    )
+
+
 def entities(m: MqttConfig) -> dict[str, dict[str, Any]]:
     """Home Assistant's discovery: the config topic of each entity → its config."""
     ident, p = device_id(m), topic_prefix(m)
@@ -311,15 +324,11 @@ class Home:
     async def _connected(self) -> None:
         m = self.m
         self._was_up = False
-        tls = ssl.create_default_context() if m.tls else None
-        client = aiomqtt.Client(
-            m.host,
-            m.port,
-            username=m.username or None,
-            password=self._password.reveal() or None,
-            identifier=f"voice-device-{self.device_id}",
+        client = connection(
+            self.m,
+            self._password,
+            f"voice-device-{self.device_id}",
             will=aiomqtt.Will(f"{self.prefix}/availability", "offline", qos=1, retain=True),
-            tls_context=tls,
             keepalive=30,
             timeout=10,
             max_queued_incoming_messages=MAX_QUEUED_IN,
