@@ -243,15 +243,7 @@ def devices(
                 '[gpio]\npin_factory = "mock"\n[turn]\nno_speech_timeout_ms = 2000\n'
                 'follow_up = "never"\n' + mqtt_config(broker_port, name, window_ms)
             )
-            proc = alsa_daemon(
-                folder,
-                cloud_port,
-                alsa,
-                config,
-                KEY,
-                input_device="livemic",
-                args=("--control-socket", str(folder / "control.sock")),
-            )
+            proc = alsa_daemon(folder, cloud_port, alsa, config, KEY, input_device="livemic")
             found.append(Device(folder, mic, proc, gain, name))
         for d in found:
             poll(functools.partial(_connected, d), f"{d.name} to connect to the broker", 60)

@@ -239,6 +239,8 @@ def alsa_daemon(
             *("--endpoint", f"http://127.0.0.1:{port}"),
             *("--input-device", input_device, "--output-device", "testspk"),
             *("--events-log", str(tmp / "events.jsonl"), "--leds", "none"),
+            # its own control socket: never the machine's, which another daemon may hold
+            *("--control-socket", str(tmp / "control.sock")),
             *args,
         ],
         env={
