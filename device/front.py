@@ -71,9 +71,9 @@ class FrontEnd:
         self.preroll = PreRoll(ms_to_samples(cfg.audio.preroll_ms, MIC_RATE))
         self.wake, self.echo = detectors(cfg)
         self.loudness: deque[float] = deque(maxlen=WAKE_WORD_FRAMES)
+        """Each recent frame's level, dBFS: how loud the wake word was (`wake_level`)."""
         self.user_levels: deque[float] = deque(maxlen=USER_FRAMES)
         """The levels of the user's last voiced frames while listening."""
-        """Each recent frame's level, dBFS: how loud the wake word was (`wake_level`)."""
         self.last_wake: st.Wake | None = None
         self.hears_talk_over: Callable[[], bool] = lambda: False
         """Whether talking over the reply interrupts it now (the machine says)."""

@@ -83,8 +83,9 @@ def connection(m: MqttConfig, password: Secret, identifier: str, **options: Any)
     )
 
 
-def entities(m: MqttConfig) -> dict[str, dict[str, Any]]:
-    """Home Assistant's discovery: the config topic of each entity → its config."""
+def entities(m: MqttConfig, currency: str) -> dict[str, dict[str, Any]]:
+    """Home Assistant's discovery: the config topic of each entity → its config
+    (`currency`: the usage's, `usage.currency`)."""
     ident, p = device_id(m), topic_prefix(m)
     device = {
         "identifiers": [f"voice-device_{ident}"],
@@ -169,7 +170,7 @@ def entities(m: MqttConfig) -> dict[str, dict[str, Any]]:
                 "json_attributes_topic": f"{p}/usage/attributes",
                 "device_class": "monetary",
                 "state_class": "total",
-                "unit_of_measurement": "USD",
+                "unit_of_measurement": currency,
                 "icon": "mdi:cash",
             },
         ),
@@ -219,13 +220,10 @@ class Home:
         self._policy = BackoffPolicy(cfg.cloud.backoff_initial_s, cfg.cloud.backoff_max_s)
         self.device_id = device_id(m)
         self.prefix = topic_prefix(m)
-        self._discovery = entities(m)
-        for config in self._discovery.values():
-            if config.get("device_class") == "monetary":
-                config["unit_of_measurement"] = cfg.usage.currency
+        self._discovery = entities(m, cfg.usage.currency)
         self.board = Board(self.device_id, m.arbitration_window_ms / 1000)
         self._client: aiomqtt.Client | None = None
-        self.connected = False
+        """The connection while the broker has us (None: it is away)."""
         self.down_since: float | None = None
         self._values: dict[str, str] = {}
         """Each state topic's newest payload: published retained, and all again on reconnect."""
@@ -238,9 +236,13 @@ class Home:
         self._was_up = False
 
     @property
+    def connected(self) -> bool:
+        return self._client is not None
+
+    @property
     def arbitrating(self) -> bool:
         """A wake word is shared with the other devices (else this one decides alone)."""
-        return self.m.arbitration and self._client is not None
+        return self.m.arbitration and self.connected
 
     # -- what the device tells it -----------------------------------------------------------
 
@@ -297,12 +299,10 @@ class Home:
             why = ""
             try:
                 await self._connected()
-            except aiomqtt.MqttError as e:
-                why = str(e) or type(e).__name__
-            except (OSError, ssl.SSLError) as e:
+            except (aiomqtt.MqttError, OSError) as e:  # (ssl.SSLError is an OSError)
                 why = str(e) or type(e).__name__
             finally:
-                self._client, self.connected = None, False
+                self._client = None
             if self._was_up:
                 failures = 0
             failures += 1
@@ -335,7 +335,7 @@ class Home:
             max_queued_outgoing_messages=MAX_QUEUED_OUT,
         )
         async with client:
-            self._client, self.connected, self._was_up = client, True, True
+            self._client, self._was_up = client, True
             if self.down_since is not None:
                 log.info("MQTT broker back after %.0f s", time.monotonic() - self.down_since)
                 self.down_since = None

@@ -27,9 +27,6 @@ from .events import EventLog
 
 log = logging.getLogger(__name__)
 
-ELSEWHERE = "handled elsewhere"
-"""The reason of the idle state entered when another device answers the wake word."""
-
 
 class Presenter:
     def __init__(
@@ -92,7 +89,7 @@ class Presenter:
         self._entered += 1
         CONTEXT["STATE"] = c.state.value
         self.events.emit("state", self._audio_ms(), state=c.state.value, reason=c.reason)
-        if c.state is st.State.IDLE and c.reason == ELSEWHERE:
+        if c.state is st.State.IDLE and c.reason == st.ELSEWHERE:
             self._flash("elsewhere", ELSEWHERE_S)
         else:
             self.show_leds(c.state)

@@ -26,9 +26,9 @@ FAR_FRAME = FRAME_SAMPLES * CLOUD_RATE // MIC_RATE
 """Far-end samples (24 kHz) per microphone frame."""
 MATCH_WINDOW_S = 1.5
 REFERENCE_THRESHOLD = 0.5
+"""A far-end score above this means the device itself is saying the word."""
 AEC_LAG = 128
 """Samples (8 ms at 16 kHz) by which WebRTC's AEC3 output lags its input."""
-"""A far-end score above this means the device itself is saying the word."""
 
 
 class EchoGuard:

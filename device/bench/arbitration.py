@@ -31,13 +31,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .harness import (
     FifoMic,
     alsa_daemon,
     asoundrc,
     emulator_process,
+    louder,
     poll,
     read_jsonl,
     silence,
@@ -220,11 +219,6 @@ class Trial:
     """Per device, the LED patterns it showed."""
 
 
-def level(pcm: bytes, gain_db: float) -> bytes:
-    x = np.frombuffer(pcm, "<i2").astype(np.float64) * 10 ** (gain_db / 20)
-    return np.clip(x, -32768, 32767).astype("<i2").tobytes()
-
-
 @contextlib.contextmanager
 def devices(
     tmp: Path, gains: list[float], broker_port: int, cloud_port: int, window_ms: int = 150
@@ -277,7 +271,7 @@ def trial(found: list[Device], words: bytes, timeout: float = 40) -> Trial:
     for d in found:
         d.new_events()  # (what came before this trial)
     for d in found:
-        d.mic.say(level(words, d.gain_db) + silence(0.5))
+        d.mic.say(louder(words, d.gain_db) + silence(0.5))
     per: dict[str, list[dict[str, Any]]] = {d.name: [] for d in found}
     deadline = time.monotonic() + timeout
     settled_at: float | None = None

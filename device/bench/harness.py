@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..config import Config, Secret, parse_config
 from ..core.audio import MIC_RATE
 from ..emulator.voice import espeak
@@ -50,6 +52,12 @@ def config(endpoint: str, **sections: dict[str, Any]) -> Config:
 def speech(text: str, voice: str = "en-us", wpm: int = 160) -> bytes:
     """`text` spoken by espeak-ng as 16 kHz mono int16."""
     return espeak(text, MIC_RATE, voice=voice, wpm=wpm)
+
+
+def louder(pcm: bytes, gain_db: float) -> bytes:
+    """int16 `pcm` scaled by `gain_db` (negative: quieter), rounded and clipped."""
+    x = np.frombuffer(pcm, "<i2").astype(np.float64) * 10 ** (gain_db / 20)
+    return np.clip(np.rint(x), -32768, 32767).astype("<i2").tobytes()
 
 
 def silence(seconds: float, rate: int = MIC_RATE) -> bytes:

@@ -35,7 +35,7 @@ from ..core.audio import CLOUD_RATE, FRAME_MS, FRAME_SAMPLES, MIC_RATE, resample
 from ..emulator import Emulator, Scenario
 from ..emulator.voice import espeak
 from .echo import PLAIN_ANSWER, QUESTION, SELF_ANSWER
-from .harness import config, read_jsonl, read_wav
+from .harness import config, louder, read_jsonl, read_wav
 from .uplink import GAINS, REVERBS, Integrity, compare
 
 AGAIN = "and what about tomorrow?"
@@ -84,13 +84,8 @@ def sounds() -> dict[str, bytes]:
             ["pinknoise", "band", "900", "700", "fade", "q", "0.02", "0.35", "0.28"], 0.35, -6
         ),
         "door": _sound(["brownnoise", "fade", "q", "0.005", "0.25", "0.24"], 0.25, -3),
-        "background speech -15 dB": _db(other_says(BACKGROUND), -15),
+        "background speech -15 dB": louder(other_says(BACKGROUND), -15),
     }
-
-
-def _db(pcm: bytes, gain_db: float) -> bytes:
-    x = np.frombuffer(pcm, "<i2").astype(np.float64) * 10 ** (gain_db / 20)
-    return np.clip(np.rint(x), -32768, 32767).astype("<i2").tobytes()
 
 
 def onset(pcm: bytes, below_peak_db: float = 30.0) -> int:

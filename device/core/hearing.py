@@ -63,6 +63,15 @@ class UplinkChoice:
         return pos <= self._until
 
 
+def quantile(values: Iterable[float], q: float) -> float:
+    """The `q` quantile of `values` (the value at that share of them, sorted); -inf for
+    none."""
+    ordered = sorted(values)
+    if not ordered:
+        return -math.inf
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
 class BackgroundSpeech:
     """How loud other people's speech is in the room (a television, a conversation), so
     that the user's turn can end while it goes on.
@@ -115,12 +124,11 @@ class BackgroundSpeech:
         history = list(self._frames)
         frames = history[: max(0, len(history) - self.skip)]
         self._frames.clear()  # the next conversation learns from the idle time before it
-        levels = sorted(level for level, voiced in frames if voiced)
+        levels = [level for level, voiced in frames if voiced]
         if len(frames) < self.min_frames or len(levels) < self.min_share * len(frames):
             self.gate_db = -math.inf
         else:
-            loud = levels[min(len(levels) - 1, int(self.quantile * len(levels)))]
-            self.gate_db = loud + self.margin_db
+            self.gate_db = quantile(levels, self.quantile) + self.margin_db
         last = history[len(history) - self.talking :]
         self.user_talking = any(voiced and self.users(level) for level, voiced in last)
         return self.gate_db
@@ -269,8 +277,8 @@ class TalkOver:
     def line(self, gate_db: float) -> float:
         """The level a frame must reach to be the user's, now."""
         far = max(self._far, default=-math.inf)
-        leak = _quantile(self._leaks, self.leak_quantile)
-        quiet = _quantile(self._quiet, 0.9)
+        leak = quantile(self._leaks, self.leak_quantile)
+        quiet = quantile(self._quiet, 0.9)
         expected = max(far + leak, quiet)
         return max(
             expected + self.margin_db, gate_db, self.min_db, self.user_db - self.user_margin_db
@@ -289,7 +297,7 @@ class TalkOver:
         far = max(self._far, default=-math.inf)
         if far == -math.inf:
             return math.inf  # nothing played lately: no echo to be louder than
-        return self.raw_db - (far + _quantile(self._erl, 0.5))
+        return self.raw_db - (far + quantile(self._erl, 0.5))
 
     @property
     def active(self) -> bool:
@@ -332,10 +340,3 @@ class TalkOver:
         onset = hits[0][0] - FRAME_MS * MIC_RATE // 1000 - self.lead
         self.reset()
         return onset
-
-
-def _quantile(values: Iterable[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return -math.inf
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]

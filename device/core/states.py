@@ -249,6 +249,10 @@ class HandledElsewhere:
     device: str
 
 
+ELSEWHERE = "handled elsewhere"
+"""The reason of the idle state entered then (the light shows it a moment)."""
+
+
 @dataclass(frozen=True)
 class Tick:
     server_quiet_s: float | None = None
@@ -801,7 +805,7 @@ class Machine:
     def on_handled_elsewhere(self, e: Input, now: float) -> list[Command]:
         """Another device answers the wake word: back to idle, nothing sent."""
         assert isinstance(e, HandledElsewhere)
-        return [*self._teardown("handled elsewhere"), Enter(State.IDLE, "handled elsewhere")]
+        return [*self._teardown(ELSEWHERE), Enter(State.IDLE, ELSEWHERE)]
 
     def on_wake_in_follow_up(self, e: Input, now: float) -> list[Command]:
         assert isinstance(e, Wake)
