@@ -135,6 +135,10 @@ class AudioConfig:
     noise_suppression: int = 3
     """WebRTC noise suppression (0 off, 1 to 3 stronger) on what the wake word and the VAD
     hear; the audio sent to the cloud is not denoised (the service does that itself)."""
+    noise_suppression_above_db: float = -50.0
+    """Noise suppression runs only while the room's noise floor (its quietest moments over
+    a few seconds, dBFS) is at least this loud: in a quiet room it buys nothing and costs as
+    much CPU as the wake word model. -120: always."""
     echo_tail_ms: int = 500
     """How long the room keeps echoing the device after it stops: the wake word's playback
     rules last this long, and a follow-up turn cannot start on the echo."""
@@ -463,6 +467,7 @@ LIMITS: dict[str, tuple[float, float]] = {
     "turn.follow_up_ms": (0, 60_000),
     "wake.refractory_ms": (0, 60_000),
     "audio.input_channel": (-1, 15),
+    "audio.noise_suppression_above_db": (-120, 0),
     "button.hold_ms": (200, 10_000),
     "leds.red_pin": (0, 27),
     "leds.green_pin": (0, 27),

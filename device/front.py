@@ -13,7 +13,7 @@ import math
 from collections import deque
 from collections.abc import Callable
 
-from .adapters.denoise import denoiser
+from .adapters.denoise import Suppression
 from .adapters.echo import FAR_FRAME, EchoGuard
 from .adapters.speaker import Speaker
 from .adapters.vad import NeuralVad, Vad
@@ -106,7 +106,9 @@ class FrontEnd:
         if cfg.turn.barge_in == "voice":
             self.over_vad = NeuralVad()
         self._idle = True
-        self.denoise = denoiser(cfg.audio.noise_suppression)
+        self.denoise = Suppression(
+            cfg.audio.noise_suppression, cfg.audio.noise_suppression_above_db
+        )
         self.deaf = DeafWindow(cfg.audio.echo_tail_ms)
         self.uplink_choice = UplinkChoice(cfg.audio.echo_tail_ms)
         preroll = ms_to_samples(cfg.audio.preroll_ms, MIC_RATE)
@@ -132,7 +134,8 @@ class FrontEnd:
         sent = cleaned if self.uplink_choice.cleaned(self._state(), self.pos) else heard_as_is
         self.preroll.append(sent)
         self._uplink(sent)
-        heard = self.denoise.process(cleaned)  # what the device's own detectors listen to
+        # what the device's own detectors listen to
+        heard = self.denoise.process(cleaned)
         scores = self.wake.process(heard)
         if self._state() in WAKE_STATES:
             self._offer_wake(scores)
@@ -144,6 +147,9 @@ class FrontEnd:
         if state in IDLE_STATES:
             if not self.deaf.deaf(state, self.pos):  # (not the echo of its own error sound)
                 self.background.observe(level, self.idle_vad.is_speech(heard, level))
+                # (the room as it is, for whether to suppress noise: when it is off, that
+                # is what the detectors heard)
+                self.denoise.hear_room(loudness if heard is cleaned else rms_dbfs(cleaned))
         elif self._idle:  # a conversation begins: how loud is the room's other speech?
             self.background.turn_starts()
             self.user_levels.clear()

@@ -221,3 +221,53 @@ def test_noise_suppression_quietens_steady_noise_frame_by_frame() -> None:
     one_second = MIC_RATE * 2
     assert rms_dbfs(heard[one_second:]) < rms_dbfs(pcm[one_second:]) - 10
     assert denoiser(0).process(frames[0]) is frames[0]  # level 0: untouched
+
+
+def _room_frames(x: np.ndarray) -> list[bytes]:
+    pcm = x.astype("<i2").tobytes()
+    return [pcm[i : i + 640] for i in range(0, len(pcm) - 639, 640)]
+
+
+def _suppressing(x: np.ndarray, above_db: float = -50.0, level: int = 3) -> list[bool]:
+    """Whether the detectors heard `x` denoised, frame by frame, the device idle throughout."""
+    from device.adapters.denoise import Suppression
+
+    ns, on = Suppression(level, above_db), []
+    for frame in _room_frames(x):
+        on.append(ns.on)
+        ns.process(frame)
+        ns.hear_room(rms_dbfs(frame))
+    return on
+
+
+def test_noise_suppression_runs_only_while_the_room_is_noisy() -> None:
+    """Household talk (espeak, about -22 dBFS) in a quiet kitchen (steady noise 40 dB under
+    it), then a cooker hood switched on (15 dB under the talk) and off again: suppression
+    runs from the hood's first seconds to its last, and not in the quiet, talk or no talk
+    (nor for a door banging in it)."""
+    from device.bench import corpus as C
+
+    talk = C.negative_speech(0.75, seed=3).astype(float)[: 40 * MIC_RATE]
+    talk_rms = C.active_rms(talk.astype("<i2"))
+    steady = np.resize(C.noise("pink", 30, 0).astype(float), len(talk))
+    steady /= np.sqrt(np.mean(steady**2))
+    room = talk + steady * talk_rms * 10 ** (-40 / 20)
+    hood = slice(15 * MIC_RATE, 27 * MIC_RATE)
+    room[hood] += steady[hood] * talk_rms * 10 ** (-15 / 20)
+    for second in (5, 9, 33):  # a door: 50 ms at full scale
+        room[second * MIC_RATE : second * MIC_RATE + 800] += 20_000 * np.sign(steady[:800])
+    on = _suppressing(np.clip(room, -32768, 32767))
+    frames_per_s = 50
+    assert all(on[:frames_per_s])  # until the room is known, as before
+    assert not any(on[6 * frames_per_s : 15 * frames_per_s])  # quiet: talk and a door alone
+    assert all(on[19 * frames_per_s : 27 * frames_per_s])  # the hood, within 4 s
+    assert not any(on[31 * frames_per_s :])  # gone within 4 s of it, door or not
+
+
+def test_noise_suppression_setting_zero_never_and_minus_120_always() -> None:
+    """And digital silence (a WAV file's padding, not a room) leaves the choice as it was."""
+    hum = np.random.default_rng(1).normal(0, 3, 10 * MIC_RATE)  # about -80 dBFS
+    assert not any(_suppressing(hum, level=0))
+    assert all(_suppressing(hum, above_db=-120.0))
+    assert not any(_suppressing(hum)[6 * 50 :])
+    assert all(_suppressing(np.zeros(10 * MIC_RATE)))

@@ -8,7 +8,8 @@ and sox noise, streamed through each detector as the device hears them; every de
 a false accept (one per 2 s refractory period). Near misses ("okay now", "alexander"…)
 are scored apart: how often a phrase chosen to sound alike is taken for the wake word.
 Everything goes through the device's own detection path (WebRTC noise suppression at
-audio.noise_suppression), so the numbers are the device's, not the bare model's.
+audio.noise_suppression while the room's floor calls for it), so the numbers are the
+device's, not the bare model's.
 
 Endpointing: the commands, with and without pauses between their parts, through the
 device's VAD and endpointer: how long after the true end of speech the turn ends, and
@@ -29,9 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from ..adapters.denoise import denoiser
+from ..adapters.denoise import Suppression
 from ..adapters.vad import Vad
 from ..adapters.wakeword import MICRO_MODELS, OPENWAKEWORD_MODELS, WakeEngine, load_engine
+from ..config import AudioConfig
 from ..core.audio import rms_dbfs
 from ..core.endpoint import Endpointer, EndpointSettings, TurnEnded
 from ..core.hearing import BackgroundSpeech
@@ -40,7 +42,22 @@ from . import corpus as C
 CONDITIONS = ["quiet", "reverb", "20 dB", "10 dB", "5 dB", "babble"]
 THRESHOLDS = [0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95]
 NOISE_KINDS = ["white", "pink", "brown"]
-NOISE_SUPPRESSION = 3
+NOISE_SUPPRESSION = AudioConfig.noise_suppression
+SUPPRESS_ABOVE_DB = AudioConfig.noise_suppression_above_db
+
+
+def detectors_hear() -> Suppression:
+    """Noise suppression as the device runs it: only while the room is noisy."""
+    return Suppression(NOISE_SUPPRESSION, SUPPRESS_ABOVE_DB)
+
+
+def idle_frame(heard: Suppression, frame: bytes) -> bytes:
+    """A frame the idle device hears: what its detectors get (and the room noted)."""
+    out = heard.process(frame)
+    heard.hear_room(rms_dbfs(frame))
+    return out
+
+
 GAP = np.zeros(C.RATE, "<i2")  # a second of silence: the detector's window empties
 
 
@@ -63,23 +80,24 @@ def in_condition_padded(clip: np.ndarray, condition: str, seed: int) -> np.ndarr
 def scores_per_clip(engine: WakeEngine, clips: list[np.ndarray]) -> np.ndarray:
     """Highest score of each word in each clip: clips go through one detector, a second of
     silence apart, as they would through the device (no model reloads in between)."""
-    heard = denoiser(NOISE_SUPPRESSION)
+    heard = detectors_hear()
     out = np.zeros((len(clips), len(engine.words)))
     for c, clip in enumerate(clips):
         pcm = np.concatenate([clip, GAP]).tobytes()
         for i in range(0, len(pcm), 640):
-            out[c] = np.maximum(out[c], engine.process(heard.process(pcm[i : i + 640])))
+            scores = engine.process(idle_frame(heard, pcm[i : i + 640]))
+            out[c] = np.maximum(out[c], scores)
     return out
 
 
 def false_accepts(engine: WakeEngine, stream: np.ndarray, thresholds: list[float]) -> np.ndarray:
     """Detections per word and threshold in a long stream, one per 2 s refractory period."""
-    heard = denoiser(NOISE_SUPPRESSION)
+    heard = detectors_hear()
     count = np.zeros((len(engine.words), len(thresholds)), dtype=int)
     quiet_until = np.zeros_like(count)
     pcm = stream.tobytes()
     for frame, i in enumerate(range(0, len(pcm), 640), start=1):
-        scores = engine.process(heard.process(pcm[i : i + 640]))
+        scores = engine.process(idle_frame(heard, pcm[i : i + 640]))
         for w, s in enumerate(scores):
             for t, th in enumerate(thresholds):
                 if s >= th and frame >= quiet_until[w, t]:
@@ -163,16 +181,17 @@ def run_endpointer(audio: np.ndarray, settings: EndpointSettings) -> int | None:
     """Where the device would end this turn (in samples from the turn's start, which is
     LEAD_S into `audio`): denoised audio, webrtcvad, the background-speech gate, the
     endpointer, as `FrontEnd` runs them."""
-    heard, vad, ep = denoiser(NOISE_SUPPRESSION), Vad(2), Endpointer(settings)
+    heard, vad, ep = detectors_hear(), Vad(2), Endpointer(settings)
     idle_vad, background = Vad(2), BackgroundSpeech()
     lead = int(LEAD_S * C.RATE) * 2
     pcm = audio.tobytes()
     for i in range(0, len(pcm) - 639, 640):
+        if i < lead:
+            frame = idle_frame(heard, pcm[i : i + 640])
+            background.observe(rms_dbfs(frame), idle_vad.is_speech(frame))
+            continue
         frame = heard.process(pcm[i : i + 640])
         level = rms_dbfs(frame)
-        if i < lead:
-            background.observe(level, idle_vad.is_speech(frame))
-            continue
         if i == lead:
             background.turn_starts()
             ep.wait_for_speech(0, 5000)

@@ -173,10 +173,10 @@ def _sox(args: list[str], data: np.ndarray | None = None) -> np.ndarray:
         src, dst = Path(d) / "in.wav", Path(d) / "out.wav"
         fmt = ["-r", str(RATE), "-c", "1", "-b", "16"]
         if data is None:
-            cmd = ["sox", "-n", *fmt, str(dst), *args]
+            cmd = ["sox", "-R", "-n", *fmt, str(dst), *args]
         else:
             write_wav(src, data)
-            cmd = ["sox", str(src), *fmt, str(dst), *args]
+            cmd = ["sox", "-R", str(src), *fmt, str(dst), *args]
         subprocess.run(cmd, check=True, capture_output=True)
         return read_wav(dst)
 

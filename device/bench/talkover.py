@@ -64,7 +64,7 @@ def _sound(spec: list[str], seconds: float, gain_db: float) -> bytes:
     """A sound made by sox: a cough (a short burst of band-limited noise) or a door."""
     out = subprocess.run(
         [
-            *("sox", "-n", "-r", str(MIC_RATE), "-b", "16", "-c", "1", "-t", "raw", "-"),
+            *("sox", "-R", "-n", "-r", str(MIC_RATE), "-b", "16", "-c", "1", "-t", "raw", "-"),
             *("synth", str(seconds)),
             *spec,
             *("gain", "-n", str(gain_db)),
