@@ -58,12 +58,12 @@ async def test_perf_pieces_run_and_what_does_not_depend_on_the_machine_holds(
     assert lat["barge_in_audible_after_press_ms"] == 0
 
 
-def test_the_wake_word_in_noise_is_heard_as_with_noise_suppression_always_on(
+def test_suppressing_noise_only_in_noise_hears_the_wake_word_as_well_or_better(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Noise suppression runs only in a noisy room, and there it is what it was: okay nabu
     at 10 dB SNR (white, pink and brown noise in turn) is accepted as often as with it
-    always on, and more often than without it."""
+    always on, and more often than without it; a far talker in quiet, more often."""
     utterances = C.positive_utterances("okay_nabu")
     clips = [in_condition(C.say(u), "10 dB", n) for n, u in enumerate(utterances)]
 
@@ -76,3 +76,9 @@ def test_the_wake_word_in_noise_is_heard_as_with_noise_suppression_always_on(
     default = accepted(3, AudioConfig.noise_suppression_above_db)
     assert default == accepted(3, -120.0)
     assert default > accepted(0, AudioConfig.noise_suppression_above_db) + 3
+    # a far or quiet talker in a quiet room: suppression stays off, and the wake word is
+    # heard at least 90 % of the time (64 of 72 with it always on: it dulls a faint voice)
+    clips = [in_condition(C.say(u), "far", n) for n, u in enumerate(utterances)]
+    far = accepted(3, AudioConfig.noise_suppression_above_db)
+    assert far >= 0.9 * len(clips)
+    assert far > accepted(3, -120.0)

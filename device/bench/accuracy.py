@@ -1,10 +1,11 @@
 """Wake word accuracy and endpointing on a synthetic corpus (`voice-device bench accuracy`).
 
 Positives: each wake word said by 8 espeak-ng voices at 3 speeds and 3 pitches (72
-utterances), half of them followed by a command, in quiet, with sox reverb, with sox noise
-(white, pink or brown in turn) at 20, 10 and 5 dB SNR, and with babble (other voices) at
-10 dB. Negatives: over an hour of ordinary household sentences in the same voices, babble
-and sox noise, streamed through each detector as the device hears them; every detection is
+utterances), half of them followed by a command, in quiet, with sox reverb, reverberated and
+20 dB quieter (far: a far or quiet talker), with sox noise (white, pink or brown in turn) at
+20, 10 and 5 dB SNR, and with babble (other voices) at 10 dB.
+Negatives: over an hour of ordinary household sentences in the same voices, babble and sox
+noise, streamed through each detector as the device hears them; every detection is
 a false accept (one per 2 s refractory period). Near misses ("okay now", "alexander"…)
 are scored apart: how often a phrase chosen to sound alike is taken for the wake word.
 Everything goes through the device's own detection path (WebRTC noise suppression at
@@ -39,7 +40,9 @@ from ..core.endpoint import Endpointer, EndpointSettings, TurnEnded
 from ..core.hearing import BackgroundSpeech
 from . import corpus as C
 
-CONDITIONS = ["quiet", "reverb", "20 dB", "10 dB", "5 dB", "babble"]
+CONDITIONS = ["quiet", "reverb", "far", "20 dB", "10 dB", "5 dB", "babble"]
+FAR_DB = -20.0
+"""A far or quiet talker: the reverberated utterance, this much quieter."""
 THRESHOLDS = [0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95]
 NOISE_KINDS = ["white", "pink", "brown"]
 NOISE_SUPPRESSION = AudioConfig.noise_suppression
@@ -70,6 +73,9 @@ def in_condition_padded(clip: np.ndarray, condition: str, seed: int) -> np.ndarr
         return clip
     if condition == "reverb":
         return C.reverberate(clip)
+    if condition == "far":
+        quieter = C.reverberate(clip).astype(np.float64) * 10 ** (FAR_DB / 20)
+        return np.asarray(np.rint(quieter).astype("<i2"))
     kind, *below = condition.split()
     if kind in ("babble", "music"):  # "babble 15 dB": voices that much below; plain: 10 dB
         return C.with_noise(clip, float(below[0]) if below else 10.0, kind, seed)
@@ -309,8 +315,9 @@ def report(wake: list[WakeResult], endpointing: list[EndpointResult]) -> None:
         n = len(C.positive_utterances("alexa"))
         minutes = wake[0].negative_minutes
         print(
-            f"\nWake words: share of {n} utterances accepted per condition (sox noise at "
-            "20/10/5 dB SNR;\nbabble = other voices at 10 dB), near-miss phrases taken for the "
+            f"\nWake words: share of {n} utterances accepted per condition (far = reverberated "
+            "and 20 dB quieter;\nsox noise at 20/10/5 dB SNR; babble = other voices at 10 dB), "
+            "near-miss phrases taken for the "
             f"wake word, and false accepts\nper hour over {minutes:.0f} min of other speech and "
             "noise"
         )
