@@ -136,7 +136,10 @@ def measure_wake(
         for condition in CONDITIONS:
             clips = [in_condition(C.say(u), condition, n) for n, u in enumerate(utterances)]
             progress(f"{engine_name} {model}: {condition} ({len(clips)} utterances)")
-            per_word[model][condition] = scores_per_clip(engine, clips)[:, word_index]
+            # a detector of its own per condition: the model's front end adapts to what it
+            # heard (its noise estimate), and one condition must not carry into the next
+            fresh = load_engine(engine_name, models)
+            per_word[model][condition] = scores_per_clip(fresh, clips)[:, word_index]
     progress(f"{engine_name}: near misses")
     near = scores_per_clip(load_engine(engine_name, models), C.near_miss_clips())
     progress(f"{engine_name}: {len(negatives) / C.RATE / 60:.0f} min of negative audio")
