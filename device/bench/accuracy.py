@@ -334,9 +334,8 @@ def report(wake: list[WakeResult], endpointing: list[EndpointResult]) -> None:
         print(
             f"\nWake words: share of {n} utterances accepted per condition (far = reverberated "
             "and 20 dB quieter;\nsox noise at 20/10/5 dB SNR; babble = other voices at 10 dB), "
-            "near-miss phrases taken for the "
-            f"wake word, and false accepts\nper hour over {minutes} of other speech and "
-            "noise"
+            "near-miss phrases taken for the\nwake word, and false accepts per hour over "
+            f"{minutes} of other speech and noise"
         )
         cols = "".join(f"{c:>8}" for c in CONDITIONS)
         print(f"{'engine':<13}{'wake word':<13}{'threshold':>9}{cols}{'near':>7}{'FA/h':>7}")
