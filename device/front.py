@@ -134,8 +134,7 @@ class FrontEnd:
         sent = cleaned if self.uplink_choice.cleaned(self._state(), self.pos) else heard_as_is
         self.preroll.append(sent)
         self._uplink(sent)
-        # what the device's own detectors listen to
-        heard = self.denoise.process(cleaned)
+        heard = self.denoise.process(cleaned)  # what the device's own detectors listen to
         scores = self.wake.process(heard)
         if self._state() in WAKE_STATES:
             self._offer_wake(scores)
