@@ -48,20 +48,22 @@ class Suppression:
     def __init__(self, level: int, above_db: float) -> None:
         self.level = level
         self.room = NoiseFloor(above_db)
-        self.on = level > 0
         self._ns = denoiser(level)
+
+    @property
+    def on(self) -> bool:
+        return self.level > 0 and self.room.noisy
 
     def process(self, pcm: bytes) -> bytes:
         return self._ns.process(pcm) if self.on else pcm
 
     def hear_room(self, level_db: float) -> None:
         """One frame of the room, its level before suppression: switch if it calls for it."""
-        noisy = self.room.observe(level_db) and self.level > 0
-        if noisy == self.on:
-            return
-        self.on = noisy
-        log.info(
-            "noise suppression %s (the room's floor: %.0f dBFS)",
-            "on" if noisy else "off",
-            self.room.floor_db,
-        )
+        was = self.on
+        self.room.observe(level_db)
+        if self.on != was:
+            log.info(
+                "noise suppression %s (the room's floor: %.0f dBFS)",
+                "on" if self.on else "off",
+                self.room.floor_db,
+            )

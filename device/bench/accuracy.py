@@ -39,6 +39,7 @@ from ..core.audio import rms_dbfs
 from ..core.endpoint import Endpointer, EndpointSettings, TurnEnded
 from ..core.hearing import BackgroundSpeech
 from . import corpus as C
+from .harness import louder
 
 CONDITIONS = ["quiet", "reverb", "far", "20 dB", "10 dB", "5 dB", "babble"]
 FAR_DB = -20.0
@@ -77,8 +78,7 @@ def in_condition_padded(clip: np.ndarray, condition: str, seed: int) -> np.ndarr
     if condition == "reverb":
         return C.reverberate(clip)
     if condition == "far":
-        quieter = C.reverberate(clip).astype(np.float64) * 10 ** (FAR_DB / 20)
-        return np.asarray(np.rint(quieter).astype("<i2"))
+        return np.frombuffer(louder(C.reverberate(clip).tobytes(), FAR_DB), "<i2")
     kind, *below = condition.split()
     if kind in ("babble", "music"):  # "babble 15 dB": voices that much below; plain: 10 dB
         return C.with_noise(clip, float(below[0]) if below else 10.0, kind, seed)

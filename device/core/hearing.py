@@ -182,7 +182,7 @@ class NoiseFloor:
         self._minima.append(self._quietest)
         self._quietest, self._frames = math.inf, 0
         if len(self._minima) == self._minima.maxlen and self.on_db > ALWAYS_DB:
-            floor = sorted(self._minima)[len(self._minima) // 2]
+            floor = self.floor_db
             if self.noisy and floor < self.off_db:
                 self.noisy = False
             elif not self.noisy and floor >= self.on_db:
