@@ -94,6 +94,8 @@ class FrontEnd:
         self.rule = DuringPlayback(w.during_playback)
         self.playback_threshold = w.playback_threshold
         self.wake_filter = WakeFilter(ms_to_samples(w.refractory_ms, MIC_RATE))
+        self._lowest = min((word.threshold for word in self.wake.words), default=math.inf)
+        """No score under this can wake (a threshold is only ever raised): most frames."""
         self.vad = Vad(cfg.turn.vad_aggressiveness)
         self.idle_vad = Vad(cfg.turn.vad_aggressiveness)
         """The room while idle, for `background` (its own state: the turn's VAD is reset)."""
@@ -217,6 +219,8 @@ class FrontEnd:
     def _offer_wake(self, scores: list[float]) -> None:
         """The best wake word over its threshold, under the playback rules while the device
         is (or was just) speaking, and outside the refractory period."""
+        if max(scores, default=0.0) < self._lowest:
+            return
         during_playback = self.echo.active(self.pos)
         words = self.wake.words
         best = choose_wake(

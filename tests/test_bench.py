@@ -12,7 +12,14 @@ from device.bench import accuracy
 from device.bench import corpus as C
 from device.bench.accuracy import LEAD_S, in_condition, run_endpointer, scores_per_clip
 from device.bench.echo import PLAIN_ANSWER, ROOMS, SELF_ANSWER, SETUPS, one_run
-from device.bench.perf import cpu_bare, cpu_pipeline, idle_audio, latencies, memory_and_startup
+from device.bench.perf import (
+    cpu_bare,
+    cpu_engine,
+    cpu_pipeline,
+    idle_audio,
+    latencies,
+    memory_and_startup,
+)
 from device.config import AudioConfig
 from device.core.endpoint import EndpointSettings
 
@@ -51,6 +58,7 @@ async def test_perf_pieces_run_and_what_does_not_depend_on_the_machine_holds(
     audio = idle_audio(0.2)
     C.write_wav(tmp_path / "idle.wav", audio)
     cpu_bare(audio.tobytes())
+    cpu_engine(audio.tobytes())
     await cpu_pipeline(tmp_path / "idle.wav", tmp_path)
     memory = await memory_and_startup(tmp_path, 3)  # raises unless all 3 are answered
     assert memory["rss_idle_mb"] < 80

@@ -75,6 +75,7 @@ class Speaker:
         self.volume = volume
         """Software gain applied to everything played (0 silent, 1 as received)."""
         self._far = bytearray()
+        self._silence = b""
         self._underruns_logged = 0
         self._prefill = ms_to_samples(jitter_ms, CLOUD_RATE)
         self._running = False
@@ -216,6 +217,10 @@ class Speaker:
         """What was played since the last call, `samples` long (silence where nothing was):
         the reference an echo path compares the microphone against."""
         want = samples * SAMPLE_BYTES
+        if not self._far:  # (nothing played: most of the time, every 20 ms)
+            if len(self._silence) != want:
+                self._silence = bytes(want)
+            return self._silence
         with self._lock:
             taken = bytes(self._far[:want])
             del self._far[:want]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,11 +122,89 @@ def _best(scores: Iterable[float | None]) -> float:
     return max((s for s in scores if s is not None), default=0.0)
 
 
+FEATURE_BYTES = 320
+"""The audio the microWakeWord front end turns into one feature frame: 10 ms."""
+FEATURES = 40
+"""Values in a feature frame (the front end's filterbank channels)."""
+
+
+class MicroStream:
+    """One microWakeWord model fed feature frames: the same arithmetic as pymicro-wakeword's
+    `process_streaming_prob` (quantize `stride` frames, invoke, dequantize, mean over the
+    model's sliding window: equal scores, `tests/test_audio.py`), without its per-call
+    allocations, copies through the C API and exact-fraction `statistics.mean`, which
+    together cost half as much again as the model's own features and inference (`bench
+    perf`): the quantized frames are written straight into the interpreter's input tensor and
+    the score read from its output. On the model object's public interpreter handles; a model
+    without them is run by the library itself."""
+
+    def __init__(self, model: Any) -> None:
+        import ctypes
+
+        import numpy as np
+
+        self._np = np
+        self.model = model
+        self._window: deque[float] = deque(maxlen=int(model.sliding_window_size))
+        self._input: Any = None
+        self._output: Any = None
+        try:
+            lib = model.lib
+            data = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p)(("TfLiteTensorData", lib))
+            tensors = []
+            for tensor, dtype in (
+                (model.input_tensor, model.input_dtype),
+                (model.output_tensor, model.output_dtype),
+            ):
+                size, address = lib.TfLiteTensorByteSize(tensor), data(tensor)
+                if not address or size <= 0:
+                    raise ValueError("no tensor buffer")
+                buffer = (ctypes.c_byte * size).from_address(address)
+                tensors.append(np.frombuffer(buffer, dtype))
+        except (AttributeError, ValueError, TypeError):
+            return  # (an older or other library: `feed` asks it)
+        self._stride = int(model.stride)
+        if tensors[0].size != self._stride * FEATURES or tensors[1].size < 1:
+            return  # (not the shapes the library's streaming assumes either)
+        self._input, self._output = tensors
+        self._invoke = lib.TfLiteInterpreterInvoke
+        self._interpreter = model.interpreter
+        self._staged = np.empty(self._input.size)
+        """The window's feature frames as they come (float, as the library quantizes)."""
+        self._staged_frames = 0
+
+    def feed(self, features: list[float]) -> float | None:
+        """One feature frame; the model's score when this frame completed a window."""
+        m = self.model
+        if self._input is None:
+            return m.process_streaming_prob(  # type: ignore[no-any-return]
+                self._np.asarray(features).reshape((1, 1, len(features)))
+            )
+        at, staged = self._staged_frames, self._staged
+        staged[at * FEATURES : (at + 1) * FEATURES] = features
+        self._staged_frames = at = at + 1
+        if at < self._stride:
+            return 0.0
+        self._staged_frames = 0
+        np = self._np
+        np.divide(staged, m.input_scale, out=staged)
+        np.add(staged, m.input_zero_point, out=staged)
+        self._input[:] = np.rint(staged, out=staged)  # (`np.round`'s rounding; cast as `astype`)
+        self._invoke(self._interpreter)
+        window = self._window
+        window.append((float(self._output[0]) - m.output_zero_point) * m.output_scale)
+        if len(window) < window.maxlen:  # type: ignore[operator]
+            return 0.0
+        return sum(window) / len(window)
+
+
 class MicroWakeWordEngine:
-    """microWakeWord models through pymicro-wakeword's bundled TFLite runtime."""
+    """microWakeWord models through pymicro-wakeword's bundled TFLite runtime; the features,
+    computed once per 10 ms, are shared by every model."""
 
     def __init__(self, models: Sequence[str], thresholds: dict[str, float] | None = None) -> None:
-        from pymicro_wakeword import MicroWakeWord, MicroWakeWordFeatures, Model
+        from micro_features_cpp import create_frontend, process_samples
+        from pymicro_wakeword import MicroWakeWord, Model
 
         self._models: list[Any] = []
         self.words: list[WakeWord] = []
@@ -147,13 +226,27 @@ class MicroWakeWordEngine:
             threshold = (thresholds or {}).get(name, float(m.probability_cutoff))
             self._models.append(m)
             self.words.append(WakeWord(name, str(m.wake_word), threshold))
-        self._features = MicroWakeWordFeatures()
+        self._streams = [MicroStream(m) for m in self._models]
+        self._frontend = create_frontend()
+        self._features = process_samples
+        """pymicro-features' C front end, called as its `MicroFrontend` calls it (without
+        the result object it makes each 10 ms)."""
+        self._pending = b""
 
     def process(self, pcm: bytes) -> list[float]:
-        best = [0.0] * len(self._models)
-        for features in self._features.process_streaming(pcm):
-            for i, m in enumerate(self._models):
-                best[i] = max(best[i], _best([m.process_streaming_prob(features)]))
+        best = [0.0] * len(self._streams)
+        audio = self._pending + pcm if self._pending else pcm
+        at, end = 0, len(audio) - FEATURE_BYTES
+        while at <= end:
+            features, read = self._features(self._frontend, audio[at : at + FEATURE_BYTES])
+            at += read * 2
+            if not features:
+                continue
+            for i, stream in enumerate(self._streams):
+                score = stream.feed(features)
+                if score is not None and score > best[i]:
+                    best[i] = score
+        self._pending = audio[at:]
         return best
 
 
