@@ -133,14 +133,15 @@ class FrontEnd:
         if playing and far.strip(b"\0"):
             self.deaf.sounded(self.pos)
         heard_as_is = self.echo.aligned  # (as late as the canceller's output, if it is on)
-        sent = cleaned if self.uplink_choice.cleaned(self._state(), self.pos) else heard_as_is
+        state = self._state()
+        sent = cleaned if self.uplink_choice.cleaned(state, self.pos) else heard_as_is
         self.preroll.append(sent)
         self._uplink(sent)
         heard = self.denoise.process(cleaned)  # what the device's own detectors listen to
         scores = self.wake.process(heard)
-        if self._state() in WAKE_STATES:
+        if state in WAKE_STATES:
             self._offer_wake(scores)
-        state = self._state()
+            state = self._state()  # (woken)
         runs, fresh = self.deaf.vad_runs(state, self.pos)
         loudness = rms_dbfs(heard)
         self.loudness.append(loudness)
@@ -177,6 +178,8 @@ class FrontEnd:
         """While a reply sounds (with `turn.barge_in = "voice"`): is the user talking over
         it? Checked after the frame's other inputs, on what the canceller left."""
         vad = self.over_vad
+        if vad is None and not self.talk_over.active:
+            return  # (`turn.barge_in = "wake"`)
         if vad is None or not self.hears_talk_over():
             if self.talk_over.active:
                 self.talk_over.reset()

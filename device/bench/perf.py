@@ -364,7 +364,7 @@ def run(quick: bool = False, out: Path | None = None) -> int:
             C.write_wav(wav, audio)
             pcm = audio.tobytes()
             bare, engine, whole, no_ns = [], [], [], []
-            for _ in range(2):  # alternated, best of two: this machine is noisy
+            for _ in range(3):  # alternated, best of three: this machine is noisy
                 bare.append(cpu_bare(pcm))
                 engine.append(cpu_engine(pcm))
                 whole.append(asyncio.run(cpu_pipeline(wav, tmp)))

@@ -208,6 +208,7 @@ class DeafWindow:
     def __init__(self, echo_tail_ms: int, rate: int = MIC_RATE) -> None:
         self.echo_tail_ms = echo_tail_ms
         self.rate = rate
+        self._tails = (ms_to_samples(echo_tail_ms, rate), ms_to_samples(EARCON_TAIL_MS, rate))
         self._last_sound = -(10**9)
         self._vad_ran = False
 
@@ -216,8 +217,8 @@ class DeafWindow:
         self._last_sound = pos
 
     def deaf(self, state: State, pos: int) -> bool:
-        tail_ms = self.echo_tail_ms if state is State.FOLLOW_UP else EARCON_TAIL_MS
-        return pos - self._last_sound < ms_to_samples(tail_ms, self.rate)
+        tail = self._tails[0] if state is State.FOLLOW_UP else self._tails[1]
+        return pos - self._last_sound < tail
 
     def vad_runs(self, state: State, pos: int) -> tuple[bool, bool]:
         """Whether the VAD hears the frame ending at `pos`, and whether it must first forget

@@ -53,6 +53,11 @@ class State(enum.Enum):
     """A timer or alarm ended: the device rings until stopped (button, wake word, command) or
     for `ring_timeout_s`. No session; the wake word still listens (to stop it and listen)."""
 
+    # Members are singletons compared by identity: hashed by identity too, in C. (Enum's own
+    # hash is a Python call, made several times a frame: sets of states, the transition
+    # table's keys.)
+    __hash__ = object.__hash__
+
 
 # ---------------------------------------------------------------------------------------------
 # Inputs
