@@ -35,6 +35,17 @@ async def test_a_correction_spoken_over_the_answer_cuts_it_where_it_was_heard(
     assert cut > 0
 
 
+async def test_a_lone_stop_spoken_over_the_answer_cuts_it_in_time(tmp_path: Path) -> None:
+    """One short word, over either answer, at a moderate echo, in both rooms: the neural VAD
+    is asked with the moment before the word as its context, not cold."""
+    stop = sounds()["stop"]
+    for reverb in ({"delay_ms": 5.0, "reverb_ms": 30.0}, {"delay_ms": 25.0, "reverb_ms": 120.0}):
+        for answer in (PLAIN_ANSWER, SELF_ANSWER):
+            folder = tmp_path / f"{reverb['reverb_ms']}-{len(answer)}"
+            r = await one_run({"echo_gain": 0.3, **reverb}, answer, stop, folder)
+            assert r.latency_ms is not None and r.latency_ms <= WITHIN_MS, (reverb, answer, r)
+
+
 async def test_the_devices_own_answer_does_not_interrupt_it(tmp_path: Path) -> None:
     """Two answers per conversation, one saying the wake word twice, in a quiet and a loud
     room: the device never takes its own voice for the user's."""
