@@ -136,7 +136,9 @@ class MicroStream:
     together cost half as much again as the model's own features and inference (`bench
     perf`): the quantized frames are written straight into the interpreter's input tensor and
     the score read from its output. On the model object's public interpreter handles; a model
-    without them is run by the library itself."""
+    without them is run by the library itself. The views into the interpreter's tensors live
+    as long as this stream, which keeps the model (never `reset()`: that makes a new
+    interpreter)."""
 
     def __init__(self, model: Any) -> None:
         import ctypes
