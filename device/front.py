@@ -134,7 +134,12 @@ class FrontEnd:
             self.deaf.sounded(self.pos)
         heard_as_is = self.echo.aligned  # (as late as the canceller's output, if it is on)
         state = self._state()
-        sent = cleaned if self.uplink_choice.cleaned(state, self.pos) else heard_as_is
+        choice = self.uplink_choice
+        sent = heard_as_is
+        if choice.cleaned(state, self.pos) and choice.took_out(
+            rms_dbfs(heard_as_is), rms_dbfs(cleaned)
+        ):
+            sent = cleaned
         self.preroll.append(sent)
         self._uplink(sent)
         heard = self.denoise.process(cleaned)  # what the device's own detectors listen to

@@ -50,10 +50,20 @@ class UplinkChoice:
     and repeats audio. So the uplink carries the canceller's output only while a reply is
     heard and for `tail_ms` of its echo after; otherwise what the microphone heard. (The
     device's own detectors always listen to the cleaned signal.)
+
+    Even then, only frames the canceller actually took something out of (`took_out`): it is
+    not transparent where there is nothing to remove (its filters alone move the user's
+    waveform), so a frame it left within `unchanged_db` of what was heard, the user's words
+    after the reply stopped or over its pauses, is sent as heard. Over the answer, the
+    words of a correction went from 416, 410, 391 of 468 windows whole (echo 0.1, 0.3, 0.7)
+    to 449, 443, 435 (`bench echo`); the device's own voice before the user's words stays
+    35 to 60 dB under them, as with the canceller's output throughout (the microphone as
+    heard throughout would have it 2 to 27 dB under them).
     """
 
-    def __init__(self, tail_ms: int, rate: int = MIC_RATE) -> None:
+    def __init__(self, tail_ms: int, rate: int = MIC_RATE, unchanged_db: float = 3.0) -> None:
         self.tail = ms_to_samples(tail_ms, rate)
+        self.unchanged_db = unchanged_db
         self._until = -1
 
     def cleaned(self, state: State, pos: int) -> bool:
@@ -61,6 +71,11 @@ class UplinkChoice:
         if state in REPLY_VOICE:
             self._until = pos + self.tail
         return pos <= self._until
+
+    def took_out(self, heard_db: float, cleaned_db: float) -> bool:
+        """Whether the canceller took the device's voice out of a frame: its output is more
+        than `unchanged_db` under what the microphone heard."""
+        return heard_db - cleaned_db > self.unchanged_db
 
 
 def quantile(values: Iterable[float], q: float) -> float:
