@@ -104,6 +104,8 @@ class Run:
     """From the words' onset to the interruption (None: none, or before the words)."""
     integrity: Integrity = field(default_factory=Integrity)
     answers: int = 0
+    words_at: int | None = None
+    """The microphone sample where the words over the answer began (if any were said)."""
 
 
 async def one_run(room_kw: dict[str, Any], answer: str, over: bytes | None, tmp: Path) -> Run:
@@ -161,7 +163,7 @@ async def one_run(room_kw: dict[str, Any], answer: str, over: bytes | None, tmp:
     if not cut or over is None or "over" not in at:
         return run
     start = at["over"] * FRAME_SAMPLES - FRAME_SAMPLES  # (the cue is before the frame it is in)
-    words_at = start + onset(over)
+    words_at = run.words_at = start + onset(over)
     cut_at = cut[0]["audio_ms"] * MIC_RATE // 1000
     if cut_at >= words_at:
         run.latency_ms = (cut_at - words_at) * 1000 / MIC_RATE
