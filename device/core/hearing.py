@@ -221,9 +221,8 @@ class DeafWindow:
     """
 
     def __init__(self, echo_tail_ms: int, rate: int = MIC_RATE) -> None:
-        self.echo_tail_ms = echo_tail_ms
-        self.rate = rate
-        self._tails = (ms_to_samples(echo_tail_ms, rate), ms_to_samples(EARCON_TAIL_MS, rate))
+        self._follow_up_tail = ms_to_samples(echo_tail_ms, rate)
+        self._earcon_tail = ms_to_samples(EARCON_TAIL_MS, rate)
         self._last_sound = -(10**9)
         self._vad_ran = False
 
@@ -232,7 +231,7 @@ class DeafWindow:
         self._last_sound = pos
 
     def deaf(self, state: State, pos: int) -> bool:
-        tail = self._tails[0] if state is State.FOLLOW_UP else self._tails[1]
+        tail = self._follow_up_tail if state is State.FOLLOW_UP else self._earcon_tail
         return pos - self._last_sound < tail
 
     def vad_runs(self, state: State, pos: int) -> tuple[bool, bool]:
