@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
-from device.core.endpoint import Endpointer, EndpointSettings, NoSpeech, SpeechStarted, TurnEnded
+import dataclasses
+
+from device.core.endpoint import (
+    Endpointer,
+    EndpointSettings,
+    NoSpeech,
+    SpeechResumed,
+    SpeechStarted,
+    TurnEnded,
+    TurnPaused,
+)
 
 F = 320
 S = EndpointSettings(rate=16_000, frame_samples=F, silence_ms=700, max_turn_ms=10_000)
 
 
-def run(pattern: str, timeout_ms: int | None = 5000, start: int = 0) -> list[tuple[int, object]]:
+def run(
+    pattern: str, timeout_ms: int | None = 5000, start: int = 0, settings: EndpointSettings = S
+) -> list[tuple[int, object]]:
     """'1' = voiced frame, '0' = unvoiced; returns (frame index, event) for each event."""
-    e = Endpointer(S)
+    e = Endpointer(settings)
     e.wait_for_speech(start, timeout_ms)
     out = []
     pos = start
@@ -90,3 +102,26 @@ def test_faint_sound_is_never_speech_however_speech_like() -> None:
     voiced = [f for f in frames(loud) if rms_dbfs(f) > -40]
     assert sum(Vad(2).is_speech(f) for f in voiced) > 0.8 * len(voiced)
     assert not any(Vad(2).is_speech(f) for f in frames(faint))
+
+
+def test_a_pause_of_commit_ms_says_the_turn_may_be_over_and_talking_on_takes_it_back() -> None:
+    early = dataclasses.replace(S, commit_ms=300)
+    words = "1" * 20 + "0" * 25 + "1" * 20  # a 500 ms pause inside the command
+    events = run(words + "0" * 40, settings=early)
+    kinds = [type(ev) for _, ev in events]
+    assert kinds == [SpeechStarted, TurnPaused, SpeechResumed, TurnPaused, TurnEnded]
+    first, last = events[1][1], events[3][1]
+    assert isinstance(first, TurnPaused) and isinstance(last, TurnPaused)
+    assert first.at_sample - first.speech_end_sample == 300 * 16  # 300 ms of audio after
+    end = events[4][1]
+    assert isinstance(end, TurnEnded)
+    # the turn ends exactly where it did without the early commit
+    assert end == next(ev for _, ev in run(words + "0" * 40) if isinstance(ev, TurnEnded))
+    assert last.speech_end_sample == end.speech_end_sample
+
+
+def test_no_early_commit_when_it_is_off_or_not_shorter_than_the_silence() -> None:
+    words = "1" * 20 + "0" * 25 + "1" * 20 + "0" * 40
+    for commit_ms in (0, 700, 900):
+        events = run(words, settings=dataclasses.replace(S, commit_ms=commit_ms))
+        assert [type(ev) for _, ev in events] == [SpeechStarted, TurnEnded]

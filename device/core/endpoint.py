@@ -29,11 +29,27 @@ class TurnEnded:
 
 
 @dataclass(frozen=True)
+class TurnPaused:
+    """`commit_ms` of silence: the turn may be over. Sending it now and asking for the answer
+    saves the rest of `silence_ms`; the answer is heard only once `TurnEnded` confirms it."""
+
+    at_sample: int
+    speech_end_sample: int
+
+
+@dataclass(frozen=True)
+class SpeechResumed:
+    """The user spoke again after a `TurnPaused`: the turn was not over after all."""
+
+    at_sample: int
+
+
+@dataclass(frozen=True)
 class NoSpeech:
     at_sample: int
 
 
-EndpointEvent = SpeechStarted | TurnEnded | NoSpeech
+EndpointEvent = SpeechStarted | TurnPaused | SpeechResumed | TurnEnded | NoSpeech
 
 
 class Phase(enum.Enum):
@@ -47,6 +63,9 @@ class EndpointSettings:
     rate: int = 16_000
     frame_samples: int = 320
     silence_ms: int = 700
+    commit_ms: int = 0
+    """Silence after which `TurnPaused` says the turn may be over (0, or not below
+    `silence_ms`: never)."""
     max_turn_ms: int = 30_000
     vote_window: int = 5
     """Frames considered when voting on whether speech is going on…"""
@@ -66,6 +85,7 @@ class Endpointer:
         self._deadline: int | None = None
         self._turn_start = 0
         self._last_voiced_end = 0
+        self._paused = False
 
     def reconfigure(self, settings: EndpointSettings) -> None:
         self.s = settings
@@ -78,6 +98,7 @@ class Endpointer:
     def wait_for_speech(self, at_sample: int, timeout_ms: int | None) -> None:
         """Start listening for a turn at `at_sample`; give up after `timeout_ms` of no speech."""
         self.phase = Phase.WAITING
+        self._paused = False
         self._votes.clear()
         self._since = at_sample
         self._deadline = None if timeout_ms is None else at_sample + self._samples(timeout_ms)
@@ -107,10 +128,18 @@ class Endpointer:
         # SPEAKING
         if speech and voiced:
             self._last_voiced_end = end_sample
+            if self._paused:
+                self._paused = False
+                return SpeechResumed(end_sample)
         if end_sample - self._turn_start >= self._samples(self.s.max_turn_ms):
             self.phase = Phase.IDLE
             return TurnEnded(end_sample, self._last_voiced_end, "max_length")
         if end_sample - self._last_voiced_end >= self._samples(self.s.silence_ms):
             self.phase = Phase.IDLE
             return TurnEnded(end_sample, self._last_voiced_end, "silence")
+        commit = self.s.commit_ms
+        silent = end_sample - self._last_voiced_end
+        if 0 < commit < self.s.silence_ms and not self._paused and silent >= self._samples(commit):
+            self._paused = True
+            return TurnPaused(end_sample, self._last_voiced_end)
         return None
