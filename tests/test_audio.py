@@ -333,3 +333,25 @@ def test_the_wake_word_engine_scores_exactly_as_pymicro_wakeword_does() -> None:
         fallback.append((stream.feed(features) or 0.0) if features else 0.0)
     assert fallback == _library_scores("okay_nabu", tenths)
     assert max(fallback) > 0.95
+
+
+def test_a_turn_sent_at_a_pause_is_exactly_its_audio_and_sent_again_whole_if_it_goes_on() -> None:
+    from device.core.audio import CLOUD_RATE, MIC_RATE, Uplink, resample
+
+    rng = np.random.default_rng(3)
+    said = [(rng.standard_normal(n) * 3000).astype("<i2").tobytes() for n in (7040, 4800, 3200)]
+    up = Uplink(0)
+    for i in range(0, len(said[0]), 640):
+        up.push(said[0][i : i + 640])
+    up.seal()  # the pause: what the service gets is the first part, converted whole
+    first = b"".join(up.take())
+    assert first == resample(said[0], MIC_RATE, CLOUD_RATE)
+    assert up.sealed_at == len(said[0]) // 2
+    up.push(said[1])
+    assert up.take() == []  # what follows a seal waits
+    up.rewind()  # the user went on: the whole turn again, as if it had never been cut
+    up.push(said[2])
+    up.finish()
+    again = b"".join(up.take())
+    assert again == resample(b"".join(said), MIC_RATE, CLOUD_RATE)
+    assert up.sent_bytes == len(again)

@@ -154,6 +154,12 @@ class Uplink:
     Takes 16 kHz microphone audio from the turn's first sample, converts it to 24 kHz and
     hands out chunks for `input_audio_buffer.append`. Audio waits here (RAM only) while the
     session is still connecting, so nothing between the turn's start and its end is lost.
+
+    A turn sent at a pause (`seal`) is, exactly, the conversion of its audio up to there;
+    what is heard after is kept but not handed out, unless the user goes on (`rewind`: the
+    whole turn is handed out again from its start, converted in one piece, as if it had
+    never been sent). The turn's own audio stays here until the turn is over: at most
+    `turn.max_turn_ms` of 16 kHz (960 KB for 30 s).
     """
 
     def __init__(
@@ -167,11 +173,15 @@ class Uplink:
         self.start_sample = start_sample
         self.end_sample = start_sample
         """Absolute index (mic stream) of the sample after the last one taken in."""
+        self.sealed_at: int | None = None
+        """Where the turn was sent at a pause (the sample after its last one), if it was."""
+        self.in_rate = in_rate
+        self.out_rate = out_rate
         self._resampler = Resampler(in_rate, out_rate)
+        self._heard = bytearray()
         self._pending = bytearray()
         self._min_chunk = ms_to_samples(min_chunk_ms, out_rate) * SAMPLE_BYTES
         self._max_chunk = ms_to_samples(max_chunk_ms, out_rate) * SAMPLE_BYTES
-        self.out_rate = out_rate
         self.finished = False
         self.sent_bytes = 0
 
@@ -179,18 +189,38 @@ class Uplink:
         if self.finished:
             raise RuntimeError("turn already ended")
         self.end_sample += pcm_samples(pcm)
-        self._pending += self._resampler.push(pcm)
+        self._heard += pcm
+        if self.sealed_at is None:
+            self._pending += self._resampler.push(pcm)
+
+    def seal(self) -> None:
+        """The turn is sent as it is now: the converter's tail with it, so that the last
+        chunk ends on the last sample heard."""
+        if self.sealed_at is None and not self.finished:
+            self._pending += self._resampler.finish()
+            self.sealed_at = self.end_sample
+
+    def rewind(self) -> None:
+        """Hand out the whole turn again from its first sample (the service dropped what it
+        had of it): everything heard so far, converted afresh, and what follows."""
+        self._resampler = Resampler(self.in_rate, self.out_rate)
+        self._pending = bytearray(self._resampler.push(bytes(self._heard)))
+        self.sealed_at = None
+        self.sent_bytes = 0
 
     def finish(self) -> None:
         """The turn ended: flush the resampler's tail so every input sample is accounted for."""
         if not self.finished:
-            self._pending += self._resampler.finish()
+            if self.sealed_at is None:
+                self._pending += self._resampler.finish()
             self.finished = True
 
     def take(self) -> list[bytes]:
-        """Chunks ready to send: at least `min_chunk_ms` each, or whatever is left once finished."""
+        """Chunks ready to send: at least `min_chunk_ms` each, or whatever is left once
+        finished or sealed."""
         chunks: list[bytes] = []
-        while len(self._pending) >= self._min_chunk or (self.finished and self._pending):
+        last = self.finished or self.sealed_at is not None
+        while len(self._pending) >= self._min_chunk or (last and self._pending):
             size = min(len(self._pending), self._max_chunk)
             chunks.append(bytes(self._pending[:size]))
             del self._pending[:size]
