@@ -202,6 +202,8 @@ class App:
             st.EndTurn: self.link.end_turn,
             st.SubmitTurn: self.link.submit_turn,
             st.DiscardTurn: self.link.discard_turn,
+            st.CommitEarly: self.link.commit_early,
+            st.Withdraw: self.link.withdraw,
             st.CancelResponse: self.link.cancel_response,
             st.StopPlayback: lambda c: self.speaker.stop(),
             st.Truncate: self.link.truncate,

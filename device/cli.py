@@ -715,6 +715,10 @@ def _describe(ev: dict[str, Any]) -> str | None:
     if name == "turn_end":
         secs = (ev["end_sample"] - ev["start_sample"]) / MIC_RATE
         return f"end of turn ({ev['reason']}): {secs:.2f} s of speech and pre-roll"
+    if name == "turn_commit" and ev["early"]:
+        return "a pause: turn sent, answer asked for (held until the turn is over)"
+    if name == "turn_withdrawn":
+        return "speech again: answer withdrawn, the turn goes on"
     if name == "audio_sent":
         return f"{ev['ms']} ms of audio sent"
     if name == "playback_start":

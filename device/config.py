@@ -166,6 +166,10 @@ class TurnConfig:
     """local (the device's VAD ends turns), server_vad or semantic_vad (the service does)."""
     vad_aggressiveness: int = 2
     silence_ms: int = 700
+    commit_ms: int = 300
+    """Silence after which the turn is sent and the answer asked for, held back until
+    `silence_ms` confirms the turn is over (talking on withdraws it). 0, or not below
+    `silence_ms`: the turn is sent only at `silence_ms`."""
     no_speech_timeout_ms: int = 5000
     max_turn_ms: int = 30_000
     follow_up_ms: int = 5000
@@ -462,6 +466,7 @@ LIMITS: dict[str, tuple[float, float]] = {
     "cloud.backoff_initial_s": (0.01, 600),
     "cloud.backoff_max_s": (0.01, 3600),
     "turn.silence_ms": (200, 5000),
+    "turn.commit_ms": (0, 5000),
     "turn.no_speech_timeout_ms": (1000, 60_000),
     "turn.max_turn_ms": (2000, 300_000),
     "turn.follow_up_ms": (0, 60_000),
@@ -564,6 +569,7 @@ def validate(cfg: Config) -> None:
     _check(0.25 <= cfg.assistant.speed <= 1.5, "assistant.speed must be between 0.25 and 1.5")
     _check(t.vad_aggressiveness in (0, 1, 2, 3), "turn.vad_aggressiveness must be 0, 1, 2 or 3")
     _check(200 <= t.silence_ms <= 5000, "turn.silence_ms must be between 200 and 5000")
+    _check(t.commit_ms == 0 or t.commit_ms >= 100, "turn.commit_ms must be 0 (off) or >= 100")
     _check(t.no_speech_timeout_ms >= 1000, "turn.no_speech_timeout_ms must be at least 1000")
     _check(t.max_turn_ms >= 2000, "turn.max_turn_ms must be at least 2000")
     _check(t.follow_up_ms >= 0, "turn.follow_up_ms must not be negative")
@@ -941,6 +947,7 @@ def machine_settings(cfg: Config) -> st.Settings:
             rate=MIC_RATE,
             frame_samples=FRAME_SAMPLES,
             silence_ms=t.silence_ms,
+            commit_ms=t.commit_ms,
             max_turn_ms=t.max_turn_ms,
         ),
     )

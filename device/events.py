@@ -27,6 +27,8 @@ EventName = Literal[
     "session_closed",
     "turn_end",
     "audio_sent",
+    "turn_commit",
+    "turn_withdrawn",
     "reply_audio",
     "playback_start",
     "playback_end",

@@ -76,6 +76,50 @@ class Answer:
         return b"".join(self.items.values())
 
 
+MAX_HELD = 4096
+"""Server events held back while a turn sent at a pause waits to be confirmed (a few hundred
+ms of a reply); past that, a flooding server's events are dropped."""
+HELD = (
+    rt.ResponseCreated,
+    rt.OutputItemAdded,
+    rt.OutputItemDone,
+    rt.AudioDelta,
+    rt.TranscriptDone,
+    rt.FunctionCallDone,
+    rt.ResponseDone,
+)
+"""What a response says: held back, in order, while its turn may not be over."""
+
+
+class Early:
+    """A turn sent at a pause (`turn.commit_ms`) with its answer asked for. Until the pause
+    reaches `turn.silence_ms` the answer is held here, unheard and its tools not run; then
+    it is let through as it came (`release`), or, if the user spoke again, withdrawn."""
+
+    def __init__(self, commit_event: str) -> None:
+        self.commit_event = commit_event
+        self.user_item: str | None = None
+        """The turn's first part in the conversation (from input_audio_buffer.committed)."""
+        self.held: list[rt.ServerEvent] = []
+        self.dropped = 0
+
+    def hold(self, ev: rt.ServerEvent) -> None:
+        if len(self.held) < MAX_HELD:
+            self.held.append(ev)
+        else:
+            self.dropped += 1
+
+    def response(self) -> tuple[str | None, rt.ResponseDone | None]:
+        """The held response's id (None: not created yet) and its end, if it came."""
+        created = next((e for e in self.held if isinstance(e, rt.ResponseCreated)), None)
+        rid = created.response_id if created is not None else None
+        done = next(
+            (e for e in self.held if isinstance(e, rt.ResponseDone) and e.response_id == rid),
+            None,
+        )
+        return rid, done
+
+
 def session_settings(
     cfg: Config, tools: tuple[rt.Tool, ...], hints: str = ""
 ) -> rt.SessionSettings:
@@ -148,6 +192,16 @@ class CloudLink:
         self.progress_at = time.monotonic()
         """When the awaited reply last made progress (the reply timeout counts from it)."""
         self.tg: asyncio.TaskGroup | None = None
+        self.early: Early | None = None
+        """The turn sent at a pause, its answer held until the turn is confirmed over."""
+        self._withdrawn: deque[str] = deque(maxlen=8)
+        """Responses withdrawn (the user spoke on): their items are deleted when they end."""
+        self._withdraw_next = False
+        """A response withdrawn before it was created: the next one created is it."""
+        self._withdraw_commit: str | None = None
+        """A turn's first part withdrawn before the server confirmed its commit (the
+        commit's event id): the next committed item is it, and is deleted (unless the server
+        refuses that commit)."""
         self.configure(cfg)
         self._server_table: dict[type, Callable[[Any], None]] = {
             rt.AudioDelta: self._on_audio,
@@ -241,6 +295,10 @@ class CloudLink:
         CONTEXT["SESSION_ID"] = ""
         self.uplink = None
         self._answer = None
+        self.early = None
+        self._withdrawn.clear()
+        self._withdraw_next = False
+        self._withdraw_commit = None
         if session is not None:
             self.events.emit("session_closed", self._audio_ms(), reason=reason)
             self.meter.session_over(session.session_id)
@@ -286,31 +344,133 @@ class CloudLink:
             self._audio_ms(),
             reason=c.reason,
             start_sample=up.start_sample,
-            end_sample=up.end_sample,
+            end_sample=up.end_sample if up.sealed_at is None else up.sealed_at,
         )
         self._pump_uplink()
 
     def _pump_uplink(self, up: Uplink | None = None) -> None:
         up, session = up or self.uplink, self.session
-        if up is None or session is None or not session.ready:
-            return
+        if up is None or session is None or not session.ready or self.early is not None:
+            return  # (while a turn sent at a pause waits, what follows it waits here)
         for chunk in up.take():
             session.send(self.client.append_audio(chunk))
+
+    def commit_early(self, c: st.CommitEarly) -> None:
+        up, session = self.uplink, self.session
+        if up is None or session is None or not session.ready or self.early is not None:
+            return
+        up.seal()
+        self._pump_uplink(up)
+        commit = self.client.commit()
+        self.early = Early(commit["event_id"])
+        self.replies.new_turn()
+        self.progress_at = time.monotonic()
+        self.events.emit("turn_commit", self._audio_ms(), sample=up.sealed_at, early=True)
+        self._send(commit)
+        self._send(self.client.create_response())
+
+    def withdraw(self, c: st.Withdraw) -> None:
+        """The user went on after the pause: the held answer is cancelled unheard (and its
+        items deleted), the turn's first part deleted, and the turn sent again from its
+        start, so the service ends up with it whole in one item, as without the pause."""
+        early, self.early = self.early, None
+        if early is None:
+            return
+        self._drop_early(early)
+        self.events.emit("turn_withdrawn", self._audio_ms(), sample=c.at_sample)
+        if self.uplink is not None:
+            self.uplink.rewind()
+            self._pump_uplink()
+
+    def _drop_early(self, early: Early) -> None:
+        """The held answer and the turn's first part leave the conversation, unheard."""
+        rid, done = early.response()
+        for ev in early.held:
+            if isinstance(ev, rt.ResponseDone) and ev.usage is not None:
+                self.meter.add(ev.usage)  # billed although unheard
+        if done is not None:
+            for item in done.items:
+                self._send(self.client.delete_item(item.item_id))
+        else:
+            cancel = self.client.cancel_response(rid)
+            self._send(cancel)
+            if rid is None:
+                self._withdraw_next = True
+                self.replies.cancelled(None, cancel["event_id"])
+            else:
+                self._withdrawn.append(rid)
+        if early.user_item is not None:
+            self._send(self.client.delete_item(early.user_item))
+        else:
+            self._withdraw_commit = early.commit_event
+
+    def _release(self, early: Early) -> None:
+        """The turn is over: the held answer goes on as it came."""
+        if early.dropped:
+            log.warning("the server flooded a held answer: %d events dropped", early.dropped)
+        for ev in early.held:
+            handler = self._server_table.get(type(ev))
+            if handler is not None:
+                handler(ev)
+
+    def _withheld(self, ev: rt.ServerEvent) -> bool:
+        """Whether `ev` is held back (a turn sent at a pause) or belongs to a withdrawn
+        answer (dropped; its items are deleted once it ends)."""
+        if isinstance(ev, rt.InputCommitted):
+            if self._withdraw_commit is not None:
+                self._withdraw_commit = None
+                self._send(self.client.delete_item(ev.item_id))
+                return True
+            if self.early is not None and self.early.user_item is None:
+                self.early.user_item = ev.item_id
+            return False
+        if not isinstance(ev, HELD):
+            return False
+        if isinstance(ev, rt.ResponseCreated) and self._withdraw_next:
+            if self.replies.created():  # (the cancel was refused: nothing was withdrawn)
+                self._withdraw_next = False
+                return False
+            self._withdraw_next = False
+            self._withdrawn.append(ev.response_id)
+            return True
+        if ev.response_id in self._withdrawn:
+            if isinstance(ev, rt.ResponseDone):
+                self._withdrawn.remove(ev.response_id)
+                if ev.usage is not None:
+                    self.meter.add(ev.usage)
+                for item in ev.items:
+                    self._send(self.client.delete_item(item.item_id))
+            return True
+        if self.early is not None:
+            self.early.hold(ev)
+            return True
+        return False
 
     def submit_turn(self, c: st.SubmitTurn) -> None:
         up = self.uplink
         self.uplink = None
+        early, self.early = self.early, None
+        if early is not None:  # sent at the pause: its answer may be heard now
+            self.progress_at = time.monotonic()
+            self.events.emit("audio_sent", self._audio_ms(), ms=up.sent_ms if up else 0)
+            self._release(early)
+            return
         self.replies.new_turn()
         if up is None or self.session is None:
             return
         if c.commit:
             self._pump_uplink(up)
+            self.progress_at = time.monotonic()
+            self.events.emit("turn_commit", self._audio_ms(), sample=up.end_sample, early=False)
             self._send(self.client.commit())
             self._send(self.client.create_response())
         # else the server committed the turn itself: audio not yet sent belongs to no turn
         self.events.emit("audio_sent", self._audio_ms(), ms=up.sent_ms)
 
     def discard_turn(self, c: st.DiscardTurn) -> None:
+        early, self.early = self.early, None
+        if early is not None:
+            self._drop_early(early)
         up, self.uplink = self.uplink, None
         if up is not None and up.sent_bytes and self.session is not None:
             self.events.emit("audio_sent", self._audio_ms(), ms=up.sent_ms, discarded=True)
@@ -345,7 +505,7 @@ class CloudLink:
     # -- the reply --------------------------------------------------------------------------
 
     def _on_server_event(self, session: CloudSession, ev: rt.ServerEvent) -> None:
-        if session is not self.session:
+        if session is not self.session or self._withheld(ev):
             return
         handler = self._server_table.get(type(ev))
         if handler is not None:
@@ -486,6 +646,8 @@ class CloudLink:
 
     def _on_server_error(self, ev: rt.ServerError) -> None:
         self.replies.cancel_refused(ev.event_id)
+        if ev.event_id is not None and ev.event_id == self._withdraw_commit:
+            self._withdraw_commit = None
         code = ev.code or ev.kind or "error"
         reaction = rt.reaction_to(code)
         if reaction is rt.Reaction.IGNORE:

@@ -82,9 +82,13 @@ def check_conversation(
     assert [e["type"] for e in sent[-2:]] == ["input_audio_buffer.commit", "response.create"]
 
     # the server received the microphone audio from the pre-roll point to the turn's end,
-    # every sample exactly once, resampled to 24 kHz
+    # every sample exactly once, resampled to 24 kHz (a turn sent at the pause that ended it,
+    # `turn.commit_ms`, ends there)
     turn = next(e for e in events if e["event"] == "turn_end")
     assert turn["start_sample"] == wake["audio_ms"] * 16 - preroll_ms * 16
+    commits = [e for e in events if e["event"] == "turn_commit"]
+    assert commits and not any(e["event"] == "turn_withdrawn" for e in events)
+    assert commits[-1]["sample"] == turn["end_sample"]
     mic = mic_pcm + bytes(2 * turn["end_sample"])  # silence after the recording ends
     expected = resample(
         mic[2 * turn["start_sample"] : 2 * turn["end_sample"]], MIC_RATE, CLOUD_RATE

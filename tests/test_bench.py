@@ -43,9 +43,10 @@ def test_accuracy_and_endpointing_pieces_on_a_few_utterances() -> None:
     assert scores.shape == (4, 1) and (scores[:, 0] >= 0.85).sum() >= 3
     x = C.padded(C.say(C.Utterance("set a timer for ten minutes", "en-us", 165, 50)), 0.3, 2.0)
     lead = np.zeros(int(LEAD_S * C.RATE), "<i2")
-    end = run_endpointer(np.concatenate([lead, x]), EndpointSettings(silence_ms=700))
+    got = run_endpointer(np.concatenate([lead, x]), EndpointSettings(silence_ms=700, commit_ms=300))
     true_end = C.speech_end(x)
-    assert end is not None and 600 <= (end - true_end) / 16 <= 800
+    assert got is not None and 600 <= (got.end - true_end) / 16 <= 800
+    assert 200 <= (got.commit - true_end) / 16 <= 400  # sent at the pause that stood
     assert np.all(C.with_noise(x, 10, "pink", 1).shape == x.shape)
 
 

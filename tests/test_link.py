@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from device.adapters.speaker import WavSpeaker
 from device.core import realtime as rt
 from device.core import states as st
@@ -70,7 +72,7 @@ def test_a_cancel_names_the_reply_it_cancels_and_its_audio_is_not_played() -> No
 def test_audio_of_a_reply_never_created_is_not_played() -> None:
     link, session, inputs = link_with_session()
     link._on_server_event(session, rt.AudioDelta("r9", "i9", bytes(480)))  # type: ignore[arg-type]
-    assert link.speaker._buffer.buffered_samples == 0 and inputs == []
+    assert link.speaker._buffer.buffered_samples == 0 and told(inputs) == []
 
 
 def test_a_failed_response_is_an_error_and_a_cut_one_is_said_after_what_came() -> None:
@@ -102,3 +104,130 @@ def test_a_phase_said_only_on_done_relabels_the_audio_and_leaves_the_repeat_memo
     _, started = link.speaker._buffer.pull(4800)
     heard = [(e.item_id, e.phase) for e in started if isinstance(e, ItemStarted)]
     assert heard == [("i1", "commentary"), ("i2", "final_answer")]
+
+
+# -- a turn sent at a pause (turn.commit_ms) --------------------------------------------------
+
+
+def sent_at_a_pause(heard: bytes) -> tuple[CloudLink, Recording, list[st.Input]]:
+    """A turn of `heard` sent at a pause: its answer asked for, the session ready."""
+    from device.core.audio import Uplink
+
+    link, session, inputs = link_with_session()
+    link.uplink = Uplink(0)
+    link.stream(heard)
+    link.commit_early(st.CommitEarly(len(heard) // 2))
+    assert [e["type"] for e in session.sent[-2:]] == [
+        "input_audio_buffer.commit",
+        "response.create",
+    ]
+    return link, session, inputs
+
+
+def appended(sent: list[dict[str, Any]]) -> bytes:
+    import base64
+
+    return b"".join(
+        base64.b64decode(e["audio"]) for e in sent if e["type"] == "input_audio_buffer.append"
+    )
+
+
+def told(inputs: list[st.Input]) -> list[st.Input]:
+    """What the machine was told, but the server's commits (which local turns ignore)."""
+    return [i for i in inputs if not isinstance(i, st.ServerCommitted)]
+
+
+def answer(link: CloudLink, session: Recording, rid: str, calls: bool = False) -> None:
+    """A whole response arriving: audio, and a tool call if `calls`."""
+    ev = link._on_server_event
+    ev(session, rt.ResponseCreated(rid))  # type: ignore[arg-type]
+    ev(session, rt.OutputItemAdded(rid, f"{rid}-a", "message", "final_answer"))  # type: ignore[arg-type]
+    ev(session, rt.AudioDelta(rid, f"{rid}-a", bytes(4800)))  # type: ignore[arg-type]
+    items = [rt.OutputItem(f"{rid}-a", "message", "final_answer")]
+    if calls:
+        items.append(rt.OutputItem(f"{rid}-c", "function_call", None, "call1", "time", "{}"))
+    ev(session, rt.ResponseDone(rid, "completed", tuple(items)))  # type: ignore[arg-type]
+
+
+def test_an_answer_asked_for_at_a_pause_is_unheard_and_runs_no_tool_until_the_turn_ends() -> None:
+    link, session, inputs = sent_at_a_pause(bytes(3200))
+    link._on_server_event(session, rt.InputCommitted("u1"))  # type: ignore[arg-type]
+    answer(link, session, "r1", calls=True)
+    # held: nothing played, the machine told nothing, no tool run
+    assert link.speaker._buffer.buffered_samples == 0 and told(inputs) == []
+    assert not any(e["type"] == "conversation.item.create" for e in session.sent)
+    link.stream(bytes(640))  # the pause goes on: kept, not sent
+    before = len(session.sent)
+    link.end_turn(st.EndTurn(0, "silence"))
+    link.submit_turn(st.SubmitTurn())
+    # the turn is over: the answer as it came, then the tool's output and the next round
+    assert not any(e["type"].startswith("input_audio_buffer") for e in session.sent[before:])
+    assert link.speaker._buffer.buffered_samples == 2400
+    assert [type(i) for i in told(inputs)] == [st.ResponseStarted, st.ResponseEnded]
+    assert [e["type"] for e in session.sent[before:]] == [
+        "conversation.item.create",
+        "response.create",
+    ]
+
+
+def test_talking_on_after_the_pause_withdraws_the_answer_and_sends_the_turn_again_whole() -> None:
+    from device.core.audio import CLOUD_RATE, MIC_RATE, resample
+
+    first = (np.arange(8000) % 200 * 50).astype("<i2").tobytes()  # half a second of a tone
+    link, session, inputs = sent_at_a_pause(first)
+    link._on_server_event(session, rt.InputCommitted("u1"))  # type: ignore[arg-type]
+    link._on_server_event(session, rt.ResponseCreated("r1"))  # type: ignore[arg-type]
+    pause = bytes(640 * 5)
+    link.stream(pause)
+    sent_before = len(session.sent)
+    link.withdraw(st.Withdraw(0))
+    out = session.sent[sent_before:]
+    assert out[0] == {**out[0], "type": "response.cancel", "response_id": "r1"}
+    assert out[1] == {**out[1], "type": "conversation.item.delete", "item_id": "u1"}
+    more = (np.arange(4800) % 160 * 60).astype("<i2").tobytes()
+    link.stream(more)
+    # the rest of the cancelled answer is dropped; its items leave the conversation
+    answer(link, session, "r1")
+    assert link.speaker._buffer.buffered_samples == 0 and told(inputs) == []
+    deleted = [e["item_id"] for e in session.sent if e["type"] == "conversation.item.delete"]
+    assert deleted == ["u1", "r1-a"]
+    link.end_turn(st.EndTurn(0, "silence"))
+    link.submit_turn(st.SubmitTurn())
+    # the service's buffer holds the whole turn, converted in one piece, then it is committed
+    after = session.sent[sent_before:]
+    assert appended(after) == resample(first + pause + more, MIC_RATE, CLOUD_RATE)
+    assert [e["type"] for e in after[-2:]] == ["input_audio_buffer.commit", "response.create"]
+    answer(link, session, "r2")  # the answer to the whole turn is heard
+    assert link.speaker._buffer.buffered_samples == 2400
+
+
+def test_an_answer_withdrawn_before_the_server_created_it_is_never_heard() -> None:
+    link, session, inputs = sent_at_a_pause(bytes(3200))
+    n = len(session.sent)
+    link.withdraw(st.Withdraw(0))  # before input_audio_buffer.committed and response.created
+    cancel = next(e for e in session.sent[n:] if e["type"] == "response.cancel")
+    assert "response_id" not in cancel  # (the one being generated, whatever its id)
+    link._on_server_event(session, rt.InputCommitted("u1"))  # type: ignore[arg-type]
+    answer(link, session, "r1")
+    assert link.speaker._buffer.buffered_samples == 0 and told(inputs) == []
+    deleted = [e["item_id"] for e in session.sent if e["type"] == "conversation.item.delete"]
+    assert deleted == ["u1", "r1-a"]
+    link.end_turn(st.EndTurn(0, "silence"))
+    link.submit_turn(st.SubmitTurn())
+    link._on_server_event(session, rt.InputCommitted("u2"))  # type: ignore[arg-type]
+    answer(link, session, "r2")
+    assert link.speaker._buffer.buffered_samples == 2400
+    assert "u2" not in [e.get("item_id") for e in session.sent]
+
+
+def test_an_answer_that_came_whole_during_the_pause_is_deleted_unheard_when_withdrawn() -> None:
+    link, session, inputs = sent_at_a_pause(bytes(3200))
+    link._on_server_event(session, rt.InputCommitted("u1"))  # type: ignore[arg-type]
+    answer(link, session, "r1", calls=True)
+    link.withdraw(st.Withdraw(0))
+    kinds = [(e["type"], e.get("item_id")) for e in session.sent]
+    assert ("response.cancel", None) not in kinds  # it was over: nothing to cancel
+    deleted = [e["item_id"] for e in session.sent if e["type"] == "conversation.item.delete"]
+    assert deleted == ["r1-a", "r1-c", "u1"]
+    assert link.speaker._buffer.buffered_samples == 0 and told(inputs) == []
+    assert not any(e["type"] == "conversation.item.create" for e in session.sent)  # no tool ran

@@ -151,8 +151,16 @@ async def test_the_listening_light_is_on_exactly_while_audio_is_sent(
         shown[at:until] = pattern
     streaming = np.zeros(end, dtype=bool)
     streaming[opened : turn["end_sample"]] = True  # from the session's start to the turn's end
+    # sent at a pause (`turn.commit_ms`): the light stays on while what follows is held in
+    # RAM, to be sent if the user goes on, until the pause is long enough to end the turn
+    early = [e for e in events if e["event"] == "turn_commit" and e["early"]]
+    assert early and early[-1]["sample"] == turn["end_sample"]
+    confirmed = next(e["audio_ms"] for e in events if e["event"] == "turn_end") * 16
+    assert 0 < confirmed - turn["end_sample"] <= (700 - 300 + 40) * 16
+    held = np.zeros(end, dtype=bool)
+    held[turn["end_sample"] : confirmed] = True
     listening = shown == "listening"
-    assert np.array_equal(listening, streaming), "the listening light and the stream differ"
+    assert np.array_equal(listening, streaming | held), "the listening light and the stream differ"
     assert listening.sum() > 16000  # (over a second of it)
 
     # and on the wire: every chunk of audio reached the service while the light was on

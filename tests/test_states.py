@@ -25,6 +25,7 @@ from device.core.states import (
     CloseSession,
     CloudError,
     Command,
+    CommitEarly,
     DeleteItems,
     DiscardTurn,
     EndConversation,
@@ -72,6 +73,7 @@ from device.core.states import (
     Truncate,
     Turn,
     Wake,
+    Withdraw,
 )
 
 F = 320  # samples per 20 ms frame
@@ -797,6 +799,33 @@ def test_turn_ends_at_max_length_even_without_silence() -> None:
     ends = [c for c in cmds if isinstance(c, EndTurn)]
     assert ends and ends[0].reason == "max_length"
     assert m.state is State.THINKING
+
+
+def test_a_pause_sends_the_turn_early_and_speech_after_it_withdraws_it() -> None:
+    early = dataclasses.replace(SETTINGS, endpoint=EndpointSettings(silence_ms=200, commit_ms=100))
+    m = Machine(early)
+    frames(m, 50, False)
+    m.handle(Wake("okay nabu", 0.97, m.audio_pos), 0)
+    m.handle(SessionReady(), 0)
+    cmds = frames(m, 10, True) + frames(m, 6, False)  # 120 ms of silence
+    assert [type(c) for c in cmds] == [CommitEarly]
+    assert m.state is State.LISTENING  # still listening: the light stays on
+    cmds = frames(m, 10, True)
+    assert [type(c) for c in cmds] == [Withdraw]
+    cmds = frames(m, 6, False) + frames(m, 5, False)  # paused again, then long enough
+    kinds = [type(c) for c in cmds]
+    assert kinds[0] is CommitEarly and EndTurn in kinds and SubmitTurn in kinds
+    assert m.state is State.THINKING
+
+
+def test_no_early_commit_when_the_server_ends_the_turn() -> None:
+    endpoint = EndpointSettings(silence_ms=200, commit_ms=100)
+    m = Machine(dataclasses.replace(SETTINGS, server_turns=True, endpoint=endpoint))
+    frames(m, 50, False)
+    m.handle(Wake("okay nabu", 0.97, m.audio_pos), 0)
+    m.handle(SessionReady(), 0)
+    cmds = frames(m, 10, True) + frames(m, 20, False) + frames(m, 10, True)
+    assert not any(isinstance(c, CommitEarly | Withdraw) for c in cmds)
 
 
 def test_every_prepared_state_is_reachable() -> None:

@@ -36,7 +36,7 @@ from ..adapters.vad import Vad
 from ..adapters.wakeword import MICRO_MODELS, OPENWAKEWORD_MODELS, WakeEngine, load_engine
 from ..config import AudioConfig
 from ..core.audio import rms_dbfs
-from ..core.endpoint import Endpointer, EndpointSettings, TurnEnded
+from ..core.endpoint import Endpointer, EndpointSettings, SpeechResumed, TurnEnded, TurnPaused
 from ..core.hearing import BackgroundSpeech
 from . import corpus as C
 from .harness import louder
@@ -182,6 +182,11 @@ class EndpointResult:
     cut_short: int
     """Turns ended before the speech did (a pause mistaken for the end)."""
     never_ended: int
+    commit_ms_median: float = float("nan")
+    """When the turn that stood was sent and its answer asked for (`turn.commit_ms`)."""
+    commit_ms_p95: float = float("nan")
+    withdrawn: int = 0
+    """Answers asked for at a pause and withdrawn because the user went on."""
 
 
 LEAD_S = 3.2
@@ -189,7 +194,17 @@ LEAD_S = 3.2
 two seconds before it), from which it learns how loud any background speech is."""
 
 
-def run_endpointer(audio: np.ndarray, settings: EndpointSettings) -> int | None:
+@dataclass
+class Endpointed:
+    end: int
+    """Where the turn ended (samples from its start)."""
+    commit: int
+    """Where the turn that stood was sent: the last pause of `commit_ms` before the end."""
+    withdrawn: int
+    """Pauses of `commit_ms` the user spoke again after."""
+
+
+def run_endpointer(audio: np.ndarray, settings: EndpointSettings) -> Endpointed | None:
     """Where the device would end this turn (in samples from the turn's start, which is
     LEAD_S into `audio`): denoised audio, webrtcvad, the background-speech gate, the
     endpointer, as `FrontEnd` runs them."""
@@ -197,6 +212,8 @@ def run_endpointer(audio: np.ndarray, settings: EndpointSettings) -> int | None:
     idle_vad, background = Vad(2), BackgroundSpeech()
     lead = int(LEAD_S * C.RATE) * 2
     pcm = audio.tobytes()
+    paused_at: int | None = None
+    withdrawn = 0
     for i in range(0, len(pcm) - 639, 640):
         if i < lead:
             frame = idle_frame(heard, pcm[i : i + 640])
@@ -209,8 +226,13 @@ def run_endpointer(audio: np.ndarray, settings: EndpointSettings) -> int | None:
             ep.wait_for_speech(0, 5000)
         speech = vad.is_speech(frame) and background.users(level)
         ev = ep.feed((i - lead) // 2 + 320, speech)
-        if isinstance(ev, TurnEnded):
-            return ev.end_sample
+        if isinstance(ev, TurnPaused):
+            paused_at = ev.at_sample
+        elif isinstance(ev, SpeechResumed):
+            paused_at, withdrawn = None, withdrawn + 1
+        elif isinstance(ev, TurnEnded):
+            commit = paused_at if paused_at is not None else ev.end_sample
+            return Endpointed(ev.end_sample, commit, withdrawn)
     return None
 
 
@@ -241,25 +263,29 @@ ENDPOINT_CONDITIONS = [
 ]
 
 
-def measure_endpointing(silence_ms: int, progress: Callable[[str], None]) -> list[EndpointResult]:
-    settings = EndpointSettings(silence_ms=silence_ms)
+def measure_endpointing(
+    silence_ms: int, commit_ms: int, progress: Callable[[str], None]
+) -> list[EndpointResult]:
+    settings = EndpointSettings(silence_ms=silence_ms, commit_ms=commit_ms)
     turns = list(endpoint_turns())
     results = []
     lead = np.zeros(int(LEAD_S * C.RATE), "<i2")
     for condition in ENDPOINT_CONDITIONS:
         progress(f"endpointing: {condition} ({len(turns)} turns)")
-        late, cut, never = [], 0, 0
+        late, commits, cut, never, withdrawn = [], [], 0, 0, 0
         for n, (clean, true_end) in enumerate(turns):
             # the background goes on through the lead (the room before the turn) as well
             audio = in_condition_padded(np.concatenate([lead, clean]), condition, n)
-            end = run_endpointer(audio, settings)
-            if end is None:
+            got = run_endpointer(audio, settings)
+            if got is None:
                 never += 1
                 continue
-            ms = (end - true_end) * 1000 / C.RATE
+            ms = (got.end - true_end) * 1000 / C.RATE
             if ms < 0:
                 cut += 1
             late.append(ms)
+            commits.append((got.commit - true_end) * 1000 / C.RATE)
+            withdrawn += got.withdrawn
         results.append(
             EndpointResult(
                 condition,
@@ -268,6 +294,9 @@ def measure_endpointing(silence_ms: int, progress: Callable[[str], None]) -> lis
                 float(np.percentile(late, 95)) if late else float("nan"),
                 cut,
                 never,
+                statistics.median(commits) if commits else float("nan"),
+                float(np.percentile(commits, 95)) if commits else float("nan"),
+                withdrawn,
             )
         )
     return results
@@ -310,7 +339,7 @@ def run(quick: bool = False, out: Path | None = None, engines: list[str] | None 
             models = models[:1]
         heard = longer if name == "micro" else negatives
         wake += measure_wake(name, models, heard, progress)
-    endpointing = measure_endpointing(700, progress)
+    endpointing = measure_endpointing(700, 300, progress)
     report(wake, endpointing)
     if out is not None:
         out.write_text(
@@ -354,14 +383,20 @@ def report(wake: list[WakeResult], endpointing: list[EndpointResult]) -> None:
                 for t in (f"{x:.2f}" for x in THRESHOLDS)
             ]
             print(f"  {r.engine} {r.word}:\n    " + "\n    ".join(cells))
-    print("\nEndpointing (turn.silence_ms = 700): turn end minus true end of speech")
     print(
-        f"{'condition':<10}{'turns':>6}{'median':>9}{'p95':>9}{'cut short':>11}{'never ended':>13}"
+        "\nEndpointing (turn.silence_ms = 700, turn.commit_ms = 300): after the true end of "
+        "speech, when the\nturn that stood was sent (commit) and when it was over (end); "
+        "answers asked for at a pause\nand withdrawn because the user went on"
+    )
+    print(
+        f"{'condition':<14}{'turns':>6}{'commit':>8}{'p95':>8}{'end':>8}{'p95':>8}"
+        f"{'cut short':>11}{'never ended':>13}{'withdrawn':>11}"
     )
     for e in endpointing:
         print(
-            f"{e.condition:<10}{e.turns:>6}{_ms(e.late_ms_median):>9}{_ms(e.late_ms_p95):>9}"
-            f"{e.cut_short:>11}{e.never_ended:>13}"
+            f"{e.condition:<14}{e.turns:>6}{_ms(e.commit_ms_median):>8}{_ms(e.commit_ms_p95):>8}"
+            f"{_ms(e.late_ms_median):>8}{_ms(e.late_ms_p95):>8}"
+            f"{e.cut_short:>11}{e.never_ended:>13}{e.withdrawn:>11}"
         )
 
 

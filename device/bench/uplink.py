@@ -134,12 +134,22 @@ def received(user: bytes, events_log: Path, turns: Path, lag: int = 0) -> Integr
     user said, 16 kHz, from the start of the microphone stream) over the span the events
     log's `turn_end` names. `lag`: samples by which the device's stream runs late (the
     canceller's, when it is on: `adapters.echo.AEC_LAG`)."""
-    turn = next(e for e in read_jsonl(events_log) if e["event"] == "turn_end")
+    events = read_jsonl(events_log)
+    turn = next(e for e in events if e["event"] == "turn_end")
     start, end = turn["start_sample"], turn["end_sample"]
     heard = (user + bytes(2 * end))[2 * start : 2 * end]
     clean = np.frombuffer(resample(heard, MIC_RATE, CLOUD_RATE), "<i2")
-    sent = np.frombuffer(read_wav(sorted(turns.glob("*.wav"))[0]), "<i2")
+    sent = np.frombuffer(read_wav(standing_turn(events, turns)), "<i2")
     return compare(sent[lag * CLOUD_RATE // MIC_RATE :], clean)
+
+
+def standing_turn(events: list[dict[str, Any]], turns: Path) -> Path:
+    """The emulator's saved turn that the first turn of the events log ended as: one sent
+    at a pause the user then spoke on after was saved as well, before it was sent again
+    whole (`turn_withdrawn`)."""
+    sent = next(i for i, e in enumerate(events) if e["event"] == "audio_sent")
+    commits = sum(1 for e in events[:sent] if e["event"] == "turn_commit")
+    return sorted(turns.glob("*.wav"))[commits - 1]
 
 
 async def measure(quick: bool) -> dict[str, dict[str, Integrity]]:

@@ -24,7 +24,15 @@ from dataclasses import dataclass, field
 
 from .backoff import BackoffPolicy, Outage
 from .earcons import Earcon
-from .endpoint import Endpointer, EndpointSettings, NoSpeech, SpeechStarted, TurnEnded
+from .endpoint import (
+    Endpointer,
+    EndpointSettings,
+    NoSpeech,
+    SpeechResumed,
+    SpeechStarted,
+    TurnEnded,
+    TurnPaused,
+)
 from .realtime import Phase
 
 log = logging.getLogger(__name__)
@@ -347,6 +355,23 @@ class SubmitTurn:
 
 
 @dataclass(frozen=True)
+class CommitEarly:
+    """The user paused for `commit_ms`: send the turn so far and ask for the answer now, but
+    hold the answer back (unheard, its tools not run) until `SubmitTurn` confirms the turn
+    is over. Audio heard meanwhile is kept, not sent."""
+
+    at_sample: int
+
+
+@dataclass(frozen=True)
+class Withdraw:
+    """The user spoke again after `CommitEarly`: cancel the held answer, take the turn's
+    first part out of the conversation and send the turn again, whole, as it goes on."""
+
+    at_sample: int
+
+
+@dataclass(frozen=True)
 class DiscardTurn:
     """Drop the turn's audio, and clear what the server already has of it."""
 
@@ -445,6 +470,8 @@ Command = (
     | EndTurn
     | SubmitTurn
     | DiscardTurn
+    | CommitEarly
+    | Withdraw
     | CancelResponse
     | StopPlayback
     | Truncate
@@ -827,8 +854,9 @@ class Machine:
 
     # -- the user's turn --------------------------------------------------------------------
 
-    def _endpoint(self, e: Heard) -> NoSpeech | TurnEnded | None:
-        """What this frame means for the open turn: no speech at all, its end, or nothing."""
+    def _endpoint(self, e: Heard) -> NoSpeech | TurnPaused | SpeechResumed | TurnEnded | None:
+        """What this frame means for the open turn: no speech at all, a pause that may be its
+        end, speech again after one, its end, or nothing."""
         ev = self.endpointer.feed(e.end_sample, e.speech)
         if isinstance(ev, NoSpeech):
             return ev
@@ -838,7 +866,7 @@ class Machine:
             if e.end_sample - self.turn_start < limit:
                 return None
             return TurnEnded(e.end_sample, e.end_sample, "max_length")
-        return ev if isinstance(ev, TurnEnded) else None
+        return ev if isinstance(ev, TurnPaused | SpeechResumed | TurnEnded) else None
 
     def on_heard_connecting(self, e: Input, now: float) -> list[Command]:
         """The turn is captured while the session opens; it is submitted once ready."""
@@ -861,6 +889,10 @@ class Machine:
             return [*self._teardown("no speech"), Enter(State.IDLE, "no speech")]
         if isinstance(ev, TurnEnded):
             return [*self._end_turn(ev.end_sample, ev.reason), *self._submit("end of speech")]
+        if isinstance(ev, TurnPaused):
+            return [CommitEarly(ev.at_sample)]
+        if isinstance(ev, SpeechResumed):
+            return [Withdraw(ev.at_sample)]
         return []
 
     def on_server_committed(self, e: Input, now: float) -> list[Command]:

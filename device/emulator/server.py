@@ -103,6 +103,9 @@ class Emulator:
         self._attempts = itertools.count(1)
         self._attempt_of: dict[ServerConnection, int] = {}
         self.connections = 0
+        self.conversations: dict[int, dict[str, dict[str, Any]]] = {}
+        """Each connection's conversation as it stands (item id: role, ms of audio), for
+        tests to see what the model would see: deleted items are gone."""
         self.server: Server | None = None
 
     async def start(self, host: str = "127.0.0.1", port: int = 8765) -> Server:
@@ -258,6 +261,7 @@ class _Session:
         self.turns = 0
         self.last_item: str | None = None
         self.items: dict[str, dict[str, Any]] = {}
+        emu.conversations[conn] = self.items
         self.prompt_tokens = 0
         """The last response's input: what the next one finds in the prompt cache."""
         self.response: asyncio.Task[None] | None = None
