@@ -77,8 +77,10 @@ class Answer:
 
 
 MAX_HELD = 4096
-"""Server events held back while a turn sent at a pause waits to be confirmed (a few hundred
-ms of a reply); past that, a flooding server's events are dropped."""
+MAX_HELD_BYTES = 8 * 1024 * 1024
+"""Server events (and their audio and text) held back while a turn sent at a pause waits to
+be confirmed: a few hundred ms of a reply, at most a few seconds of audio; past these, a
+flooding server's events are dropped, so the hold never grows memory without bound."""
 HELD = (
     rt.ResponseCreated,
     rt.OutputItemAdded,
@@ -101,11 +103,16 @@ class Early:
         self.user_item: str | None = None
         """The turn's first part in the conversation (from input_audio_buffer.committed)."""
         self.held: list[rt.ServerEvent] = []
+        self.size = 0
         self.dropped = 0
 
     def hold(self, ev: rt.ServerEvent) -> None:
-        if len(self.held) < MAX_HELD:
+        size = 64 + sum(
+            len(getattr(ev, name, "") or "") for name in ("pcm", "transcript", "arguments")
+        )
+        if len(self.held) < MAX_HELD and self.size + size <= MAX_HELD_BYTES:
             self.held.append(ev)
+            self.size += size
         else:
             self.dropped += 1
 

@@ -231,3 +231,15 @@ def test_an_answer_that_came_whole_during_the_pause_is_deleted_unheard_when_with
     assert deleted == ["r1-a", "r1-c", "u1"]
     assert link.speaker._buffer.buffered_samples == 0 and told(inputs) == []
     assert not any(e["type"] == "conversation.item.create" for e in session.sent)  # no tool ran
+
+
+def test_a_server_flooding_a_held_answer_cannot_grow_memory_without_bound() -> None:
+    from device.link import MAX_HELD_BYTES
+
+    link, session, _ = sent_at_a_pause(bytes(3200))
+    link._on_server_event(session, rt.ResponseCreated("r1"))  # type: ignore[arg-type]
+    big = bytes(1024 * 1024)  # a megabyte of "audio" per event
+    for _ in range(40):
+        link._on_server_event(session, rt.AudioDelta("r1", "i1", big))  # type: ignore[arg-type]
+    assert link.early is not None
+    assert link.early.size <= MAX_HELD_BYTES and link.early.dropped >= 32
