@@ -11,8 +11,9 @@ latencies on the device's own clocks where they can be:
 - memory: resident set size of a daemon process at idle, and after N conversations.
 - latencies, from a daemon process on real PortAudio devices (ALSA plugins: a microphone
   fed from a file at real time, a null speaker): wake → session ready (connecting, reported
-  apart) → first audio sent; turn end → commit at the service, and first reply audio at
-  the device → first sample played (the two together: what the device adds); barge-in:
+  apart) → first audio sent; the turn sent (`turn_commit`, at a pause or its end) → commit
+  at the service, and first reply audio at the device (held until the turn is over, when
+  it came sooner) → first sample played (the two together: what the device adds); barge-in:
   reply samples rendered after the press, and the output device's own latency.
 - start-up: process start → READY=1 on a NOTIFY_SOCKET.
 
@@ -328,7 +329,7 @@ async def latencies(tmp: Path) -> dict[str, float]:
     wake, ready, turn_end = first("wake"), first("session_open"), first("turn_end")
     reply = first("reply_audio", at(turn_end))
     played = first("playback_start", at(turn_end))
-    to_commit = commits[0]["mono"] - at(turn_end)
+    to_commit = commits[0]["mono"] - at(first("turn_commit"))
     to_play = at(played) - at(reply)
     return {
         "connect_ms": (at(ready) - at(wake)) * 1000,
@@ -412,8 +413,8 @@ def print_table(r: dict[str, Any]) -> None:
         ("start-up: process start -> READY=1", f"{r['startup_to_ready_s']:.2f} s", "< 2 s"),
         ("wake -> session ready (connecting)", f"{r['connect_ms']:.0f} ms", "(network)"),
         ("session ready -> first audio sent", f"{r['ready_to_first_audio_sent_ms']:.1f} ms", ""),
-        ("turn end -> commit at the service", f"{r['turn_end_to_commit_ms']:.1f} ms", ""),
-        ("reply audio in -> first sample played",
+        ("turn sent -> commit at the service", f"{r['turn_end_to_commit_ms']:.1f} ms", ""),
+        ("reply audio in (turn over) -> played",
          f"{r['first_reply_audio_to_played_ms']:.0f} ms", ""),
         ("  device's added latency (sum)", f"{r['device_added_ms']:.0f} ms", "<= 60 ms"),
         ("barge-in: reply audio after the press",
