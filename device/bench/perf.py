@@ -343,6 +343,47 @@ async def latencies(tmp: Path) -> dict[str, float]:
     }
 
 
+ANSWER_THINK_MS = 600
+"""The service's time to a first audio chunk assumed for `answer_heard`."""
+
+
+async def answer_heard(tmp: Path, commit_ms: int, think_ms: int = ANSWER_THINK_MS) -> float:
+    """From the user's last word to the first sample of the answer played, in audio time
+    (ms), for one question to an emulator that takes `think_ms` from a response.create to
+    its first audio (as a reasoning model over a network does), at `turn.commit_ms`."""
+    question = C.say(C.Utterance(QUESTION, "en-us", 165, 50))
+    spoken = C.speech_end(question)
+    quiet = np.zeros(RATE, "<i2")
+    mic = np.concatenate([quiet, question[:spoken], *[quiet] * 4])
+    wav = tmp / f"question-{commit_ms}.wav"
+    C.write_wav(wav, mic)
+    emu = Emulator(Scenario(preambles=[], answer="Sunny.", think_ms=think_ms, speedup=1.0))
+    await emu.start("127.0.0.1", 0)
+    cfg = dataclasses.replace(
+        parse_config(
+            {
+                "cloud": {"endpoint": f"http://127.0.0.1:{emu.port}"},
+                "button": {"enabled": False},
+                "leds": {"backend": "none"},
+                "turn": {"follow_up_ms": 0, "commit_ms": commit_ms},
+            }
+        ),
+        api_key=Secret("bench-key"),
+    )
+    events = tmp / f"answer-{commit_ms}-{think_ms}.jsonl"
+    events.unlink(missing_ok=True)  # (the events log appends)
+    opts = RunOptions(
+        input_wav=wav, output_wav=tmp / "reply.wav", events_log=events, leds="none", signals=False
+    )
+    try:
+        await asyncio.wait_for(App(cfg, opts).run(), 60)
+    finally:
+        await emu.close()
+    ev = [json.loads(x) for x in events.read_text().splitlines()]
+    played = next(e for e in ev if e["event"] == "playback_start")
+    return float(played["audio_ms"] - (RATE + spoken) * 1000 / RATE)
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -389,6 +430,8 @@ def run(quick: bool = False, out: Path | None = None) -> int:
         results |= asyncio.run(memory_and_startup(tmp, conversations))
         progress("latencies")
         results |= asyncio.run(latencies(tmp))
+        results["answer_heard_ms_commit_off"] = asyncio.run(answer_heard(tmp, 0))
+        results["answer_heard_ms"] = asyncio.run(answer_heard(tmp, 300))
     print_table(results)
     if out is not None:
         out.write_text(json.dumps(results, indent=2) + "\n")
@@ -417,6 +460,9 @@ def print_table(r: dict[str, Any]) -> None:
         ("reply audio in (turn over) -> played",
          f"{r['first_reply_audio_to_played_ms']:.0f} ms", ""),
         ("  device's added latency (sum)", f"{r['device_added_ms']:.0f} ms", "<= 60 ms"),
+        (f"last word -> answer heard ({ANSWER_THINK_MS} ms service)",
+         f"{r['answer_heard_ms']:.0f} ms", ""),
+        ("  the same, turn.commit_ms = 0", f"{r['answer_heard_ms_commit_off']:.0f} ms", ""),
         ("barge-in: reply audio after the press",
          f"{r['barge_in_audible_after_press_ms']:.0f} ms", "<= 20 ms"),
         ("  worst case: + the period in flight", f"{r['output_period_ms']:.0f} ms", ""),
