@@ -132,6 +132,11 @@ def appended(sent: list[dict[str, Any]]) -> bytes:
     )
 
 
+def deleted(session: Recording) -> list[str]:
+    """The items the link asked the service to delete, in order."""
+    return [e["item_id"] for e in session.sent if e["type"] == "conversation.item.delete"]
+
+
 def told(inputs: list[st.Input]) -> list[st.Input]:
     """What the machine was told, but the server's commits (which local turns ignore)."""
     return [i for i in inputs if not isinstance(i, st.ServerCommitted)]
@@ -189,8 +194,7 @@ def test_talking_on_after_the_pause_withdraws_the_answer_and_sends_the_turn_agai
     # the rest of the cancelled answer is dropped; its items leave the conversation
     answer(link, session, "r1")
     assert link.speaker._buffer.buffered_samples == 0 and told(inputs) == []
-    deleted = [e["item_id"] for e in session.sent if e["type"] == "conversation.item.delete"]
-    assert deleted == ["u1", "r1-a"]
+    assert deleted(session) == ["u1", "r1-a"]
     link.end_turn(st.EndTurn(0, "silence"))
     link.submit_turn(st.SubmitTurn())
     # the service's buffer holds the whole turn, converted in one piece, then it is committed
@@ -210,8 +214,7 @@ def test_an_answer_withdrawn_before_the_server_created_it_is_never_heard() -> No
     link._on_server_event(session, rt.InputCommitted("u1"))  # type: ignore[arg-type]
     answer(link, session, "r1")
     assert link.speaker._buffer.buffered_samples == 0 and told(inputs) == []
-    deleted = [e["item_id"] for e in session.sent if e["type"] == "conversation.item.delete"]
-    assert deleted == ["u1", "r1-a"]
+    assert deleted(session) == ["u1", "r1-a"]
     link.end_turn(st.EndTurn(0, "silence"))
     link.submit_turn(st.SubmitTurn())
     link._on_server_event(session, rt.InputCommitted("u2"))  # type: ignore[arg-type]
@@ -227,8 +230,7 @@ def test_an_answer_that_came_whole_during_the_pause_is_deleted_unheard_when_with
     link.withdraw(st.Withdraw(0))
     kinds = [(e["type"], e.get("item_id")) for e in session.sent]
     assert ("response.cancel", None) not in kinds  # it was over: nothing to cancel
-    deleted = [e["item_id"] for e in session.sent if e["type"] == "conversation.item.delete"]
-    assert deleted == ["r1-a", "r1-c", "u1"]
+    assert deleted(session) == ["r1-a", "r1-c", "u1"]
     assert link.speaker._buffer.buffered_samples == 0 and told(inputs) == []
     assert not any(e["type"] == "conversation.item.create" for e in session.sent)  # no tool ran
 

@@ -40,7 +40,7 @@ import numpy as np
 
 from ..adapters.control import request
 from ..app import App, RunOptions
-from ..config import Secret, parse_config
+from ..config import Config, Secret, parse_config
 from ..core import states as st
 from ..core.audio import CLOUD_RATE, FRAME_SAMPLES, MIC_RATE
 from ..emulator import Emulator, Scenario
@@ -256,6 +256,21 @@ async def memory_and_startup(tmp: Path, conversations: int) -> dict[str, float]:
     }
 
 
+def bench_config(port: int, **turn: int) -> Config:
+    """The default configuration against the emulator on `port`, with no button or LEDs."""
+    return dataclasses.replace(
+        parse_config(
+            {
+                "cloud": {"endpoint": f"http://127.0.0.1:{port}"},
+                "button": {"enabled": False},
+                "leds": {"backend": "none"},
+                "turn": turn,
+            }
+        ),
+        api_key=Secret("bench-key"),
+    )
+
+
 async def latencies(tmp: Path) -> dict[str, float]:
     """One conversation, then a second whose answer is interrupted (`voice-device wake`), in
     process on WAV devices clocked like real ones (20 ms periods); the emulator answers at
@@ -275,17 +290,7 @@ async def latencies(tmp: Path) -> dict[str, float]:
         record=tmp / "record.jsonl",
     )
     await emu.start("127.0.0.1", 0)
-    cfg = dataclasses.replace(
-        parse_config(
-            {
-                "cloud": {"endpoint": f"http://127.0.0.1:{emu.port}"},
-                "button": {"enabled": False},
-                "leds": {"backend": "none"},
-                "turn": {"follow_up_ms": 1000},
-            }
-        ),
-        api_key=Secret("bench-key"),
-    )
+    cfg = bench_config(emu.port, follow_up_ms=1000)
     events = tmp / "events.jsonl"
     opts = RunOptions(
         input_wav=wav, output_wav=tmp / "reply.wav", events_log=events, leds="none", signals=False
@@ -359,17 +364,7 @@ async def answer_heard(tmp: Path, commit_ms: int, think_ms: int = ANSWER_THINK_M
     C.write_wav(wav, mic)
     emu = Emulator(Scenario(preambles=[], answer="Sunny.", think_ms=think_ms, speedup=1.0))
     await emu.start("127.0.0.1", 0)
-    cfg = dataclasses.replace(
-        parse_config(
-            {
-                "cloud": {"endpoint": f"http://127.0.0.1:{emu.port}"},
-                "button": {"enabled": False},
-                "leds": {"backend": "none"},
-                "turn": {"follow_up_ms": 0, "commit_ms": commit_ms},
-            }
-        ),
-        api_key=Secret("bench-key"),
-    )
+    cfg = bench_config(emu.port, follow_up_ms=0, commit_ms=commit_ms)
     events = tmp / f"answer-{commit_ms}-{think_ms}.jsonl"
     events.unlink(missing_ok=True)  # (the events log appends)
     opts = RunOptions(
