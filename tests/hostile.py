@@ -272,6 +272,22 @@ async def rate_limited_first(h: Hostile, ws: ServerConnection) -> None:
     await ws.wait_closed()
 
 
+async def floods_the_answer_asked_at_a_pause(h: Hostile, ws: ServerConnection) -> None:
+    """The answer the device asks for at a pause in the user's turn, while it holds the
+    answer back: 128 MB of one response's audio, never done; then the session ends. The
+    next session is a good one."""
+    await h.until(ws, "session.update")
+    await opened(ws)
+    await h.until(ws, "response.create")
+    rid = "resp_flood"
+    await ws.send(event("response.created", response={"id": rid, "status": "in_progress"}))
+    megabyte = PCM * (1024 * 1024 // len(PCM))
+    for _ in range(128):
+        await ws.send(audio(rid, "item_flood", megabyte))
+    h.mode = "good"
+    await ws.close(1011, "enough")
+
+
 BEHAVIOURS: dict[str, Behaviour] = {
     "good": good,
     "reset_while_writing": reset_while_writing,
@@ -285,4 +301,5 @@ BEHAVIOURS: dict[str, Behaviour] = {
     "tiny_deltas": tiny_deltas,
     "benign_error_first": benign_error_first,
     "rate_limited_first": rate_limited_first,
+    "floods_the_answer_asked_at_a_pause": floods_the_answer_asked_at_a_pause,
 }

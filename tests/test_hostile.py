@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from websockets.asyncio.server import serve
 
-from tests.helpers import Daemon, read_jsonl, wait_until
+from device.app import App, RunOptions
+from tests.helpers import Daemon, config, read_jsonl, silence, speech, states, wait_until, write_wav
 from tests.hostile import Hostile
 
 pytestmark = pytest.mark.slow
@@ -228,3 +229,42 @@ async def test_a_redirect_is_not_followed_and_the_key_goes_nowhere(
     assert seen == []
     assert "test-key" not in daemon.log.read_text()
     await answers_again(daemon, hostile)
+
+
+async def test_a_flood_while_an_answer_is_held_at_a_pause_leaves_the_device_working(
+    tmp_path: Path, hostile: Hostile
+) -> None:
+    """Spoken questions (in process, a WAV microphone at real time): the answer asked for at
+    the pause after the first is a flood the device holds back, bounded, until the server
+    gives up; the device shows the error, and the next question is answered."""
+    import asyncio
+    import resource
+
+    hostile.mode = "floods_the_answer_asked_at_a_pause"
+    asked = silence(0.3) + speech("okay nabu, what time is it?") + silence(3.0)
+    mic = write_wav(tmp_path / "mic.wav", asked + silence(4.0) + asked + silence(3.0))
+    log = tmp_path / "ev.jsonl"
+    opts = RunOptions(input_wav=mic, output_wav=tmp_path / "out.wav", events_log=log)
+    # a long wait before the turn is over, so that the whole flood comes while it is held
+    cfg = config(
+        f"http://127.0.0.1:{hostile.port}", audio={"earcons": []}, turn={"silence_ms": 2500}
+    )
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert await asyncio.wait_for(App(cfg, opts).run(), 120) == 0
+    grew_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before) / 1024
+    events = read_jsonl(log)
+    first_error = next(i for i, e in enumerate(events) if e["event"] == "error")
+    # the flood came while the answer was held (asked for at the pause, not yet released)
+    early = [e for e in events[:first_error] if e["event"] == "turn_commit" and e["early"]]
+    assert early
+    assert "error" in states(events)
+    # the second question got a whole answer from the good server
+    after = events[first_error:]
+    assert [e["event"] for e in after if e["event"] in ("wake", "playback_start")] == [
+        "wake",
+        "playback_start",
+    ]
+    assert states(events)[-3:] == ["answering", "follow_up", "idle"] or "answering" in states(after)
+    # 128 MB came in while the answer was held: at most 8 MiB of it was kept, besides the
+    # connection's own buffers (16 messages) and one event's decoding
+    assert grew_mb < 64, grew_mb
