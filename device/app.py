@@ -174,6 +174,7 @@ class App:
         self.presenter.timer_running = lambda: len(self.timekeeper.timers) > 0
         self.presenter.mic_live = lambda: self.machine.hears_talk_over
         self.front.play_chime = lambda: self.presenter.play_earcon(Earcon.WAKE)
+        self.front.echo_path = self._echo_path_ms
         self.front.hears_talk_over = lambda: self.machine.hears_talk_over
         self.link = CloudLink(
             cfg,
@@ -371,6 +372,15 @@ class App:
                 log.info("input file ended and the device is idle: exiting")
                 self.request_stop()
                 return
+
+    def _echo_path_ms(self) -> float:
+        """How late the device's own sound is in the microphone's frames, for the echo
+        canceller: the output and input latencies PortAudio reports (in the simulated room,
+        its delay; WAV devices have no echo path)."""
+        if self.opts.room is not None:
+            return self.opts.room.delay_ms
+        mic_s = getattr(self.mic, "input_latency_s", 0.0)
+        return 1000 * (self.speaker.output_latency_s + mic_s)
 
     def _conversation_over(self) -> bool:
         idle = self.machine.state in (st.State.IDLE, st.State.MUTED)

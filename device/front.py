@@ -84,12 +84,16 @@ class FrontEnd:
         self.hold_chime = False
         """Other devices may answer this wake: the chime waits for the outcome."""
         self._chime_held = False
+        self.echo_path: Callable[[], float] = lambda: 0.0
+        """Milliseconds from a sound handed to the speaker to its echo in the microphone's
+        frames (the app knows the devices)."""
         self.configure(cfg)
 
     def configure(self, cfg: Config, found: tuple[WakeEngine, EchoGuard] | None = None) -> None:
         """Apply a (re)loaded configuration; `found`: its detectors, already loaded."""
         if found is not None:
             self.wake, self.echo = found
+        self.echo.path_ms = lambda: self.echo_path()
         w = cfg.wake
         self.rule = DuringPlayback(w.during_playback)
         self.playback_threshold = w.playback_threshold

@@ -14,6 +14,7 @@ is playing and for `tail_ms` after (so idle listening costs nothing extra):
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import numpy as np
 
@@ -47,6 +48,9 @@ class EchoGuard:
         self._aec = None
         self._delay = bytes(AEC_LAG * 2) if cancel_echo else b""
         self._resumed = True
+        self.path_ms: Callable[[], float] = lambda: 0.0
+        """How long after the speaker is handed a sound its echo is in the microphone's
+        frames (the devices' latencies): told to the canceller each time it starts."""
         self.aligned = b""
         """The last frame as heard, as late as the canceller's output (`process`)."""
         if cancel_echo:
@@ -85,6 +89,8 @@ class EchoGuard:
                 if score >= REFERENCE_THRESHOLD:
                     self._said[i] = pos
         if self._aec is not None:
+            if self._resumed:
+                self._aec.stream_delay_ms = max(0, round(self.path_ms()))
             out = self._cancel(frame, far)
             if self._resumed:  # its first samples are what it held back when it stopped
                 out = delayed[: AEC_LAG * 2] + out[AEC_LAG * 2 :]

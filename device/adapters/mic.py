@@ -67,6 +67,8 @@ class PyAudioMic:
         self.eof = False
         self.overflows = 0
         self.dropped = 0
+        self.input_latency_s = 0.0
+        """What PortAudio reports once the stream is open."""
         self._stream: Any = None
         self._converter: MicConverter | None = None
         self._frames: deque[bytes] = deque()
@@ -127,8 +129,16 @@ class PyAudioMic:
         except (OSError, ValueError) as e:
             raise OSError(f"could not open microphone '{self.name}': {e}") from e
         self._opened.set()
+        self.input_latency_s = float(self._stream.get_input_latency())
         how = "" if (rate, channels) == (MIC_RATE, 1) else f", captured at {rate} Hz x{channels}"
-        log.info("microphone '%s' open (%d Hz, %d ms frames%s)", self.name, MIC_RATE, FRAME_MS, how)
+        log.info(
+            "microphone '%s' open (%d Hz, %d ms frames%s, %.0f ms input latency)",
+            self.name,
+            MIC_RATE,
+            FRAME_MS,
+            how,
+            self.input_latency_s * 1000,
+        )
 
     def _drain(self) -> None:
         while not self._queue.empty():

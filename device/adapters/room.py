@@ -75,6 +75,9 @@ class Room:
         self.cue: Callable[[int], bytes | None] | None = None
         """Called with the frame count before each frame: return speech to start saying then
         (a user who answers what the device does, not a fixed timeline)."""
+        self.delay_ms = delay_ms
+        """How late the device's own sound is in what its microphone hears (the path a
+        real device's PortAudio latencies and the air make)."""
         self._ir = room_response(delay_ms, reverb_ms, echo_gain, seed)
         self._tail = np.zeros(len(self._ir) - 1, dtype=np.float32)
         self._resampler = Resampler(CLOUD_RATE, MIC_RATE)
