@@ -245,3 +245,23 @@ def test_a_server_flooding_a_held_answer_cannot_grow_memory_without_bound() -> N
         link._on_server_event(session, rt.AudioDelta("r1", "i1", big))  # type: ignore[arg-type]
     assert link.early is not None
     assert link.early.size <= MAX_HELD_BYTES and link.early.dropped >= 32
+
+
+def test_the_reply_timeout_counts_from_when_the_turn_was_sent() -> None:
+    """A long turn (say 25 s, after an answer) is not taken for a service gone quiet: the
+    wait for the reply starts when the turn is sent, early or not."""
+    import time
+
+    from device.core.audio import Uplink
+
+    for early in (False, True):
+        link, _, _ = link_with_session()
+        link.progress_at -= 25  # the last progress: before the user started talking
+        link.uplink = Uplink(0)
+        link.stream(bytes(3200))
+        if early:
+            link.commit_early(st.CommitEarly(1600))
+        link.end_turn(st.EndTurn(1600, "silence"))
+        link.submit_turn(st.SubmitTurn())
+        quiet = link.quiet_s(time.monotonic())
+        assert quiet is not None and quiet < 5, (early, quiet)
