@@ -100,6 +100,8 @@ class Room:
 
     mic: SoakMic
     speaker: WavSpeaker
+    delay_ms: float = 0.0
+    """No echo path: the speaker is never heard by the microphone."""
 
 
 async def settled_resources(emu: Emulator, app: App) -> dict[str, float]:
