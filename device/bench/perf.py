@@ -45,7 +45,7 @@ from ..core import states as st
 from ..core.audio import CLOUD_RATE, FRAME_SAMPLES, MIC_RATE
 from ..emulator import Emulator, Scenario
 from . import corpus as C
-from .harness import QUESTION, asoundrc
+from .harness import QUESTION, asoundrc, config
 
 RATE = MIC_RATE
 
@@ -257,17 +257,13 @@ async def memory_and_startup(tmp: Path, conversations: int) -> dict[str, float]:
 
 
 def bench_config(port: int, **turn: int) -> Config:
-    """The default configuration against the emulator on `port`, with no button or LEDs."""
-    return dataclasses.replace(
-        parse_config(
-            {
-                "cloud": {"endpoint": f"http://127.0.0.1:{port}"},
-                "button": {"enabled": False},
-                "leds": {"backend": "none"},
-                "turn": turn,
-            }
-        ),
-        api_key=Secret("bench-key"),
+    """The harness's configuration against the emulator on `port`, with no button or LEDs
+    and the follow-up window as a user gets it (`auto`)."""
+    return config(
+        f"http://127.0.0.1:{port}",
+        button={"enabled": False},
+        leds={"backend": "none"},
+        turn={"follow_up": "auto", **turn},
     )
 
 
