@@ -125,3 +125,23 @@ def test_no_early_commit_when_it_is_off_or_not_shorter_than_the_silence() -> Non
     for commit_ms in (0, 700, 900):
         events = run(words, settings=dataclasses.replace(S, commit_ms=commit_ms))
         assert [type(ev) for _, ev in events] == [SpeechStarted, TurnEnded]
+
+
+def test_a_turn_whose_speech_another_detector_heard_begin_ends_on_its_silence() -> None:
+    """The user talked over a reply: their words began before the turn did. A word as short
+    as "stop" is over by the time the turn opens, so it must not wait for speech (it would
+    time out and the word never reach the service): it ends `silence_ms` after the word."""
+    e = Endpointer(S)
+    e.wait_for_speech(10_000, 1500)
+    e.speaking(6_000, 10_000)
+    events = []
+    pos = 10_000
+    for _ in range(60):  # silence from here on
+        pos += F
+        ev = e.feed(pos, False)
+        if ev is not None:
+            events.append(ev)
+    assert events == [TurnEnded(10_000 + 700 * 16, 10_000, "silence")], events
+    # and speech going on keeps it open, as any turn
+    e.speaking(6_000, 10_000)
+    assert [e.feed(10_000 + i * F, True) for i in range(1, 60)] == [None] * 59

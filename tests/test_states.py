@@ -1566,6 +1566,18 @@ def test_talking_over_the_reply_interrupts_it_from_where_the_user_began() -> Non
     assert StartTurn(m.audio_pos - 300 * 16, "talked over") in cmds
 
 
+def test_words_said_over_the_reply_are_sent_even_if_they_ended_before_the_turn_opened() -> None:
+    """A lone "stop" is over by the time the detector is sure of it: the turn follows the
+    speech that began at `began` (it does not wait for more, time out as "no speech", and
+    lose the word), ends `silence_ms` after the verdict and is sent."""
+    m = talking_over(answering)
+    m.handle(TalkedOver(m.audio_pos - 4000), 5)
+    heard = m.audio_pos
+    cmds = frames(m, 10, False, 5)  # nothing more is said: 200 ms of silence ends it
+    assert EndTurn(heard + 10 * F, "silence") in cmds, cmds
+    assert SubmitTurn(True) in cmds and m.state is State.THINKING
+
+
 def test_talking_over_means_nothing_without_the_mode_or_a_conversation() -> None:
     m = answering()  # turn.barge_in = "wake"
     assert not m.hears_talk_over and m.handle(TalkedOver(m.audio_pos), 5) == []

@@ -128,6 +128,6 @@ def test_the_detector_tells_the_user_from_what_the_canceller_lets_through() -> N
     assert run(quiet + burst + quiet) is None
     user = [(-21.0, -19.0, True)] * 8  # the user over the echo: louder than it alone
     onset = run(quiet + user + quiet)
-    assert onset == 100 * 320 - 100 * 16  # the first frame of the words, less the lead
+    assert onset == 100 * 320 - 200 * 16  # the first frame of the words, less the lead
     far_away = [(-40.0, -24.5, True)] * 8  # another voice, 20 dB under the user's
     assert run(quiet + far_away + quiet) is None

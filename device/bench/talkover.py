@@ -175,19 +175,30 @@ def _words_received(
     user: bytes, log: list[dict[str, Any]], turns: Path, words_at: int, words: bytes
 ) -> Integrity:
     """How whole the words said over the answer reached the service: the turn the
-    interruption opened (the last one saved), against the words alone, over their span."""
-    turn = [e for e in log if e["event"] == "turn_end"][-1]
+    interruption opened (committed after it, the last one saved), against the words alone,
+    over their span. Words in no turn the service was sent (a turn given up as "no
+    speech") did not reach it: none of their windows is whole."""
+    cut = next(i for i, e in enumerate(log) if e.get("reason") == "talked over")
+    ends = [e for e in log[cut:] if e["event"] == "turn_end"]
+    committed = any(e["event"] == "turn_commit" for e in log[cut:])
+    words_end = words_at + len(words) // 2
+    if not ends or not committed:
+        clean = np.frombuffer(
+            resample(user[2 * words_at : 2 * words_end], MIC_RATE, CLOUD_RATE), "<i2"
+        )
+        return compare(np.zeros_like(clean), clean)
+    turn = ends[-1]
     saved = sorted(turns.glob("*.wav"))[-1]
     sent = np.frombuffer(read_wav(saved), "<i2")
     start = turn["start_sample"]
-    # what the user said, from the turn's start, over the words' span
-    begin = max(words_at, start)
-    end = min(words_at + len(words) // 2, turn["end_sample"])
-    if end <= begin:
-        return Integrity()
-    clean = np.frombuffer(resample(user[2 * begin : 2 * end], MIC_RATE, CLOUD_RATE), "<i2")
-    offset = (begin - start + AEC_LAG) * CLOUD_RATE // MIC_RATE  # (the canceller is on)
-    return compare(sent[offset : offset + len(clean)], clean)
+    # what the user said over the words' span; what of it came before the turn is lost
+    end = min(words_end, turn["end_sample"])
+    clean = np.frombuffer(resample(user[2 * words_at : 2 * end], MIC_RATE, CLOUD_RATE), "<i2")
+    offset = (words_at - start + AEC_LAG) * CLOUD_RATE // MIC_RATE  # (the canceller is on)
+    if offset >= 0:
+        return compare(sent[offset : offset + len(clean)], clean)
+    got = sent[: len(clean) + offset]
+    return compare(np.concatenate((np.zeros(-offset, sent.dtype), got)), clean)
 
 
 @dataclass

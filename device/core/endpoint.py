@@ -103,6 +103,17 @@ class Endpointer:
         self._since = at_sample
         self._deadline = None if timeout_ms is None else at_sample + self._samples(timeout_ms)
 
+    def speaking(self, onset_sample: int, at_sample: int) -> None:
+        """Follow a turn whose speech another detector has already heard begin at
+        `onset_sample` and go on until `at_sample` (the user talking over a reply)."""
+        self.phase = Phase.SPEAKING
+        self._paused = False
+        self._votes.clear()
+        self._votes.extend([True] * self.s.vote_needed)
+        self._since = self._turn_start = onset_sample
+        self._last_voiced_end = at_sample
+        self._deadline = None
+
     def stop(self) -> None:
         self.phase = Phase.IDLE
 

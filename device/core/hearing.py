@@ -301,7 +301,7 @@ class TalkOver:
         history_ms: int = 3000,
         far_ms: int = 400,
         leak_quantile: float = 0.98,
-        lead_ms: int = 100,
+        lead_ms: int = 200,
         min_db: float = -55.0,
         excess_db: float = 3.0,
         user_margin_db: float = 12.0,

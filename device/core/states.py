@@ -830,9 +830,11 @@ class Machine:
         assert isinstance(e, TalkedOver)
         if not self.hears_talk_over:
             return []
-        return self._interrupt(
-            max(e.start_sample, self._preroll_start(self.audio_pos)), "talked over"
-        )
+        start = max(e.start_sample, self._preroll_start(self.audio_pos))
+        cmds = self._interrupt(start, "talked over")
+        if self.turn is Turn.OPEN:  # (the user's speech has begun: the turn follows it)
+            self.endpointer.speaking(self.turn_start, self.audio_pos)
+        return cmds
 
     def on_handled_elsewhere(self, e: Input, now: float) -> list[Command]:
         """Another device answers the wake word: back to idle, nothing sent."""
