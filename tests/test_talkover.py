@@ -131,3 +131,34 @@ def test_the_detector_tells_the_user_from_what_the_canceller_lets_through() -> N
     assert onset == 100 * 320 - 200 * 16  # the first frame of the words, less the lead
     far_away = [(-40.0, -24.5, True)] * 8  # another voice, 20 dB under the user's
     assert run(quiet + far_away + quiet) is None
+
+
+def test_the_echo_reference_keeps_its_place_from_a_replys_first_frame() -> None:
+    """The far end at 16 kHz, 20 ms at a time from the first frame of a reply, is the played
+    sound at one fixed delay: frame by frame the same as converted in one piece, two
+    samples for every three, and as a resampler would have it (soxr's, whose bursty
+    output, padded to frames, slid ~70 samples against the echo over a reply's first
+    seconds)."""
+    import numpy as np
+
+    from device.adapters.echo import FAR_FRAME, FarEndDecimator
+    from device.core.audio import CLOUD_RATE, MIC_RATE, resample
+    from device.emulator.voice import espeak
+
+    played = espeak(PLAIN_ANSWER, CLOUD_RATE)
+    played = played[: len(played) // (2 * FAR_FRAME) * 2 * FAR_FRAME]
+    d = FarEndDecimator()
+    framed = b"".join(
+        d.push(played[i : i + 2 * FAR_FRAME]) for i in range(0, len(played), 2 * FAR_FRAME)
+    )
+    d.reset()
+    assert framed == d.push(played) and len(framed) * 3 == len(played) * 2
+    ref = np.frombuffer(resample(played, CLOUD_RATE, MIC_RATE), "<i2").astype(float)
+    got = np.frombuffer(framed, "<i2").astype(float)
+    lag = round(FarEndDecimator.DELAY)
+    for second in range(0, len(got) // MIC_RATE - 1):  # the same delay throughout
+        window = slice(second * MIC_RATE + 100, (second + 1) * MIC_RATE)
+        a, b = got[window], ref[window.start - lag : window.stop - lag]
+        if np.std(b) > 100:
+            corr = np.dot(a - a.mean(), b - b.mean()) / (np.std(a) * np.std(b) * len(a))
+            assert corr > 0.99, (second, corr)

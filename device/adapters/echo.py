@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..core.audio import CLOUD_RATE, FRAME_SAMPLES, MIC_RATE, Resampler
+from ..core.audio import CLOUD_RATE, FRAME_SAMPLES, MIC_RATE
 from .wakeword import WakeEngine
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,46 @@ AEC_LAG = 128
 """Samples (8 ms at 16 kHz) by which WebRTC's AEC3 output lags its input."""
 
 
+class FarEndDecimator:
+    """What the device played (24 kHz) as the microphone's 16 kHz: exactly two samples for
+    every three, at a fixed delay (`DELAY` samples out).
+
+    A streaming resampler will not do here. soxr gives its output in bursts (0, 490, 0,
+    489 … samples per 480 in), so a reference cut into 20 ms frames ran short and was
+    padded with silence until a backlog built up: each time the device began to speak, its
+    reference slid about 70 samples against the echo over the first seconds, and an
+    echo canceller chases a path that moves. This is a fixed windowed-sinc filter (2 up,
+    low-pass under 8 kHz, 3 down): every frame's output is the same function of the played
+    sound, wherever a reply starts."""
+
+    TAPS = 96
+    DELAY = (TAPS - 1) / 2 / 3
+    """Output samples (16 kHz) by which the reference lags the played sound (0.99 ms)."""
+
+    def __init__(self) -> None:
+        n = np.arange(self.TAPS) - (self.TAPS - 1) / 2
+        cutoff = 7_750 / (2 * CLOUD_RATE)  # (cycles per sample at the doubled rate)
+        h = 2 * cutoff * np.sinc(2 * cutoff * n) * np.hamming(self.TAPS)
+        self._even = (2 * h / h.sum())[0::2]  # the filter's taps that meet a played sample …
+        self._odd = (2 * h / h.sum())[1::2]  # … for outputs at even and at odd positions
+        self._history = np.zeros(self.TAPS // 2 - 1)
+
+    def reset(self) -> None:
+        """Nothing has been played since: forget what was."""
+        self._history[:] = 0
+
+    def push(self, far24: bytes) -> bytes:
+        """A multiple of three samples (24 kHz) in, two thirds as many (16 kHz) out."""
+        x = np.concatenate((self._history, np.frombuffer(far24, "<i2").astype(np.float64)))
+        self._history = x[len(x) - len(self._history) :]
+        even = np.convolve(x, self._even, "valid")
+        odd = np.convolve(x, self._odd, "valid")
+        out = np.empty(2 * (len(even) // 3))
+        out[0::2] = even[0::3]  # (output 2p sits at the doubled rate's 6p: played 3p)
+        out[1::2] = odd[1::3]  # (output 2p+1 at 6p+3: between played 3p+1 and 3p+2)
+        return np.clip(np.rint(out), -32768, 32767).astype("<i2").tobytes()
+
+
 class EchoGuard:
     def __init__(
         self,
@@ -42,8 +82,7 @@ class EchoGuard:
         self._reference = reference
         self._tail = tail_ms * MIC_RATE // 1000
         self._active_until = -1
-        self._resampler = Resampler(CLOUD_RATE, MIC_RATE)
-        self._far16 = bytearray()
+        self._decimator = FarEndDecimator()
         self._said: dict[int, int] = {}
         self._aec = None
         self._delay = bytes(AEC_LAG * 2) if cancel_echo else b""
@@ -76,14 +115,11 @@ class EchoGuard:
         self.aligned = delayed if self._aec is not None else frame
         self._delay = frame[len(frame) - len(self._delay) :]
         if not self.active(pos):
-            if self._far16:
-                self._far16.clear()
+            if self._resumed is False:
+                self._decimator.reset()
             self._resumed = True
             return self.aligned
-        self._far16 += self._resampler.push(far24)
-        want = len(frame)
-        far = bytes(self._far16[:want]).ljust(want, b"\0")
-        del self._far16[:want]
+        far = self._decimator.push(far24)
         if self._reference is not None:
             for i, score in enumerate(self._reference.process(far)):
                 if score >= REFERENCE_THRESHOLD:
