@@ -48,7 +48,9 @@ def detectors(cfg: Config) -> tuple[WakeEngine, EchoGuard]:
         if DuringPlayback(w.during_playback) is DuringPlayback.ECHO_MATCH
         else None
     )
-    return wake, EchoGuard(reference, cfg.audio.echo_tail_ms, cfg.audio.echo_cancellation)
+    a = cfg.audio
+    voice = cfg.turn.barge_in == "voice"
+    return wake, EchoGuard(reference, a.echo_tail_ms, a.echo_cancellation, subtract=voice)
 
 
 class FrontEnd:
@@ -140,10 +142,11 @@ class FrontEnd:
         state = self._state()
         choice = self.uplink_choice
         sent = heard_as_is
-        if choice.cleaned(state, self.pos) and choice.took_out(
-            rms_dbfs(heard_as_is), rms_dbfs(cleaned)
-        ):
-            sent = cleaned
+        if choice.cleaned(state, self.pos):
+            if self.echo.subtracted_holds_more():  # (someone talks over the device)
+                sent = self.echo.subtracted
+            elif choice.took_out(rms_dbfs(heard_as_is), rms_dbfs(cleaned)):
+                sent = cleaned
         self.preroll.append(sent)
         self._uplink(sent)
         heard = self.denoise.process(cleaned)  # what the device's own detectors listen to

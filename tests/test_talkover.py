@@ -44,15 +44,19 @@ async def test_a_lone_stop_spoken_over_the_answer_cuts_it_in_time(tmp_path: Path
             folder = tmp_path / f"{reverb['reverb_ms']}-{len(answer)}"
             r = await one_run({"echo_gain": 0.3, **reverb}, answer, stop, folder)
             assert r.latency_ms is not None and r.latency_ms <= WITHIN_MS, (reverb, answer, r)
+            # and the word reaches the service (it was over before the turn opened: once,
+            # the turn waited for more speech, timed out and sent nothing)
+            assert r.integrity.windows >= 3 and r.integrity.whole >= r.integrity.windows - 1, r
 
 
 async def test_words_said_over_the_answer_reach_the_service_whole_and_its_voice_does_not(
     tmp_path: Path,
 ) -> None:
-    """Over both answers in both rooms: at least 92 % of the correction's 100 ms windows
-    arrive whole (the canceller's output for every frame gave 89 %: it is not transparent
-    where it has nothing to take out), and what the service got before the words, the
-    device's own voice, is at least 30 dB under them (the microphone as heard: 2 to 27)."""
+    """Over both answers in both rooms: at least 98 % of the correction's 100 ms windows
+    arrive whole (AEC3's output for every frame gave 89 %: its suppressor turns the user
+    down with the echo; its output where it took something out, as heard elsewhere, 92 to
+    96 %), and what the service got before the words, the device's own voice, is at least
+    30 dB under them (the microphone as heard: 2 to 27)."""
     import numpy as np
 
     from device.bench.harness import read_wav
@@ -75,7 +79,7 @@ async def test_words_said_over_the_answer_reach_the_service_whole_and_its_voice_
                     sent[lead : lead + CLOUD_RATE].astype(float),
                 )
                 assert lead > 0 and np.mean(before**2) < np.mean(words**2) / 1000, (gain, room)
-        assert whole >= 0.92 * windows, (gain, whole, windows)
+        assert whole >= 0.98 * windows, (gain, whole, windows)
 
 
 async def test_the_devices_own_answer_does_not_interrupt_it(tmp_path: Path) -> None:
@@ -131,6 +135,64 @@ def test_the_detector_tells_the_user_from_what_the_canceller_lets_through() -> N
     assert onset == 100 * 320 - 200 * 16  # the first frame of the words, less the lead
     far_away = [(-40.0, -24.5, True)] * 8  # another voice, 20 dB under the user's
     assert run(quiet + far_away + quiet) is None
+
+
+def _device_answer_and_user_over_it(gain: float, delay_ms: float, reverb_ms: float):  # type: ignore[no-untyped-def]
+    """Real speech in the simulated room's acoustics: the device's answer (espeak's own
+    voice) twice, heard through the room, and the user's correction 0.8 s into the second
+    answer. Returns (microphone, far end as played at 16 kHz, the user alone), float64."""
+    import numpy as np
+
+    from device.adapters.room import room_response
+    from device.core.audio import MIC_RATE
+    from device.emulator.voice import espeak
+
+    answer = np.frombuffer(espeak(PLAIN_ANSWER, MIC_RATE), "<i2").astype(float)
+    answer = answer[: len(answer) // 320 * 320]  # (whole 20 ms frames)
+    far = np.concatenate((answer, np.zeros(MIC_RATE // 2), answer, np.zeros(MIC_RATE)))
+    words = np.frombuffer(sounds()["correction"], "<i2").astype(float)
+    user = np.zeros(len(far))
+    at = len(answer) + MIC_RATE // 2 + 4 * MIC_RATE // 5
+    user[at : at + len(words)] = words
+    echo = np.convolve(far, room_response(delay_ms, reverb_ms, gain))[: len(far)]
+    return np.clip(user + echo, -32768, 32767), far, user
+
+
+def test_the_subtractor_sends_the_users_words_over_the_answer_whole() -> None:
+    """`EchoSubtractor` (what the service is sent of words said over an answer), on real
+    speech in both rooms at echo 0.7: having heard one answer it leaves the device's voice
+    at least 20 dB under what was heard, and every 100 ms window of the user's words said
+    over the second one is whole (correlation ≥ 0.9, within 3 dB: the uplink measure)."""
+    import numpy as np
+
+    from device.adapters.echo import SUBTRACTED_DB, EchoSubtractor
+    from device.bench.uplink import compare
+    from device.core.audio import CLOUD_RATE, MIC_RATE, resample
+
+    def at_24k(x: np.ndarray) -> np.ndarray:
+        pcm = np.clip(np.rint(x), -32768, 32767).astype("<i2").tobytes()
+        return np.frombuffer(resample(pcm, MIC_RATE, CLOUD_RATE), "<i2")
+
+    for delay_ms, reverb_ms in ((5.0, 30.0), (25.0, 120.0)):
+        mic, far, user = _device_answer_and_user_over_it(0.7, delay_ms, reverb_ms)
+        s = EchoSubtractor()
+        late = int(max(0.0, delay_ms - 10) * MIC_RATE / 1000)  # (told the path, 10 ms early)
+        far_late = np.concatenate((np.zeros(late), far))[: len(far)]
+        out = np.concatenate(
+            [s.process(mic[i : i + 320], far_late[i : i + 320]) for i in range(0, len(mic), 320)]
+        )
+        start = np.flatnonzero(user)[0]
+        second = len(far) - MIC_RATE - (len(far) - MIC_RATE - MIC_RATE // 2) // 2
+        alone = slice(second, start)  # the second answer before the words: the device alone
+        left_db = 10 * np.log10(np.mean(mic[alone] ** 2) / np.mean(out[alone] ** 2))
+        assert left_db >= 20, (reverb_ms, left_db)
+        assert s.erle_db >= SUBTRACTED_DB
+        words = slice(start, start + int(np.flatnonzero(user)[-1] - start))
+        got = compare(at_24k(out[words]), at_24k(user[words]))
+        assert got.windows >= 15 and got.whole == got.windows, (reverb_ms, got)
+        # the microphone as heard: the device's voice over the words breaks them
+        heard = compare(at_24k(mic[words]), at_24k(user[words]))
+        assert heard.whole < heard.windows - 2, (reverb_ms, heard)
 
 
 def test_the_echo_reference_keeps_its_place_from_a_replys_first_frame() -> None:

@@ -14,11 +14,13 @@ is playing and for `tail_ms` after (so idle listening costs nothing extra):
 from __future__ import annotations
 
 import logging
+import math
+from collections import deque
 from collections.abc import Callable
 
 import numpy as np
 
-from ..core.audio import CLOUD_RATE, FRAME_SAMPLES, MIC_RATE
+from ..core.audio import CLOUD_RATE, FRAME_SAMPLES, MIC_RATE, rms_dbfs
 from .wakeword import WakeEngine
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,16 @@ REFERENCE_THRESHOLD = 0.5
 """A far-end score above this means the device itself is saying the word."""
 AEC_LAG = 128
 """Samples (8 ms at 16 kHz) by which WebRTC's AEC3 output lags its input."""
+ERLE_FRAMES = 100
+"""Frames (2 s) over which `EchoSubtractor.erle_db` is judged."""
+QUIET = 100
+"""A microphone frame under this RMS (about -50 dBFS) says nothing about the echo."""
+SUBTRACTED_DB = 12.0
+"""The subtractor's output is sent once it leaves the device's voice this far down…"""
+OVER_ECHO_DB = 6.0
+"""…for frames it leaves this much louder than it typically leaves the device's voice."""
+EARLY_MS = 10
+"""The subtractor's filter starts this much before the echo's expected delay."""
 
 
 class FarEndDecimator:
@@ -78,7 +90,10 @@ class EchoGuard:
         reference: WakeEngine | None,
         tail_ms: int,
         cancel_echo: bool = False,
+        subtract: bool = False,
     ) -> None:
+        """`subtract`: also keep `subtracted` (with `cancel_echo`; for `turn.barge_in =
+        "voice"`, where words said over a reply are sent)."""
         self._reference = reference
         self._tail = tail_ms * MIC_RATE // 1000
         self._active_until = -1
@@ -92,10 +107,19 @@ class EchoGuard:
         frames (the devices' latencies): told to the canceller each time it starts."""
         self.aligned = b""
         """The last frame as heard, as late as the canceller's output (`process`)."""
+        self.subtracted = b""
+        """The last frame with only the far end's linear echo taken out (`EchoSubtractor`),
+        as late as the canceller's output; the frame as heard while the guard is idle."""
+        self._subtractor: EchoSubtractor | None = None
+        self._sub_delay = b""
+        self._far_late = np.zeros(0)
         if cancel_echo:
             from pywebrtc_audio import EchoCanceller
 
             self._aec = EchoCanceller(MIC_RATE, 1, 0)
+            if subtract:
+                self._subtractor = EchoSubtractor()
+                self._sub_delay = bytes(AEC_LAG * 2)
 
     def active(self, pos: int) -> bool:
         """True while the device plays and during the tail after: playback rules apply."""
@@ -118,6 +142,7 @@ class EchoGuard:
             if self._resumed is False:
                 self._decimator.reset()
             self._resumed = True
+            self.subtracted = self._subtract(frame, None)
             return self.aligned
         far = self._decimator.push(far24)
         if self._reference is not None:
@@ -127,12 +152,53 @@ class EchoGuard:
         if self._aec is not None:
             if self._resumed:
                 self._aec.stream_delay_ms = max(0, round(self.path_ms()))
+            self.subtracted = self._subtract(frame, far)
             out = self._cancel(frame, far)
             if self._resumed:  # its first samples are what it held back when it stopped
                 out = delayed[: AEC_LAG * 2] + out[AEC_LAG * 2 :]
                 self._resumed = False
             return out
         return frame
+
+    @property
+    def subtracted_learnt(self) -> bool:
+        """Whether `subtracted` can be used: the subtractor has learnt the room (it leaves
+        the device's voice at least SUBTRACTED_DB down)."""
+        s = self._subtractor
+        return s is not None and s.erle_db >= SUBTRACTED_DB
+
+    def subtracted_holds_more(self) -> bool:
+        """Whether `subtracted` is the one to send for the last frame: it can be used, and
+        the frame holds more than the device's voice (`OVER_ECHO_DB` above what it typically
+        leaves of what was heard): someone is talking over it. Of the device's voice alone
+        the canceller's output is the better (it leaves far less of it)."""
+        s = self._subtractor
+        if s is None or not self.subtracted_learnt:
+            return False
+        left = rms_dbfs(self.subtracted) - rms_dbfs(self.aligned)
+        return left > OVER_ECHO_DB - s.typical_db
+
+    def _subtract(self, frame: bytes, far: bytes | None) -> bytes:
+        """The frame less the far end's echo (`far` None: nothing is playing, as heard),
+        through the same AEC_LAG delay as the canceller's output."""
+        s = self._subtractor
+        if s is None:
+            return self.aligned
+        if far is None:
+            out = frame
+        else:
+            if self._resumed:  # the far end was silent since: start it again at its delay
+                s.forget_far()
+                late = max(0, round((self.path_ms() - EARLY_MS) * MIC_RATE / 1000))
+                self._far_late = np.zeros(late)
+            f = np.concatenate((self._far_late, np.frombuffer(far, "<i2")))
+            self._far_late = f[len(frame) // 2 :]
+            near = np.frombuffer(frame, "<i2").astype(np.float64)
+            clean = s.process(near, f[: len(near)].astype(np.float64))
+            out = np.clip(np.rint(clean), -32768, 32767).astype("<i2").tobytes()
+        delayed = self._sub_delay + out[: len(out) - len(self._sub_delay)]
+        self._sub_delay = out[len(out) - len(self._sub_delay) :]
+        return delayed
 
     def _cancel(self, near: bytes, far: bytes) -> bytes:
         assert self._aec is not None
@@ -145,3 +211,101 @@ class EchoGuard:
         """Did the device itself say wake word `word` within the last moment?"""
         said = self._said.get(word)
         return said is not None and pos - said <= MATCH_WINDOW_S * MIC_RATE
+
+
+class EchoSubtractor:
+    """A linear echo canceller for what the service is sent while the device speaks.
+
+    WebRTC's AEC3 ends in a suppressor: wherever it still expects echo it turns the
+    microphone down, the user's words with it. That is right for the device's own detectors
+    (its voice must never wake or interrupt it) and wrong for the words a user says over an
+    answer, which must reach the service whole. This removes only what the far end predicts:
+    the microphone minus the far end through an estimate of the room (a partitioned-block
+    frequency-domain NLMS filter of `taps_ms`), so the user's voice passes untouched and
+    the device's voice is left `erle_db` under what was heard.
+
+    Two copies of the filter (the two-path scheme of Speex's MDF and others): the
+    background one adapts on every block, and is led astray while the user talks (their
+    voice is not in the far end, yet it learns from it); the foreground one, whose output is
+    used, never adapts itself: it takes the background's coefficients only when these leave
+    clearly less of the microphone behind, which over someone's voice they do not. A
+    background gone far wrong starts again from the foreground. Costs about 0.15 ms a 20 ms
+    frame here (400 ms of taps), only while the device speaks and only with talk-over on.
+    """
+
+    def __init__(self, taps_ms: int = 400, block: int = FRAME_SAMPLES, step: float = 1.0) -> None:
+        self.block = block
+        parts = max(1, taps_ms * MIC_RATE // 1000 // block)
+        bins = block + 1
+        self._x = np.zeros((parts, bins), complex)
+        """The far end's last `parts` blocks, as spectra of two blocks each (newest first)."""
+        self._back = np.zeros((parts, bins), complex)
+        self._fore = np.zeros((parts, bins), complex)
+        self._last = np.zeros(block)
+        self._power = np.zeros(bins)
+        self._step = step
+        self._floor = 1e4 * parts * block  # (a far end too quiet to learn from)
+        self._err_back = 0.0
+        self._err_fore = 0.0
+        self._ratios: deque[float] = deque(maxlen=ERLE_FRAMES)
+
+    def forget_far(self) -> None:
+        """The far end has been silent (nothing played): no echo of it is left to come."""
+        self._x[:] = 0
+        self._last[:] = 0
+
+    def process(self, near: np.ndarray, far: np.ndarray) -> np.ndarray:
+        """`near`, `far`: float64 arrays of a whole number of blocks, the far end already as
+        late as its echo (less than the filter's length). Returns the near end without it."""
+        b = self.block
+        out = np.empty_like(near)
+        for i in range(0, len(near), b):
+            out[i : i + b] = self._block(near[i : i + b], far[i : i + b])
+        heard = float(np.dot(near, near))
+        if heard > len(near) * QUIET**2:
+            self._ratios.append(float(np.dot(out, out)) / heard)
+        return out
+
+    def _block(self, d: np.ndarray, x: np.ndarray) -> np.ndarray:
+        b = self.block
+        self._x = np.roll(self._x, 1, axis=0)
+        self._x[0] = np.fft.rfft(np.concatenate((self._last, x)))
+        self._last = x
+        e_back = d - np.fft.irfft((self._back * self._x).sum(axis=0))[b:]
+        e_fore = d - np.fft.irfft((self._fore * self._x).sum(axis=0))[b:]
+        # the background learns (normalised per frequency, never by less than the block's
+        # own far-end power, so an onset cannot overshoot), its gradient kept causal
+        far_power = (np.abs(self._x) ** 2).sum(axis=0)
+        self._power = np.maximum(0.9 * self._power + 0.1 * far_power, far_power)
+        err = np.fft.rfft(np.concatenate((np.zeros(b), e_back)))
+        grad = np.fft.irfft(np.conj(self._x) * (self._step * err / (self._power + self._floor)))
+        grad[:, b:] = 0
+        self._back += np.fft.rfft(grad)
+        # which of the two leaves less of the far end behind
+        self._err_back = 0.9 * self._err_back + 0.1 * float(np.dot(e_back, e_back))
+        self._err_fore = 0.9 * self._err_fore + 0.1 * float(np.dot(e_fore, e_fore))
+        if self._err_back < 0.7 * self._err_fore:
+            self._fore = self._back.copy()
+            self._err_fore = self._err_back
+            return e_back
+        if self._err_back > 8 * self._err_fore:
+            self._back = self._fore.copy()
+            self._err_back = self._err_fore
+        return e_fore
+
+    @property
+    def typical_db(self) -> float:
+        """How far under what was heard it typically leaves the device's voice lately (the
+        median frame, some with someone talking over it)."""
+        if not self._ratios:
+            return 0.0
+        return -10 * math.log10(sorted(self._ratios)[len(self._ratios) // 2] + 1e-12)
+
+    @property
+    def erle_db(self) -> float:
+        """How far under what was heard it leaves the device's voice, lately: the frames it
+        turned down most (those with no one talking over them) of the last ERLE_FRAMES."""
+        if len(self._ratios) < ERLE_FRAMES // 4:
+            return 0.0
+        ratio = sorted(self._ratios)[len(self._ratios) // 5]
+        return -10 * math.log10(ratio + 1e-12)

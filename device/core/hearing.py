@@ -59,6 +59,12 @@ class UplinkChoice:
     to 449, 443, 435 (`bench echo`); the device's own voice before the user's words stays
     35 to 60 dB under them, as with the canceller's output throughout (the microphone as
     heard throughout would have it 2 to 27 dB under them).
+
+    With `turn.barge_in = "voice"` there is a third choice, made by the echo guard
+    (`EchoGuard.subtracted_holds_more`): a frame that holds more than the device's voice
+    (someone talking over it) is sent with only the far end's linear echo subtracted
+    (`adapters.echo.EchoSubtractor`), since AEC3's suppressor turns the user down with the
+    echo wherever both sound at once.
     """
 
     def __init__(self, tail_ms: int, rate: int = MIC_RATE, unchanged_db: float = 3.0) -> None:
