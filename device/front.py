@@ -22,6 +22,7 @@ from .config import Config
 from .core import states as st
 from .core.audio import MIC_RATE, PreRoll, ms_to_samples, rms_dbfs, samples_to_ms
 from .core.hearing import (
+    FIRM_DB,
     IDLE_STATES,
     USER_FRAMES,
     WAKE_STATES,
@@ -179,9 +180,11 @@ class FrontEnd:
         if fresh:
             self.vad.reset()  # no stale hangover from before the gap
         speech = runs and self.vad.is_speech(heard, level) and self.background.users(level)
+        firm = True
         if speech and state is st.State.LISTENING:
             self.user_levels.append(level)  # (how loud the user speaks, for `talk_over`)
-        self._handle(st.Heard(self.pos, speech))
+            firm = level >= speech_level(self.user_levels) - FIRM_DB
+        self._handle(st.Heard(self.pos, speech, firm))
         self._talked_over(heard, loudness, playing, far, frame)
 
     def _talked_over(

@@ -145,3 +145,37 @@ def test_a_turn_whose_speech_another_detector_heard_begin_ends_on_its_silence() 
     # and speech going on keeps it open, as any turn
     e.speaking(6_000, 10_000)
     assert [e.feed(10_000 + i * F, True) for i in range(1, 60)] == [None] * 59
+
+
+def test_the_early_commit_counts_from_firm_speech_and_the_end_from_any() -> None:
+    """Words ('1', firm), then the room's tail of them ('t': voiced, not firm), then
+    silence: the pause is taken commit_ms after the words, the tail neither takes it back
+    nor is cut off (the turn ends silence_ms after it, as it would without the gate); a
+    firm word after the pause takes it back."""
+    early = dataclasses.replace(S, commit_ms=300)
+
+    def feed(pattern: str) -> list[tuple[int, object]]:
+        e = Endpointer(early)
+        e.wait_for_speech(0, 5000)
+        out = []
+        for i, c in enumerate(pattern):
+            ev = e.feed((i + 1) * F, c in "1t", c == "1")
+            if ev is not None:
+                out.append((i, ev))
+        return out
+
+    events = feed("1" * 20 + "t" * 10 + "0" * 40)
+    kinds = [type(ev) for _, ev in events]
+    assert kinds == [SpeechStarted, TurnPaused, TurnEnded], events
+    paused, end = events[1][1], events[2][1]
+    assert isinstance(paused, TurnPaused) and isinstance(end, TurnEnded)
+    assert paused.at_sample == 20 * F + 300 * 16 and paused.speech_end_sample == 20 * F
+    assert end.speech_end_sample == 30 * F  # (the tail's last voiced frame, as before)
+    events = feed("1" * 20 + "t" * 10 + "0" * 10 + "1" * 10 + "0" * 40)
+    assert [type(ev) for _, ev in events] == [
+        SpeechStarted,
+        TurnPaused,
+        SpeechResumed,
+        TurnPaused,
+        TurnEnded,
+    ], events

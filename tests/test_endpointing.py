@@ -115,3 +115,38 @@ async def test_a_pause_inside_a_command_does_not_cut_it_and_a_finished_one_is_se
     assert len(starts) == 2
     for at, turn in zip(starts, turns, strict=True):
         assert at >= turn["audio_ms"] * 16
+
+
+async def test_in_a_reverberant_room_the_turn_is_sent_when_the_words_end_not_their_echo(
+    tmp_path: Path,
+) -> None:
+    """The room's tail of the last word keeps webrtcvad voiced: the early commit counts its
+    pause from the last frame as loud as the user's own voice (`core.hearing.FIRM_DB`), so
+    the turn is sent within 400 ms of the last word; the turn still ends (and what is sent
+    never stops) before the tail is over, as before."""
+    question = "okay nabu, what will the weather be like tomorrow?"
+    user = C.say(C.Utterance(question, "en-us", 165, 50))
+    spoken_end = C.speech_end(user)
+    lead = MIC_RATE
+    clean = np.concatenate([np.zeros(lead, "<i2"), user, np.zeros(3 * MIC_RATE, "<i2")])
+    heard = C.reverberate(clean)
+    emu = Emulator(Scenario(preambles=[], answer="Sunny.", speedup=50.0))
+    await emu.start("127.0.0.1", 0)
+    opts = RunOptions(
+        input_wav=write_wav(tmp_path / "in.wav", heard.tobytes()),
+        fast=True,
+        output_wav=tmp_path / "reply.wav",
+        events_log=tmp_path / "ev.jsonl",
+    )
+    cfg = config(f"http://127.0.0.1:{emu.port}", turn={"follow_up_ms": 0})
+    try:
+        assert await asyncio.wait_for(App(cfg, opts).run(), 90) == 0
+    finally:
+        await emu.close()
+    events = read_jsonl(tmp_path / "ev.jsonl")
+    [commit] = [e for e in events if e["event"] == "turn_commit"]
+    [turn] = [e for e in events if e["event"] == "turn_end"]
+    assert commit["early"] and turn["reason"] == "silence"
+    late_ms = (commit["sample"] - (lead + spoken_end)) / 16
+    assert 0 <= late_ms <= 400, late_ms
+    assert not [e for e in events if e["event"] == "turn_withdrawn"]

@@ -24,6 +24,7 @@ import json
 import math
 import statistics
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +38,7 @@ from ..adapters.wakeword import MICRO_MODELS, OPENWAKEWORD_MODELS, WakeEngine, l
 from ..config import AudioConfig
 from ..core.audio import rms_dbfs
 from ..core.endpoint import Endpointer, EndpointSettings, SpeechResumed, TurnEnded, TurnPaused
-from ..core.hearing import BackgroundSpeech
+from ..core.hearing import FIRM_DB, USER_FRAMES, BackgroundSpeech, speech_level
 from . import corpus as C
 from .harness import louder
 
@@ -214,6 +215,7 @@ def run_endpointer(audio: np.ndarray, settings: EndpointSettings) -> Endpointed 
     pcm = audio.tobytes()
     paused_at: int | None = None
     withdrawn = 0
+    levels: deque[float] = deque(maxlen=USER_FRAMES)  # (the user's voiced frames)
     for i in range(0, len(pcm) - 639, 640):
         if i < lead:
             frame = idle_frame(heard, pcm[i : i + 640])
@@ -225,7 +227,10 @@ def run_endpointer(audio: np.ndarray, settings: EndpointSettings) -> Endpointed 
             background.turn_starts()
             ep.wait_for_speech(0, 5000)
         speech = vad.is_speech(frame) and background.users(level)
-        ev = ep.feed((i - lead) // 2 + 320, speech)
+        if speech:
+            levels.append(level)
+        firm = speech and level >= speech_level(levels) - FIRM_DB
+        ev = ep.feed((i - lead) // 2 + 320, speech, firm)
         if isinstance(ev, TurnPaused):
             paused_at = ev.at_sample
         elif isinstance(ev, SpeechResumed):

@@ -31,7 +31,9 @@ class TurnEnded:
 @dataclass(frozen=True)
 class TurnPaused:
     """`commit_ms` of silence: the turn may be over. Sending it now and asking for the answer
-    saves the rest of `silence_ms`; the answer is heard only once `TurnEnded` confirms it."""
+    saves the rest of `silence_ms`; the answer is heard only once `TurnEnded` confirms it.
+    Counted from the last *firm* speech (`feed`): in a reverberant room the room's tail of
+    the last word keeps the VAD voiced for a while, but it is not the user talking on."""
 
     at_sample: int
     speech_end_sample: int
@@ -85,12 +87,15 @@ class Endpointer:
         self._deadline: int | None = None
         self._turn_start = 0
         self._last_voiced_end = 0
+        self._firm_votes: deque[bool] = deque(maxlen=settings.vote_window)
+        self._last_firm_end = 0
         self._paused = False
 
     def reconfigure(self, settings: EndpointSettings) -> None:
         self.s = settings
         if self._votes.maxlen != settings.vote_window:
             self._votes = deque(self._votes, maxlen=settings.vote_window)
+            self._firm_votes = deque(self._firm_votes, maxlen=settings.vote_window)
 
     def _samples(self, ms: int) -> int:
         return ms * self.s.rate // 1000
@@ -100,6 +105,7 @@ class Endpointer:
         self.phase = Phase.WAITING
         self._paused = False
         self._votes.clear()
+        self._firm_votes.clear()
         self._since = at_sample
         self._deadline = None if timeout_ms is None else at_sample + self._samples(timeout_ms)
 
@@ -110,18 +116,24 @@ class Endpointer:
         self._paused = False
         self._votes.clear()
         self._votes.extend([True] * self.s.vote_needed)
+        self._firm_votes.clear()
+        self._firm_votes.extend([True] * self.s.vote_needed)
         self._since = self._turn_start = onset_sample
-        self._last_voiced_end = at_sample
+        self._last_voiced_end = self._last_firm_end = at_sample
         self._deadline = None
 
     def stop(self) -> None:
         self.phase = Phase.IDLE
 
-    def feed(self, end_sample: int, speech: bool) -> EndpointEvent | None:
-        """One frame's VAD verdict; `end_sample` is the sample after the frame."""
+    def feed(self, end_sample: int, speech: bool, firm: bool | None = None) -> EndpointEvent | None:
+        """One frame's VAD verdict; `end_sample` is the sample after the frame. `firm`
+        (default: `speech`): speech that is surely the user's own voice, not the tail the
+        room gives it (see `TurnPaused`); the turn's end is decided on `speech` alone."""
         if self.phase is Phase.IDLE:
             return None
+        firm = speech if firm is None else speech and firm
         self._votes.append(speech)
+        self._firm_votes.append(firm)
         voiced = sum(self._votes) >= self.s.vote_needed
         if self.phase is Phase.WAITING:
             if voiced:
@@ -130,7 +142,7 @@ class Endpointer:
                 onset = end_sample - (len(self._votes) - first_voiced) * self.s.frame_samples
                 onset = max(self._since, onset)
                 self._turn_start = onset
-                self._last_voiced_end = end_sample
+                self._last_voiced_end = self._last_firm_end = end_sample
                 return SpeechStarted(onset)
             if self._deadline is not None and end_sample >= self._deadline:
                 self.phase = Phase.IDLE
@@ -139,6 +151,8 @@ class Endpointer:
         # SPEAKING
         if speech and voiced:
             self._last_voiced_end = end_sample
+        if firm and sum(self._firm_votes) >= self.s.vote_needed:
+            self._last_firm_end = end_sample
             if self._paused:
                 self._paused = False
                 return SpeechResumed(end_sample)
@@ -149,8 +163,8 @@ class Endpointer:
             self.phase = Phase.IDLE
             return TurnEnded(end_sample, self._last_voiced_end, "silence")
         commit = self.s.commit_ms
-        silent = end_sample - self._last_voiced_end
+        silent = end_sample - self._last_firm_end
         if 0 < commit < self.s.silence_ms and not self._paused and silent >= self._samples(commit):
             self._paused = True
-            return TurnPaused(end_sample, self._last_voiced_end)
+            return TurnPaused(end_sample, self._last_firm_end)
         return None

@@ -95,10 +95,12 @@ class ButtonUp:
 
 @dataclass(frozen=True)
 class Heard:
-    """One microphone frame went by; `speech` is the VAD's verdict on it."""
+    """One microphone frame went by; `speech` is the VAD's verdict on it, `firm` whether it
+    is also as loud as the user's own voice (see `Endpointer.feed`)."""
 
     end_sample: int
     speech: bool
+    firm: bool = True
 
 
 @dataclass(frozen=True)
@@ -859,7 +861,7 @@ class Machine:
     def _endpoint(self, e: Heard) -> NoSpeech | TurnPaused | SpeechResumed | TurnEnded | None:
         """What this frame means for the open turn: no speech at all, a pause that may be its
         end, speech again after one, its end, or nothing."""
-        ev = self.endpointer.feed(e.end_sample, e.speech)
+        ev = self.endpointer.feed(e.end_sample, e.speech, e.firm)
         if isinstance(ev, NoSpeech):
             return ev
         if self.s.server_turns or self.held_turn:
