@@ -24,6 +24,7 @@ from .core.audio import MIC_RATE, PreRoll, ms_to_samples, rms_dbfs, samples_to_m
 from .core.hearing import (
     FIRM_DB,
     IDLE_STATES,
+    REPLY_VOICE,
     USER_FRAMES,
     WAKE_STATES,
     WAKE_WORD_FRAMES,
@@ -144,7 +145,10 @@ class FrontEnd:
         choice = self.uplink_choice
         sent = heard_as_is
         if choice.cleaned(state, self.pos):
-            if self.echo.subtracted_holds_more():  # (someone talks over the device)
+            if self.echo.subtracted_learnt and (
+                state not in REPLY_VOICE  # (its voice has stopped: only the room's tail)
+                or self.echo.subtracted_holds_more()  # (someone talks over the device)
+            ):
                 sent = self.echo.subtracted
             elif choice.took_out(rms_dbfs(heard_as_is), rms_dbfs(cleaned)):
                 sent = cleaned
@@ -191,7 +195,9 @@ class FrontEnd:
         self, heard: bytes, loudness: float, playing: bool, far: bytes, raw: bytes
     ) -> None:
         """While a reply sounds (with `turn.barge_in = "voice"`): is the user talking over
-        it? Checked after the frame's other inputs, on what the canceller left."""
+        it? Checked after the frame's other inputs, on the microphone less the device's
+        linear echo once the subtractor has learnt the room (the user's voice whole), on
+        what AEC3 left before (its suppressor dulls a word said over the reply)."""
         vad = self.over_vad
         if vad is None:
             return  # (`turn.barge_in = "wake"`: never fed, see `configure`)
@@ -201,6 +207,9 @@ class FrontEnd:
                 vad.reset()
             return
         t = self.talk_over
+        if self.echo.subtracted_learnt:
+            heard = self.echo.subtracted
+            loudness = rms_dbfs(heard)
         t.far(rms_dbfs(far), rms_dbfs(raw))
         t.user_db = speech_level(self.user_levels)
         vad.hear(heard)

@@ -288,7 +288,7 @@ class EchoSubtractor:
             self._fore = self._back.copy()
             self._err_fore = self._err_back
             return e_back
-        if self._err_back > 8 * self._err_fore:
+        if not self._err_back <= 8 * self._err_fore:  # (gone far wrong, or not a number)
             self._back = self._fore.copy()
             self._err_back = self._err_fore
         return e_fore
