@@ -175,9 +175,10 @@ class TurnConfig:
     follow_up_ms: int = 5000
     follow_up: str = "auto"
     """auto (listen on after an answer that invites a reply), always, or never."""
-    barge_in: str = "wake"
-    """How to interrupt a reply by voice: wake (the wake word, as before) or voice (also by
-    talking over it, without the wake word)."""
+    barge_in: str = "voice"
+    """How to interrupt a reply by voice: voice (the wake word, or talking over it without
+    it; the default since `bench echo` measured it) or wake (only the wake word, and the
+    microphone is not live during a reply)."""
 
 
 @dataclass(frozen=True)

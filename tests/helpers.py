@@ -64,7 +64,10 @@ def check_conversation(
     assert [e["word"] for e in events if e["event"] == "wake"] == ["Okay Nabu"]
     assert states(events) == CONVERSATION
     leds = [e["pattern"] for e in events if e["event"] == "led"]
-    assert leds == ["idle", *CONVERSATION], leds
+    # while the reply plays the microphone is live for the user to talk over it (the
+    # default `turn.barge_in = "voice"`), and the light says so
+    live = {"preamble": "preamble_live", "answering": "answering_live"}
+    assert leds == ["idle", *(live.get(s, s) for s in CONVERSATION)], leds
     phases = [e["phase"] for e in events if e["event"] == "playback_start"]
     assert phases == ["commentary", "final_answer"]
 

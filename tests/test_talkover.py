@@ -115,8 +115,8 @@ async def test_a_cough_or_a_door_over_the_answer_does_not_interrupt_it(tmp_path:
 
 
 def test_the_mode_is_named_in_the_configuration() -> None:
-    assert parse_config({}).turn.barge_in == "wake"  # (until the measurements hold)
-    assert parse_config({"turn": {"barge_in": "voice"}}).turn.barge_in == "voice"
+    assert parse_config({}).turn.barge_in == "voice"  # (the measurements hold: README)
+    assert parse_config({"turn": {"barge_in": "wake"}}).turn.barge_in == "wake"
     try:
         parse_config({"turn": {"barge_in": "always"}})
     except ConfigError as e:

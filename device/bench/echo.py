@@ -78,7 +78,8 @@ async def one_run(
             "cloud": {"endpoint": f"http://127.0.0.1:{emu.port}"},
             "gpio": {"pin_factory": "mock"},
             "button": {"enabled": False},
-            "turn": {"follow_up_ms": 500, "no_speech_timeout_ms": 1500},
+            # (the wake word over the answer: talking over it is measured in `talkover`)
+            "turn": {"follow_up_ms": 500, "no_speech_timeout_ms": 1500, "barge_in": "wake"},
             "audio": {"echo_cancellation": setup.echo_cancellation, "earcons": []},
             "wake": {
                 "during_playback": setup.during_playback,

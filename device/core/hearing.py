@@ -282,9 +282,11 @@ MIN_ECHO_FRAMES = 25
 class TalkOver:
     """Whether the user is talking over the device's reply (`turn.barge_in = "voice"`).
 
-    It hears the echo-cancelled microphone while the reply sounds. The canceller does not
-    remove all of the device's voice: in a lively room bursts of it come through, some
-    nearly as loud as the echo itself. So a frame is the user's only when
+    It hears the microphone less the device's echo while the reply sounds (the linear
+    subtractor's output once it has learnt the room, where the user's words are whole;
+    AEC3's before). Neither removes all of the device's voice: in a lively room bursts of
+    it come through, some nearly as loud as the echo itself. So a frame is the user's only
+    when
 
     - it stands `margin_db` over what the canceller is expected to let through now (a high
       quantile of how much of the far end leaked through lately, relative to the loudest
