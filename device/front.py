@@ -144,14 +144,19 @@ class FrontEnd:
         state = self._state()
         choice = self.uplink_choice
         sent = heard_as_is
-        if choice.cleaned(state, self.pos):
-            if self.echo.subtracted_learnt and (
-                state not in REPLY_VOICE  # (its voice has stopped: only the room's tail)
-                or self.echo.subtracted_holds_more()  # (someone talks over the device)
-            ):
-                sent = self.echo.subtracted
-            elif choice.took_out(rms_dbfs(heard_as_is), rms_dbfs(cleaned)):
-                sent = cleaned
+        reply_echo = choice.cleaned(state, self.pos)
+        echo = self.echo
+        if (
+            echo.subtracted_learnt
+            and echo.active(self.pos)
+            and (
+                state not in REPLY_VOICE  # (a chime, or the room's tail of the reply)
+                or echo.subtracted_holds_more()  # (someone talks over the device)
+            )
+        ):
+            sent = echo.subtracted
+        elif reply_echo and choice.took_out(rms_dbfs(heard_as_is), rms_dbfs(cleaned)):
+            sent = cleaned
         self.preroll.append(sent)
         self._uplink(sent)
         heard = self.denoise.process(cleaned)  # what the device's own detectors listen to

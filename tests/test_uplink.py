@@ -14,6 +14,7 @@ from device.bench.uplink import (
     WAITS_FOR_CHIME_MS,
     Integrity,
     one_run,
+    one_run_after_answer,
     user_audio,
 )
 
@@ -44,6 +45,19 @@ async def test_a_user_who_waits_for_the_chime_is_received_whole_in_every_room(
                 user_audio(WAITS_FOR_CHIME_MS), room, True, tmp_path / f"{gain}-{reverb}"
             )
             assert r.whole == r.windows, (gain, reverb, r.worst)
+
+
+async def test_once_it_has_spoken_the_chimes_echo_is_taken_off_the_users_first_words(
+    tmp_path: Path,
+) -> None:
+    """A command begun 340 ms after the wake word lands on the chime's echo. Once the device
+    has answered a question (its subtractor has learnt the room), the chime's echo is
+    subtracted from what is sent while it sounds, and the command arrives whole at echo 0.3
+    and 0.7 in the livelier room (the microphone as heard lost one or two windows)."""
+    for gain in (0.3, 0.7):
+        room = {"echo_gain": gain, **LIVELY}
+        r = await one_run_after_answer(user_audio(PAUSES_MS[1]), room, tmp_path / f"{gain}")
+        assert r.windows > 15 and r.whole == r.windows, (gain, r.worst)
 
 
 async def test_a_user_who_goes_straight_on_is_not_chimed_over(tmp_path: Path) -> None:

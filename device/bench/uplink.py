@@ -45,6 +45,7 @@ PAUSES_MS = (60, 340, 590, 940)
 fires about 200 ms after the word ends, so the user is already speaking), the pause espeak
 leaves after a phrase, a longer one, and waiting for the chime."""
 WAITS_FOR_CHIME_MS = PAUSES_MS[-1]
+AFTER_AN_ANSWER = "after an answer"
 
 
 @dataclass
@@ -129,25 +130,65 @@ async def one_run(
     return received(user, events, tmp / "turns", AEC_LAG if echo_cancellation else 0)
 
 
-def received(user: bytes, events_log: Path, turns: Path, lag: int = 0) -> Integrity:
-    """How whole the first turn the emulator saved in `turns` is, against `user` (what the
-    user said, 16 kHz, from the start of the microphone stream) over the span the events
-    log's `turn_end` names. `lag`: samples by which the device's stream runs late (the
-    canceller's, when it is on: `adapters.echo.AEC_LAG`)."""
+async def one_run_after_answer(user: bytes, room_kw: dict[str, Any], tmp: Path) -> Integrity:
+    """The same wake and question, once the device has answered a first question (a
+    conversation earlier, so its echo canceller and subtractor have heard the room, as on
+    a device that has spoken since it started): the second turn is measured."""
+    from ..adapters.room import Room
+    from .echo import PLAIN_ANSWER
+
+    tmp.mkdir(parents=True, exist_ok=True)
+    emu = Emulator(
+        Scenario(preambles=[], answer=PLAIN_ANSWER, think_ms=0, speedup=50.0),
+        save_audio=tmp / "turns",
+    )
+    await emu.start("127.0.0.1", 0)
+    cfg = config(
+        f"http://127.0.0.1:{emu.port}",
+        button={"enabled": False},
+        turn={"follow_up_ms": 0},
+    )
+    first = bytes(16_000) + espeak(f"{WAKE}, {COMMAND}", MIC_RATE)
+    room = Room(first + bytes(32_000), paced=False, jitter_ms=30_000, **room_kw)
+    events = tmp / "events.jsonl"
+    app = App(cfg, RunOptions(room=room, events_log=events, leds="none", signals=False))
+    seen = {"answered": False, "asked": False}
+
+    def cue(frame: int) -> bytes | None:
+        state = app.machine.state.value
+        seen["answered"] |= state == "answering"
+        if seen["answered"] and state in ("follow_up", "idle") and not seen["asked"]:
+            seen["asked"] = True
+            return user + bytes(64_000)
+        return None
+
+    room.cue = cue
+    try:
+        await asyncio.wait_for(app.run(), 90)
+    finally:
+        await emu.close()
+    return received(room.mic.recording, events, tmp / "turns", AEC_LAG, turn=1)
+
+
+def received(user: bytes, events_log: Path, turns: Path, lag: int = 0, turn: int = 0) -> Integrity:
+    """How whole turn `turn` (0: the first) the emulator saved in `turns` is, against
+    `user` (what the user said, 16 kHz, from the start of the microphone stream) over the
+    span the events log's `turn_end` names. `lag`: samples by which the device's stream runs
+    late (the canceller's, when it is on: `adapters.echo.AEC_LAG`)."""
     events = read_jsonl(events_log)
-    turn = next(e for e in events if e["event"] == "turn_end")
-    start, end = turn["start_sample"], turn["end_sample"]
+    ended = [e for e in events if e["event"] == "turn_end"][turn]
+    start, end = ended["start_sample"], ended["end_sample"]
     heard = (user + bytes(2 * end))[2 * start : 2 * end]
     clean = np.frombuffer(resample(heard, MIC_RATE, CLOUD_RATE), "<i2")
-    sent = np.frombuffer(read_wav(standing_turn(events, turns)), "<i2")
+    sent = np.frombuffer(read_wav(standing_turn(events, turns, turn)), "<i2")
     return compare(sent[lag * CLOUD_RATE // MIC_RATE :], clean)
 
 
-def standing_turn(events: list[dict[str, Any]], turns: Path) -> Path:
-    """The emulator's saved turn that the first turn of the events log ended as: one sent
-    at a pause the user then spoke on after was saved as well, before it was sent again
-    whole (`turn_withdrawn`)."""
-    sent = next(i for i, e in enumerate(events) if e["event"] == "audio_sent")
+def standing_turn(events: list[dict[str, Any]], turns: Path, turn: int = 0) -> Path:
+    """The emulator's saved turn that turn `turn` of the events log ended as: one sent at
+    a pause the user then spoke on after was saved as well, before it was sent again whole
+    (`turn_withdrawn`)."""
+    sent = [i for i, e in enumerate(events) if e["event"] == "audio_sent"][turn]
     commits = sum(1 for e in events[:sent] if e["event"] == "turn_commit")
     return sorted(turns.glob("*.wav"))[commits - 1]
 
@@ -172,16 +213,27 @@ async def measure(quick: bool) -> dict[str, dict[str, Integrity]]:
                 for pause in pauses:
                     folder = Path(d) / f"{name}-{aec}-{pause}".replace(" ", "_").replace("/", "")
                     total += await one_run(user_audio(pause), room_kw, aec, folder)
+        for name, room_kw in rooms:  # the same, on a device that has spoken before
+            after = table[name].setdefault(AFTER_AN_ANSWER, Integrity())
+            if room_kw is None:
+                continue  # (no echo path: nothing to learn)
+            for pause in pauses:
+                folder = Path(d) / f"{name}-after-{pause}".replace(" ", "_").replace("/", "")
+                after += await one_run_after_answer(user_audio(pause), room_kw, folder)
     return table
 
 
 def run(quick: bool = False, out: Path | None = None) -> int:
     table = asyncio.run(measure(quick))
-    print("uplink integrity: user's 100 ms speech windows received whole (corr ≥ 0.9, ±3 dB)")
-    print(f"{'room':<22} {'AEC on':>16} {'AEC off':>16}")
+    print("uplink integrity: user's 100 ms speech windows received whole (corr ≥ 0.9, ±3 dB);")
+    print(f"'{AFTER_AN_ANSWER}': AEC on, the device having answered a question before")
+    print(f"{'room':<22} {'AEC on':>16} {'AEC off':>16} {AFTER_AN_ANSWER:>16}")
     for name, row in table.items():
-        cells = [f"{r.whole}/{r.windows} {100 * r.share:5.1f} %" for r in row.values()]
-        print(f"{name:<22} {cells[0]:>16} {cells[1]:>16}")
+        cells = [
+            f"{r.whole}/{r.windows} {100 * r.share:5.1f} %" if r.windows else "—"
+            for r in row.values()
+        ]
+        print(f"{name:<22} {cells[0]:>16} {cells[1]:>16} {cells[2]:>16}")
     if out is not None:
         data = {
             name: {

@@ -60,11 +60,13 @@ class UplinkChoice:
     35 to 60 dB under them, as with the canceller's output throughout (the microphone as
     heard throughout would have it 2 to 27 dB under them).
 
-    With `turn.barge_in = "voice"` there is a third choice, made by the echo guard
-    (`EchoGuard.subtracted_holds_more`): a frame that holds more than the device's voice
-    (someone talking over it) is sent with only the far end's linear echo subtracted
-    (`adapters.echo.EchoSubtractor`), since AEC3's suppressor turns the user down with the
-    echo wherever both sound at once.
+    With `turn.barge_in = "voice"` there is a third choice (`FrontEnd.hear`), once the
+    echo guard's linear subtractor (`adapters.echo.EchoSubtractor`) has learnt the room:
+    the microphone with only the far end's linear echo subtracted, for a frame of a reply
+    that holds more than the device's voice (someone talking over it:
+    `EchoGuard.subtracted_holds_more`), and for every frame while another of its sounds (the
+    chime) or the room's tail of any is heard. AEC3's suppressor turns the user down with
+    the echo wherever both sound at once; the subtractor leaves the user as heard.
     """
 
     def __init__(self, tail_ms: int, rate: int = MIC_RATE, unchanged_db: float = 3.0) -> None:
