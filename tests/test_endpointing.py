@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,16 +19,9 @@ from device.emulator import Emulator, Scenario
 from tests.helpers import config, read_jsonl, read_wav, write_wav
 
 
-@pytest.mark.parametrize("snr_db", [15, 10])
-async def test_the_turn_ends_when_the_user_stops_talking_over_a_television(
-    tmp_path: Path, snr_db: int
-) -> None:
-    question = "okay nabu, what will the weather be like tomorrow?"
-    user = C.say(C.Utterance(question, "en-us", 165, 50))
-    spoken_end = C.speech_end(user)
-    lead = 3 * C.RATE  # the room before the wake word
-    clean = np.concatenate([np.zeros(lead, "<i2"), user, np.zeros(12 * C.RATE, "<i2")])
-    heard = C.with_noise(clean, snr_db, "babble", 3)  # the TV goes on throughout
+async def one_question(heard: np.ndarray, tmp_path: Path) -> list[dict[str, Any]]:
+    """The daemon hears `heard` (a WAV microphone, as fast as it goes) and answers one
+    question; its events log."""
     emu = Emulator(Scenario(preambles=[], answer="Sunny.", speedup=50.0))
     await emu.start("127.0.0.1", 0)
     opts = RunOptions(
@@ -41,7 +35,20 @@ async def test_the_turn_ends_when_the_user_stops_talking_over_a_television(
         assert await asyncio.wait_for(App(cfg, opts).run(), 90) == 0
     finally:
         await emu.close()
-    events = read_jsonl(tmp_path / "ev.jsonl")
+    return read_jsonl(tmp_path / "ev.jsonl")
+
+
+@pytest.mark.parametrize("snr_db", [15, 10])
+async def test_the_turn_ends_when_the_user_stops_talking_over_a_television(
+    tmp_path: Path, snr_db: int
+) -> None:
+    question = "okay nabu, what will the weather be like tomorrow?"
+    user = C.say(C.Utterance(question, "en-us", 165, 50))
+    spoken_end = C.speech_end(user)
+    lead = 3 * C.RATE  # the room before the wake word
+    clean = np.concatenate([np.zeros(lead, "<i2"), user, np.zeros(12 * C.RATE, "<i2")])
+    heard = C.with_noise(clean, snr_db, "babble", 3)  # the TV goes on throughout
+    events = await one_question(heard, tmp_path)
     assert [e["word"] for e in events if e["event"] == "wake"] == ["Okay Nabu"]
     turn = next(e for e in events if e["event"] == "turn_end")
     assert turn["reason"] == "silence"  # not the 30 s limit
@@ -129,21 +136,7 @@ async def test_in_a_reverberant_room_the_turn_is_sent_when_the_words_end_not_the
     spoken_end = C.speech_end(user)
     lead = MIC_RATE
     clean = np.concatenate([np.zeros(lead, "<i2"), user, np.zeros(3 * MIC_RATE, "<i2")])
-    heard = C.reverberate(clean)
-    emu = Emulator(Scenario(preambles=[], answer="Sunny.", speedup=50.0))
-    await emu.start("127.0.0.1", 0)
-    opts = RunOptions(
-        input_wav=write_wav(tmp_path / "in.wav", heard.tobytes()),
-        fast=True,
-        output_wav=tmp_path / "reply.wav",
-        events_log=tmp_path / "ev.jsonl",
-    )
-    cfg = config(f"http://127.0.0.1:{emu.port}", turn={"follow_up_ms": 0})
-    try:
-        assert await asyncio.wait_for(App(cfg, opts).run(), 90) == 0
-    finally:
-        await emu.close()
-    events = read_jsonl(tmp_path / "ev.jsonl")
+    events = await one_question(C.reverberate(clean), tmp_path)
     [commit] = [e for e in events if e["event"] == "turn_commit"]
     [turn] = [e for e in events if e["event"] == "turn_end"]
     assert commit["early"] and turn["reason"] == "silence"

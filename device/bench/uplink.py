@@ -23,6 +23,7 @@ import numpy as np
 
 from ..adapters.echo import AEC_LAG
 from ..app import App, RunOptions
+from ..config import Config
 from ..core.audio import CLOUD_RATE, MIC_RATE, resample
 from ..emulator import Emulator, Scenario
 from ..emulator.voice import espeak
@@ -99,6 +100,23 @@ def voiced(pcm: bytes, floor: int = 100) -> bytes:
     return pcm[: 2 * (int(np.flatnonzero(np.abs(x) > floor)[-1]) + 1)]
 
 
+async def _service(tmp: Path, answer: str, **audio: Any) -> tuple[Emulator, Config]:
+    """The emulator (keeping each committed turn in `tmp`/turns) answering `answer`, and
+    the device's configuration for it (`audio`: settings of the audio section)."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    emu = Emulator(
+        Scenario(preambles=[], answer=answer, think_ms=0, speedup=50.0), save_audio=tmp / "turns"
+    )
+    await emu.start("127.0.0.1", 0)
+    cfg = config(
+        f"http://127.0.0.1:{emu.port}",
+        button={"enabled": False},
+        turn={"follow_up_ms": 0},
+        **({"audio": audio} if audio else {}),
+    )
+    return emu, cfg
+
+
 async def one_run(
     user: bytes,
     room_kw: dict[str, Any] | None,
@@ -108,18 +126,7 @@ async def one_run(
     """One wake and question; `room_kw` None: a microphone with no echo path at all."""
     from ..adapters.room import Room
 
-    tmp.mkdir(parents=True, exist_ok=True)
-    emu = Emulator(
-        Scenario(preambles=[], answer="Sunny.", think_ms=0, speedup=50.0),
-        save_audio=tmp / "turns",
-    )
-    await emu.start("127.0.0.1", 0)
-    cfg = config(
-        f"http://127.0.0.1:{emu.port}",
-        button={"enabled": False},
-        turn={"follow_up_ms": 0},
-        audio={"echo_cancellation": echo_cancellation},
-    )
+    emu, cfg = await _service(tmp, "Sunny.", echo_cancellation=echo_cancellation)
     room = Room(user + bytes(64_000), paced=False, **(room_kw or {"echo_gain": 0.0}))
     events = tmp / "events.jsonl"
     app = App(cfg, RunOptions(room=room, events_log=events, leds="none", signals=False))
@@ -137,17 +144,7 @@ async def one_run_after_answer(user: bytes, room_kw: dict[str, Any], tmp: Path) 
     from ..adapters.room import Room
     from .echo import PLAIN_ANSWER
 
-    tmp.mkdir(parents=True, exist_ok=True)
-    emu = Emulator(
-        Scenario(preambles=[], answer=PLAIN_ANSWER, think_ms=0, speedup=50.0),
-        save_audio=tmp / "turns",
-    )
-    await emu.start("127.0.0.1", 0)
-    cfg = config(
-        f"http://127.0.0.1:{emu.port}",
-        button={"enabled": False},
-        turn={"follow_up_ms": 0},
-    )
+    emu, cfg = await _service(tmp, PLAIN_ANSWER)
     first = bytes(16_000) + espeak(f"{WAKE}, {COMMAND}", MIC_RATE)
     room = Room(first + bytes(32_000), paced=False, jitter_ms=30_000, **room_kw)
     events = tmp / "events.jsonl"
