@@ -1578,6 +1578,24 @@ def test_words_said_over_the_reply_are_sent_even_if_they_ended_before_the_turn_o
     assert SubmitTurn(True) in cmds and m.state is State.THINKING
 
 
+def test_with_server_turn_detection_the_talked_over_turn_is_the_services_to_end() -> None:
+    """`turn.detection` on the service: the device's detector interrupts the reply, then the
+    turn is the server's to end; a silence is not taken for its end locally."""
+    m = server_turns()
+    m.reconfigure(dataclasses.replace(m.s, talk_over=True))
+    frames(m, 10, True)
+    m.handle(ServerCommitted(), 0)
+    m.handle(ResponseStarted("r1"), 0)
+    m.handle(PlaybackStarted("r1", "i2", "final_answer"), 2)
+    assert m.state is State.ANSWERING and m.hears_talk_over
+    cmds = m.handle(TalkedOver(m.audio_pos - 4000), 5)
+    assert StartTurn(m.audio_pos - 4000, "talked over") in cmds and m.state is State.LISTENING
+    assert not any(isinstance(c, EndTurn) for c in frames(m, 60, False, 5))  # 1.2 s of silence
+    assert m.state is State.LISTENING
+    cmds = m.handle(ServerCommitted(), 6)
+    assert m.state is State.THINKING, cmds
+
+
 def test_talking_over_means_nothing_without_the_mode_or_a_conversation() -> None:
     m = answering()  # turn.barge_in = "wake"
     assert not m.hears_talk_over and m.handle(TalkedOver(m.audio_pos), 5) == []
