@@ -147,8 +147,8 @@ class FrontEnd:
         reply_echo = choice.cleaned(state, self.pos)
         echo = self.echo
         if (
-            echo.subtracted_learnt
-            and echo.active(self.pos)
+            echo.active(self.pos)  # (first: nothing more to do while the device is quiet)
+            and echo.subtracted_learnt
             and (
                 state not in REPLY_VOICE  # (a chime, or the room's tail of the reply)
                 or echo.subtracted_holds_more()  # (someone talks over the device)
