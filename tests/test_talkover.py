@@ -239,3 +239,44 @@ def test_the_echo_reference_keeps_its_place_from_a_replys_first_frame() -> None:
         if np.std(b) > 100:
             corr = np.dot(a - a.mean(), b - b.mean()) / (np.std(a) * np.std(b) * len(a))
             assert corr > 0.99, (second, corr)
+
+
+def test_silero_is_loaded_when_a_conversation_begins_not_while_the_device_only_listens() -> None:
+    """Talking over the reply is the default; its neural VAD (0.15 s of CPU to load, 4 MB)
+    is not loaded while the device only listens for its wake word (the always-on cost), and
+    is ready soon after the first conversation begins, long before a reply plays."""
+    import time
+
+    from device.core.states import State
+    from device.events import EventLog
+    from device.front import FrontEnd
+    from tests.helpers import config
+
+    class Speaker:
+        playing = False
+
+        def take_far_end(self, samples: int) -> bytes:
+            return bytes(2 * samples)
+
+    state = [State.IDLE]
+    front = FrontEnd(
+        config("http://127.0.0.1:9"), EventLog(None), lambda e: None, lambda: state[0],
+        lambda f: None,
+    )  # fmt: skip
+    for _ in range(100):
+        front.hear(bytes(640), Speaker())  # type: ignore[arg-type]
+    assert front.over_vad is None
+    state[0] = State.CONNECTING
+    front.hear(bytes(640), Speaker())  # type: ignore[arg-type]
+    deadline = time.monotonic() + 20
+    while front.over_vad is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert front.over_vad is not None
+    # with the wake word alone it is never loaded
+    wake_only = FrontEnd(
+        config("http://127.0.0.1:9", turn={"barge_in": "wake"}), EventLog(None),
+        lambda e: None, lambda: State.CONNECTING, lambda f: None,
+    )  # fmt: skip
+    wake_only.hear(bytes(640), Speaker())  # type: ignore[arg-type]
+    time.sleep(0.5)
+    assert wake_only.over_vad is None

@@ -142,7 +142,7 @@ class EchoGuard:
             if self._resumed is False:
                 self._decimator.reset()
             self._resumed = True
-            self.subtracted = self._subtract(frame, None)
+            self.subtracted = self.aligned  # (the subtractor's delay line: see `_subtract`)
             return self.aligned
         far = self._decimator.push(far24)
         if self._reference is not None:
@@ -178,24 +178,22 @@ class EchoGuard:
         left = rms_dbfs(self.subtracted) - rms_dbfs(self.aligned)
         return left > OVER_ECHO_DB - s.typical_db
 
-    def _subtract(self, frame: bytes, far: bytes | None) -> bytes:
-        """The frame less the far end's echo (`far` None: nothing is playing, as heard),
-        through the same AEC_LAG delay as the canceller's output."""
+    def _subtract(self, frame: bytes, far: bytes) -> bytes:
+        """The frame less the far end's echo, through the same AEC_LAG delay as the
+        canceller's output (while the guard is idle its output is the frame as heard)."""
         s = self._subtractor
         if s is None:
             return self.aligned
-        if far is None:
-            out = frame
-        else:
-            if self._resumed:  # the far end was silent since: start it again at its delay
-                s.forget_far()
-                late = max(0, round((self.path_ms() - EARLY_MS) * MIC_RATE / 1000))
-                self._far_late = np.zeros(late)
-            f = np.concatenate((self._far_late, np.frombuffer(far, "<i2")))
-            self._far_late = f[len(frame) // 2 :]
-            near = np.frombuffer(frame, "<i2").astype(np.float64)
-            clean = s.process(near, f[: len(near)].astype(np.float64))
-            out = np.clip(np.rint(clean), -32768, 32767).astype("<i2").tobytes()
+        if self._resumed:  # the far end was silent since: start it again at its delay
+            s.forget_far()
+            late = max(0, round((self.path_ms() - EARLY_MS) * MIC_RATE / 1000))
+            self._far_late = np.zeros(late)
+            self._sub_delay = self.aligned[: len(self._sub_delay)]  # (the last frame's end)
+        f = np.concatenate((self._far_late, np.frombuffer(far, "<i2")))
+        self._far_late = f[len(frame) // 2 :]
+        near = np.frombuffer(frame, "<i2").astype(np.float64)
+        clean = s.process(near, f[: len(near)].astype(np.float64))
+        out: bytes = np.clip(np.rint(clean), -32768, 32767).astype("<i2").tobytes()
         delayed = self._sub_delay + out[: len(out) - len(self._sub_delay)]
         self._sub_delay = out[len(out) - len(self._sub_delay) :]
         return delayed
