@@ -234,7 +234,7 @@ class FrontEnd:
         what AEC3 left before (its suppressor dulls a word said over the reply)."""
         vad = self.over_vad
         if vad is None:
-            return  # (`turn.barge_in = "wake"`: never fed, see `configure`)
+            return  # (`turn.barge_in = "wake"`, or not loaded yet: `_load_over_vad`)
         if not playing and not self.talk_over.active:
             return  # (nothing sounds, nor has since it was last reset: as when idle)
         if not self.hears_talk_over():
