@@ -23,7 +23,6 @@ from .config import Config
 from .core import states as st
 from .core.audio import MIC_RATE, PreRoll, ms_to_samples, rms_dbfs, samples_to_ms
 from .core.hearing import (
-    FIRM_DB,
     IDLE_STATES,
     REPLY_VOICE,
     USER_FRAMES,
@@ -33,6 +32,7 @@ from .core.hearing import (
     DeafWindow,
     TalkOver,
     UplinkChoice,
+    is_firm,
     speech_level,
 )
 from .core.wake import DuringPlayback, WakeFilter, choose_wake
@@ -198,7 +198,7 @@ class FrontEnd:
         firm = True
         if speech and state is st.State.LISTENING:
             self.user_levels.append(level)  # (how loud the user speaks, for `talk_over`)
-            firm = level >= speech_level(self.user_levels) - FIRM_DB
+            firm = is_firm(level, self.user_levels)
         self._handle(st.Heard(self.pos, speech, firm))
         self._talked_over(heard, loudness, playing, far, frame)
 

@@ -247,6 +247,13 @@ class EchoSubtractor:
         self._err_back = 0.0
         self._err_fore = 0.0
         self._ratios: deque[float] = deque(maxlen=ERLE_FRAMES)
+        self.erle_db = 0.0
+        """How far under what was heard it leaves the device's voice, lately: the frames it
+        turned down most (those with no one talking over them) of the last ERLE_FRAMES (0
+        until a quarter of them were heard)."""
+        self.typical_db = 0.0
+        """How far under what was heard it typically leaves the device's voice lately (the
+        median frame, some with someone talking over it)."""
 
     def forget_far(self) -> None:
         """The far end has been silent (nothing played): no echo of it is left to come."""
@@ -263,6 +270,10 @@ class EchoSubtractor:
         heard = float(np.dot(near, near))
         if heard > len(near) * QUIET**2:
             self._ratios.append(float(np.dot(out, out)) / heard)
+            ordered = sorted(self._ratios)  # (once a frame: both are read several times)
+            self.typical_db = -10 * math.log10(ordered[len(ordered) // 2] + 1e-12)
+            if len(ordered) >= ERLE_FRAMES // 4:
+                self.erle_db = -10 * math.log10(ordered[len(ordered) // 5] + 1e-12)
         return out
 
     def _block(self, d: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -291,20 +302,3 @@ class EchoSubtractor:
             self._back = self._fore.copy()
             self._err_back = self._err_fore
         return e_fore
-
-    @property
-    def typical_db(self) -> float:
-        """How far under what was heard it typically leaves the device's voice lately (the
-        median frame, some with someone talking over it)."""
-        if not self._ratios:
-            return 0.0
-        return -10 * math.log10(sorted(self._ratios)[len(self._ratios) // 2] + 1e-12)
-
-    @property
-    def erle_db(self) -> float:
-        """How far under what was heard it leaves the device's voice, lately: the frames it
-        turned down most (those with no one talking over them) of the last ERLE_FRAMES."""
-        if len(self._ratios) < ERLE_FRAMES // 4:
-            return 0.0
-        ratio = sorted(self._ratios)[len(self._ratios) // 5]
-        return -10 * math.log10(ratio + 1e-12)

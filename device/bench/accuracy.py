@@ -38,7 +38,7 @@ from ..adapters.wakeword import MICRO_MODELS, OPENWAKEWORD_MODELS, WakeEngine, l
 from ..config import AudioConfig
 from ..core.audio import rms_dbfs
 from ..core.endpoint import Endpointer, EndpointSettings, SpeechResumed, TurnEnded, TurnPaused
-from ..core.hearing import FIRM_DB, USER_FRAMES, BackgroundSpeech, speech_level
+from ..core.hearing import USER_FRAMES, BackgroundSpeech, is_firm
 from . import corpus as C
 from .harness import louder
 
@@ -229,7 +229,7 @@ def run_endpointer(audio: np.ndarray, settings: EndpointSettings) -> Endpointed 
         speech = vad.is_speech(frame) and background.users(level)
         if speech:
             levels.append(level)
-        firm = speech and level >= speech_level(levels) - FIRM_DB
+        firm = speech and is_firm(level, levels)
         ev = ep.feed((i - lead) // 2 + 320, speech, firm)
         if isinstance(ev, TurnPaused):
             paused_at = ev.at_sample

@@ -275,6 +275,13 @@ In `bench accuracy`'s reverberant room the commit came 485 ms after the last wor
 p95 673), webrtcvad calling the tail speech; with this 330 (466), quiet and noise alike
 or sooner, more withdrawn answers only there (13 of 48 turns, 5 before); 25 dB gave 400."""
 
+
+def is_firm(level_db: float, user_levels: Iterable[float]) -> bool:
+    """Whether a voiced frame at `level_db` is within FIRM_DB of the user's loudest in this
+    turn (`speech_level` of `user_levels`, the frame's own level among them)."""
+    return level_db >= speech_level(user_levels) - FIRM_DB
+
+
 ECHO_FAR_DB = -45.0
 """A far end this loud is heard in the room: the echo path is measured on it."""
 MIN_ECHO_FRAMES = 25
