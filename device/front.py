@@ -30,6 +30,7 @@ from .core.hearing import (
     WAKE_WORD_FRAMES,
     BackgroundSpeech,
     DeafWindow,
+    HeldBack,
     TalkOver,
     UplinkChoice,
     is_firm,
@@ -39,6 +40,9 @@ from .core.wake import DuringPlayback, WakeFilter, choose_wake
 from .events import EventLog
 
 log = logging.getLogger(__name__)
+
+TURN_STATES = frozenset({st.State.CONNECTING, st.State.LISTENING})
+"""Where the user has the turn: the wake word is past and the turn is not over."""
 
 
 def detectors(cfg: Config) -> tuple[WakeEngine, EchoGuard]:
@@ -90,7 +94,7 @@ class FrontEnd:
         """Other devices may answer this wake: the chime waits for the outcome."""
         self._chime_held = False
         self._config_generation = 0
-        self._over_vad_loading = False
+        self._neural_vad_loading = False
         self.echo_path: Callable[[], float] = lambda: 0.0
         """Milliseconds from a sound handed to the speaker to its echo in the microphone's
         frames (the app knows the devices)."""
@@ -112,12 +116,14 @@ class FrontEnd:
         """The room while idle, for `background` (its own state: the turn's VAD is reset)."""
         self.background = BackgroundSpeech()
         self.talk_over = TalkOver()
-        self.over_vad: NeuralVad | None = None
-        """The talk-over detector's own VAD (with `turn.barge_in = "voice"`, loaded when the
-        first conversation begins: `_load_over_vad`)."""
+        self.neural_vad: NeuralVad | None = None
+        """Silero: the talk-over detector's own VAD (with `turn.barge_in = "voice"`), and the
+        judge of frames the background gate holds back in the user's turn (`HeldBack`);
+        loaded when the first conversation that needs it begins (`_load_neural_vad`)."""
+        self.held_back = HeldBack()
         self.over_gate = Vad(cfg.turn.vad_aggressiveness)
         """webrtcvad first (cheap): only what it calls speech is asked of the neural VAD."""
-        self._wants_over_vad = cfg.turn.barge_in == "voice"
+        self._talks_over = cfg.turn.barge_in == "voice"
         self._config_generation += 1
         self._idle = True
         self.denoise = Suppression(
@@ -179,10 +185,13 @@ class FrontEnd:
                 # is what the detectors heard)
                 self.denoise.hear_room(loudness if heard is cleaned else rms_dbfs(cleaned))
         elif self._idle:  # a conversation begins: how loud is the room's other speech?
-            if self._wants_over_vad and self.over_vad is None:
-                self._load_over_vad()
             self.background.turn_starts()
+            self.held_back.turn_starts()
             self.user_levels.clear()
+            if self.neural_vad is None and (
+                self._talks_over or self.background.gate_db > -math.inf
+            ):
+                self._load_neural_vad()
             if self._chime:
                 self._chime = False
                 if self.background.user_talking:
@@ -194,22 +203,38 @@ class FrontEnd:
         self._idle = state in IDLE_STATES
         if fresh:
             self.vad.reset()  # no stale hangover from before the gap
-        speech = runs and self.vad.is_speech(heard, level) and self.background.users(level)
+        voiced = runs and self.vad.is_speech(heard, level)
+        speech = voiced and self.background.users(level)
         firm = True
+        if state in TURN_STATES:
+            speech = self._users(heard, level, voiced, speech)
         if speech and state is st.State.LISTENING:
             self.user_levels.append(level)  # (how loud the user speaks, for `talk_over`)
             firm = is_firm(level, self.user_levels)
         self._handle(st.Heard(self.pos, speech, firm))
         self._talked_over(heard, loudness, playing, far, frame)
 
-    def _load_over_vad(self) -> None:
-        """Silero VAD, for talking over a reply, is loaded in a thread when the first
-        conversation begins (about 0.15 s of CPU here, and 4 MB): never while the device
-        only listens for its wake word, and ready long before the first reply plays. If it
-        cannot be loaded, talking over is off (logged) and the wake word still interrupts."""
-        if self._over_vad_loading:
+    def _users(self, heard: bytes, level: float, voiced: bool, over_gate: bool) -> bool:
+        """Whether a frame of the user's turn is the user speaking: voiced and over the
+        background gate, or, in a room with background speech, voiced, held back by the gate
+        and a voice to the neural VAD (`HeldBack`)."""
+        vad = self.neural_vad
+        if vad is None or self.background.gate_db == -math.inf:
+            return over_gate
+        vad.hear(heard)
+        return self.held_back.users(
+            voiced, over_gate, level, self.user_levels, self.pos, vad.is_speech
+        )
+
+    def _load_neural_vad(self) -> None:
+        """Silero VAD, for talking over a reply (or for a room with background speech), is
+        loaded in a thread when the first conversation begins (about 0.15 s of CPU here, and
+        4 MB): never while the device only listens for its wake word, and ready long before
+        the first reply plays. If it cannot be loaded, talking over is off (logged), the wake
+        word still interrupts, and the background gate alone decides the user's frames."""
+        if self._neural_vad_loading:
             return
-        self._over_vad_loading = True
+        self._neural_vad_loading = True
         generation = self._config_generation
 
         def load() -> None:
@@ -219,9 +244,9 @@ class FrontEnd:
                 log.exception("Silero VAD did not load: talking over the reply is off")
                 return
             finally:
-                self._over_vad_loading = False
+                self._neural_vad_loading = False
             if generation == self._config_generation:  # (not a configuration reloaded since)
-                self.over_vad = vad
+                self.neural_vad = vad
 
         threading.Thread(target=load, name="silero-vad-load", daemon=True).start()
 
@@ -232,9 +257,9 @@ class FrontEnd:
         it? Checked after the frame's other inputs, on the microphone less the device's
         linear echo once the subtractor has learnt the room (the user's voice whole), on
         what AEC3 left before (its suppressor dulls a word said over the reply)."""
-        vad = self.over_vad
+        vad = self.neural_vad
         if vad is None:
-            return  # (`turn.barge_in = "wake"`, or not loaded yet: `_load_over_vad`)
+            return  # (`turn.barge_in = "wake"`, or not loaded yet: `_load_neural_vad`)
         if not playing and not self.talk_over.active:
             return  # (nothing sounds, nor has since it was last reset: as when idle)
         if not self.hears_talk_over():

@@ -19,14 +19,16 @@ from device.emulator import Emulator, Scenario
 from tests.helpers import config, read_jsonl, read_wav, write_wav
 
 
-async def one_question(heard: np.ndarray, tmp_path: Path) -> list[dict[str, Any]]:
-    """The daemon hears `heard` (a WAV microphone, as fast as it goes) and answers one
-    question; its events log."""
+async def one_question(
+    heard: np.ndarray, tmp_path: Path, fast: bool = True
+) -> list[dict[str, Any]]:
+    """The daemon hears `heard` (a WAV microphone, as fast as it goes, or `fast` False: at
+    the pace of a microphone) and answers one question; its events log."""
     emu = Emulator(Scenario(preambles=[], answer="Sunny.", speedup=50.0))
     await emu.start("127.0.0.1", 0)
     opts = RunOptions(
         input_wav=write_wav(tmp_path / "in.wav", heard.tobytes()),
-        fast=True,
+        fast=fast,
         output_wav=tmp_path / "reply.wav",
         events_log=tmp_path / "ev.jsonl",
     )
@@ -143,3 +145,36 @@ async def test_in_a_reverberant_room_the_turn_is_sent_when_the_words_end_not_the
     late_ms = (commit["sample"] - (lead + spoken_end)) / 16
     assert 0 <= late_ms <= 400, late_ms
     assert not [e for e in events if e["event"] == "turn_withdrawn"]
+
+
+@pytest.mark.parametrize(
+    ("voice", "wpm", "first", "rest", "pause_s", "seed"),
+    [
+        ("en-029", 190, "play some", "music", 0.5, 23),
+        ("en", 140, "turn on", "the kitchen lights", 0.5, 7),
+    ],
+)
+async def test_over_music_a_soft_word_after_a_pause_is_the_users_and_the_turn_waits_for_it(
+    tmp_path: Path, voice: str, wpm: int, first: str, rest: str, pause_s: float, seed: int
+) -> None:
+    """Over music 10 dB down the background gate sits at the music's loud notes, and the
+    soft words after the user's pause ("what time … is it") are no louder: the gate alone
+    ended these turns before them. Silero, asked about the frames the gate holds back
+    (`core.hearing.HeldBack`), hears a voice in the words and none in the music; the turn
+    ends when the user has finished, not at the pause. Paced as a microphone is: Silero
+    loads (in a thread) as the conversation begins, well before any pause."""
+    wake = C.say(C.Utterance("okay nabu", voice, wpm, 50))
+    parts = [C.say(C.Utterance(words, voice, wpm, 50)) for words in (first, rest)]
+    a, b = (x[: C.speech_end(x)] for x in parts)
+    lead = 3 * C.RATE  # the music before the wake word
+    user = np.concatenate(
+        [wake[: C.speech_end(wake)], np.zeros(C.RATE * 3 // 10, "<i2"), a,
+         np.zeros(int(C.RATE * pause_s), "<i2"), b]
+    )  # fmt: skip
+    clean = np.concatenate([np.zeros(lead, "<i2"), user, np.zeros(2 * C.RATE, "<i2")])
+    events = await one_question(C.with_noise(clean, 10, "music", seed), tmp_path, fast=False)
+    assert [e["word"] for e in events if e["event"] == "wake"] == ["Okay Nabu"]
+    [turn] = [e for e in events if e["event"] == "turn_end"]
+    assert turn["reason"] == "silence"
+    late_ms = (turn["end_sample"] - (lead + len(user))) / 16
+    assert 0 <= late_ms <= 700 + 500, late_ms

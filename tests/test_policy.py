@@ -144,3 +144,23 @@ def test_background_speech_learns_only_from_the_idle_time_just_before_a_turn() -
     for _ in range(60):
         room.observe(-15.0, True)
     assert room.turn_starts() == -math.inf and room.users(-30.0)
+
+
+def test_a_frame_the_gate_holds_back_is_asked_about_only_near_the_users_voice_and_words() -> None:
+    """Silero is asked about a voiced frame under the background gate only within 10 dB of
+    the user's loudest and within a second of their last frame over the gate: a room's
+    voices (which Silero calls voices too) can hold a turn open that long at most."""
+    from device.core.hearing import HELD_BACK_DB, HeldBack
+
+    held = HeldBack()
+    user = [-20.0] * 20  # the user's loudest 200 ms: -20 dBFS
+    assert not held.worth_asking(-25.0, user, 16_000)  # (nothing over the gate yet)
+    held.passed(16_000)
+    assert held.worth_asking(-25.0, user, 16_000 + 320)
+    assert held.worth_asking(-20.0 - HELD_BACK_DB, user, 32_000)  # a second later, just
+    assert not held.worth_asking(-20.0 - HELD_BACK_DB - 1, user, 16_320)  # too soft
+    assert not held.worth_asking(-25.0, user, 32_320)  # too long after the user's last
+    held.passed(40_000)
+    assert held.worth_asking(-25.0, user, 40_320)
+    held.turn_starts()  # a new turn: nothing over the gate in it yet
+    assert not held.worth_asking(-25.0, user, 40_640)

@@ -33,12 +33,12 @@ from typing import Any
 import numpy as np
 
 from ..adapters.denoise import Suppression
-from ..adapters.vad import Vad
+from ..adapters.vad import NeuralVad, Vad
 from ..adapters.wakeword import MICRO_MODELS, OPENWAKEWORD_MODELS, WakeEngine, load_engine
 from ..config import AudioConfig
 from ..core.audio import rms_dbfs
 from ..core.endpoint import Endpointer, EndpointSettings, SpeechResumed, TurnEnded, TurnPaused
-from ..core.hearing import USER_FRAMES, BackgroundSpeech, is_firm
+from ..core.hearing import USER_FRAMES, BackgroundSpeech, HeldBack, is_firm
 from . import corpus as C
 from .harness import louder
 
@@ -207,10 +207,12 @@ class Endpointed:
 
 def run_endpointer(audio: np.ndarray, settings: EndpointSettings) -> Endpointed | None:
     """Where the device would end this turn (in samples from the turn's start, which is
-    LEAD_S into `audio`): denoised audio, webrtcvad, the background-speech gate, the
-    endpointer, as `FrontEnd` runs them."""
+    LEAD_S into `audio`): denoised audio, webrtcvad, the background-speech gate (and Silero
+    on the frames it holds back, `HeldBack`), the endpointer, as `FrontEnd` runs them."""
     heard, vad, ep = detectors_hear(), Vad(2), Endpointer(settings)
     idle_vad, background = Vad(2), BackgroundSpeech()
+    neural: NeuralVad | None = None
+    held_back = HeldBack()
     lead = int(LEAD_S * C.RATE) * 2
     pcm = audio.tobytes()
     paused_at: int | None = None
@@ -224,13 +226,19 @@ def run_endpointer(audio: np.ndarray, settings: EndpointSettings) -> Endpointed 
         frame = heard.process(pcm[i : i + 640])
         level = rms_dbfs(frame)
         if i == lead:
-            background.turn_starts()
+            if background.turn_starts() > -math.inf:  # (a room with background speech)
+                neural = NeuralVad()
             ep.wait_for_speech(0, 5000)
-        speech = vad.is_speech(frame) and background.users(level)
+        at = (i - lead) // 2 + 320
+        voiced = vad.is_speech(frame)
+        speech = voiced and background.users(level)
+        if neural is not None:  # (as `FrontEnd._users`)
+            neural.hear(frame)
+            speech = held_back.users(voiced, speech, level, levels, at, neural.is_speech)
         if speech:
             levels.append(level)
         firm = speech and is_firm(level, levels)
-        ev = ep.feed((i - lead) // 2 + 320, speech, firm)
+        ev = ep.feed(at, speech, firm)
         if isinstance(ev, TurnPaused):
             paused_at = ev.at_sample
         elif isinstance(ev, SpeechResumed):
