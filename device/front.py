@@ -208,8 +208,9 @@ class FrontEnd:
         firm = True
         if state in TURN_STATES:
             speech = self._users(heard, level, voiced, speech)
+        if speech and state in TURN_STATES:
+            self.user_levels.append(level)  # (how loud the user speaks: `talk_over`, `firm`)
         if speech and state is st.State.LISTENING:
-            self.user_levels.append(level)  # (how loud the user speaks, for `talk_over`)
             firm = is_firm(level, self.user_levels)
         self._handle(st.Heard(self.pos, speech, firm))
         self._talked_over(heard, loudness, playing, far, frame)

@@ -157,6 +157,7 @@ def test_a_frame_the_gate_holds_back_is_asked_about_only_near_the_users_voice_an
     assert not held.worth_asking(-25.0, user, 16_000)  # (nothing over the gate yet)
     held.passed(16_000)
     assert held.worth_asking(-25.0, user, 16_000 + 320)
+    assert not held.worth_asking(-25.0, [], 16_000 + 320)  # (how loud the user is: unknown)
     assert held.worth_asking(-20.0 - HELD_BACK_DB, user, 32_000)  # a second later, just
     assert not held.worth_asking(-20.0 - HELD_BACK_DB - 1, user, 16_320)  # too soft
     assert not held.worth_asking(-25.0, user, 32_320)  # too long after the user's last

@@ -306,8 +306,8 @@ class HeldBack:
     nothing changed over voices 15 and 10 dB down, and at most `within_ms` past the user's
     last frame over the gate can be held in any room. Asked only in a room with background
     speech, while the user has the turn: 12 questions of 32 ms a turn over music, 1 or 2 over
-    voices (on average); nothing while
-    the device is idle. Positions are microphone samples."""
+    voices (on average); nothing while the device is idle. Positions are microphone
+    samples."""
 
     def __init__(
         self,
@@ -345,11 +345,10 @@ class HeldBack:
 
     def worth_asking(self, level_db: float, user_levels: Iterable[float], pos: int) -> bool:
         """Whether a voiced frame the gate held back, ending at `pos`, may be the user's."""
-        return (
-            self._passed is not None
-            and pos - self._passed <= self.within
-            and level_db >= speech_level(user_levels) - self.within_db
-        )
+        if self._passed is None or pos - self._passed > self.within:
+            return False
+        user_db = speech_level(user_levels)
+        return user_db > -math.inf and level_db >= user_db - self.within_db
 
 
 ECHO_FAR_DB = -45.0
