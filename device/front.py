@@ -260,10 +260,10 @@ class FrontEnd:
         what AEC3 left before (its suppressor dulls a word said over the reply)."""
         vad = self.neural_vad
         if vad is None:
-            return  # (`turn.barge_in = "wake"`, or not loaded yet: `_load_neural_vad`)
+            return  # (not loaded: no need, or not yet: `_load_neural_vad`)
         if not playing and not self.talk_over.active:
             return  # (nothing sounds, nor has since it was last reset: as when idle)
-        if not self.hears_talk_over():
+        if not self.hears_talk_over():  # (not now, or `turn.barge_in = "wake"`)
             if self.talk_over.active:
                 self.talk_over.reset()
                 vad.reset()
