@@ -208,8 +208,8 @@ class FrontEnd:
         firm = True
         if state in TURN_STATES:
             speech = self._users(heard, level, voiced, speech)
-        if speech and state in TURN_STATES:
-            self.user_levels.append(level)  # (how loud the user speaks: `talk_over`, `firm`)
+            if speech:
+                self.user_levels.append(level)  # (how loud the user speaks: `talk_over`, `firm`)
         if speech and state is st.State.LISTENING:
             firm = is_firm(level, self.user_levels)
         self._handle(st.Heard(self.pos, speech, firm))
