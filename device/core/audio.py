@@ -424,6 +424,38 @@ def mix(a: bytes, b: bytes) -> bytes:
 FULL_SCALE_DB = 20 * math.log10(32768)
 
 
+PITCH_FRAME = 640
+"""40 ms at 16 kHz: two periods of the lowest voice looked for."""
+PITCH_HOP = 160
+PITCH_RANGE_HZ = (70, 400)
+
+
+def pitch_hz(x: np.ndarray, rate: int = MIC_RATE) -> float:
+    """The median fundamental of the voiced 40 ms frames of `x` (int16 or float samples):
+    frames within 20 dB of the loudest whose autocorrelation repeats at ≥ 0.5 within a
+    70 to 400 Hz period. 0.0 when nothing is voiced."""
+    n = PITCH_FRAME
+    if len(x) < n:
+        return 0.0
+    starts = np.arange(0, len(x) - n + 1, PITCH_HOP)
+    frames = np.asarray(x, np.float64)[starts[:, None] + np.arange(n)]
+    frames -= frames.mean(axis=1, keepdims=True)
+    energy = np.einsum("ij,ij->i", frames, frames)
+    frames = frames[energy >= energy.max() * 0.01]  # (within 20 dB of the loudest)
+    if not len(frames) or energy.max() <= 0:
+        return 0.0
+    shortest, longest = rate // PITCH_RANGE_HZ[1], rate // PITCH_RANGE_HZ[0]
+    # (n + longest ≤ 1024: no lag of interest wraps around)
+    spectrum = np.fft.rfft(frames, 1024)
+    ac = np.fft.irfft(spectrum.real**2 + spectrum.imag**2, 1024)[:, : longest + 1]
+    lags = shortest + np.argmax(ac[:, shortest:], axis=1)
+    rows = np.arange(len(frames))
+    voiced = ac[rows, lags] >= 0.5 * ac[:, 0]
+    if not voiced.any():
+        return 0.0
+    return float(np.median(rate / lags[voiced]))
+
+
 def rms_dbfs(pcm: bytes) -> float:
     """Loudness of an int16 block relative to full scale; -inf for digital silence. (Runs
     on every frame: one dot product, no float copy of the block at full precision.)"""
