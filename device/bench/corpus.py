@@ -30,6 +30,19 @@ VOICES = [
     "en-gb+f4",
     "en-us+m3",
 ]
+HIGH_VOICES = [
+    "en+f1",
+    "en+f2",
+    "en+f5",
+    "en-us+f4",
+    "en+Annie",
+    "en+Alicia",
+    "en+Andrea",
+    "en+anika",
+]
+"""High voices (150 to 310 Hz: women's and children's range), none of them in `VOICES`, of
+which only one is a high one (en-us+f3; en-gb+f4 speaks at a man's pitch). The second look's
+warps (`SecondLook.WARPS`) were chosen on these; its pitch gate and wait on `VOICES`."""
 SPEEDS = [140, 165, 190]
 PITCHES = [35, 50, 65]
 
@@ -153,10 +166,10 @@ class Utterance:
     pitch: int
 
 
-def positive_utterances(word: str) -> list[Utterance]:
+def positive_utterances(word: str, voices: list[str] = VOICES) -> list[Utterance]:
     """Every voice, speed and pitch, alternating the wake word alone and with a command."""
     out = []
-    for n, (voice, wpm, pitch) in enumerate(itertools.product(VOICES, SPEEDS, PITCHES)):
+    for n, (voice, wpm, pitch) in enumerate(itertools.product(voices, SPEEDS, PITCHES)):
         text = PHRASES[word] if n % 2 == 0 else f"{PHRASES[word]}, {COMMANDS[n % len(COMMANDS)]}"
         out.append(Utterance(text, voice, wpm, pitch))
     return out
@@ -263,7 +276,7 @@ def speech_end(x: np.ndarray) -> int:
     return int((loud[-1] + 1) * 160)
 
 
-def negative_speech(minutes: float, seed: int = 1) -> np.ndarray:
+def negative_speech(minutes: float, seed: int = 1, voices: list[str] = VOICES) -> np.ndarray:
     """Ordinary household talk, one sentence after another with short gaps."""
     rng = np.random.default_rng(seed)
     parts, total = [], 0
@@ -271,7 +284,7 @@ def negative_speech(minutes: float, seed: int = 1) -> np.ndarray:
         s = SENTENCES[n % len(SENTENCES)]
         u = Utterance(
             s,
-            VOICES[int(rng.integers(len(VOICES)))],
+            voices[int(rng.integers(len(voices)))],
             int(rng.choice(SPEEDS)),
             int(rng.choice(PITCHES)),
         )
@@ -284,11 +297,11 @@ def negative_speech(minutes: float, seed: int = 1) -> np.ndarray:
     return np.concatenate(parts)
 
 
-def near_miss_clips(seed: int = 2) -> list[np.ndarray]:
+def near_miss_clips(seed: int = 2, voices: list[str] = VOICES) -> list[np.ndarray]:
     """Each near-miss phrase in every voice, at a random speed and pitch."""
     rng = np.random.default_rng(seed)
     return [
         padded(say(Utterance(p, v, int(rng.choice(SPEEDS)), int(rng.choice(PITCHES)))))
         for p in NEAR_MISSES
-        for v in VOICES
+        for v in voices
     ]

@@ -88,10 +88,11 @@ def compare(sent: np.ndarray, clean: np.ndarray) -> Integrity:
     return result
 
 
-def user_audio(pause_ms: int) -> bytes:
+def user_audio(pause_ms: int, voice: str = "en-us") -> bytes:
     """Half a second of quiet, the wake word, `pause_ms` of silence, the command."""
     pause = bytes(2 * MIC_RATE * pause_ms // 1000)
-    return bytes(16_000) + voiced(espeak(WAKE, MIC_RATE)) + pause + espeak(COMMAND, MIC_RATE)
+    wake, command = (espeak(text, MIC_RATE, voice=voice) for text in (WAKE, COMMAND))
+    return bytes(16_000) + voiced(wake) + pause + command
 
 
 def voiced(pcm: bytes, floor: int = 100) -> bytes:
@@ -100,9 +101,12 @@ def voiced(pcm: bytes, floor: int = 100) -> bytes:
     return pcm[: 2 * (int(np.flatnonzero(np.abs(x) > floor)[-1]) + 1)]
 
 
-async def _service(tmp: Path, answer: str, **audio: Any) -> tuple[Emulator, Config]:
+async def _service(
+    tmp: Path, answer: str, wake: dict[str, Any] | None = None, **audio: Any
+) -> tuple[Emulator, Config]:
     """The emulator (keeping each committed turn in `tmp`/turns) answering `answer`, and
-    the device's configuration for it (`audio`: settings of the audio section)."""
+    the device's configuration for it (`audio`: settings of the audio section; `wake`: of
+    the wake section)."""
     tmp.mkdir(parents=True, exist_ok=True)
     emu = Emulator(
         Scenario(preambles=[], answer=answer, think_ms=0, speedup=50.0), save_audio=tmp / "turns"
@@ -113,6 +117,7 @@ async def _service(tmp: Path, answer: str, **audio: Any) -> tuple[Emulator, Conf
         button={"enabled": False},
         turn={"follow_up_ms": 0},
         **({"audio": audio} if audio else {}),
+        **({"wake": wake} if wake else {}),
     )
     return emu, cfg
 
@@ -124,9 +129,21 @@ async def one_run(
     tmp: Path,
 ) -> Integrity:
     """One wake and question; `room_kw` None: a microphone with no echo path at all."""
+    events = await run_device(user, room_kw, echo_cancellation, tmp)
+    return received(user, events, tmp / "turns", AEC_LAG if echo_cancellation else 0)
+
+
+async def run_device(
+    user: bytes,
+    room_kw: dict[str, Any] | None,
+    echo_cancellation: bool,
+    tmp: Path,
+    wake: dict[str, Any] | None = None,
+) -> Path:
+    """The daemon hearing `user` in the room until it is over; its events log."""
     from ..adapters.room import Room
 
-    emu, cfg = await _service(tmp, "Sunny.", echo_cancellation=echo_cancellation)
+    emu, cfg = await _service(tmp, "Sunny.", wake, echo_cancellation=echo_cancellation)
     room = Room(user + bytes(64_000), paced=False, **(room_kw or {"echo_gain": 0.0}))
     events = tmp / "events.jsonl"
     app = App(cfg, RunOptions(room=room, events_log=events, leds="none", signals=False))
@@ -134,7 +151,7 @@ async def one_run(
         await asyncio.wait_for(app.run(), 60)
     finally:
         await emu.close()
-    return received(user, events, tmp / "turns", AEC_LAG if echo_cancellation else 0)
+    return events
 
 
 async def one_run_after_answer(user: bytes, room_kw: dict[str, Any], tmp: Path) -> Integrity:
