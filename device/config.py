@@ -158,6 +158,9 @@ class WakeConfig:
     """While the device speaks: echo-match (ignore a wake word the device itself is saying),
     threshold (require playback_threshold), or off (the wake word does not interrupt)."""
     playback_threshold: float = 0.97
+    second_look: bool = True
+    """A near miss from a high voice (a woman's, a child's) is heard again a tenth lower
+    before it is let go (`adapters.wakeword.SecondLook`)."""
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,17 @@ from .adapters.denoise import Suppression
 from .adapters.echo import FAR_FRAME, EchoGuard
 from .adapters.speaker import Speaker
 from .adapters.vad import NeuralVad, Vad
-from .adapters.wakeword import WakeEngine, load_engine
+from .adapters.wakeword import SecondLook, WakeEngine, load_engine
 from .config import Config
 from .core import states as st
-from .core.audio import MIC_RATE, PreRoll, ms_to_samples, rms_dbfs, samples_to_ms
+from .core.audio import (
+    MAX_PREROLL_MS,
+    MIC_RATE,
+    PreRoll,
+    ms_to_samples,
+    rms_dbfs,
+    samples_to_ms,
+)
 from .core.hearing import (
     IDLE_STATES,
     REPLY_VOICE,
@@ -49,7 +56,7 @@ def detectors(cfg: Config) -> tuple[WakeEngine, EchoGuard]:
     """The wake word model, and the echo guard with its reference model if echo-match is on.
     Slow (models load): called off the event loop on a reload."""
     w = cfg.wake
-    wake = load_engine(w.engine, w.models, w.thresholds)
+    wake = load_engine(w.engine, w.models, w.thresholds, second_look=w.second_look)
     reference = (
         load_engine(w.engine, w.models, role="echo-match reference")
         if DuringPlayback(w.during_playback) is DuringPlayback.ECHO_MATCH
@@ -58,6 +65,14 @@ def detectors(cfg: Config) -> tuple[WakeEngine, EchoGuard]:
     a = cfg.audio
     voice = cfg.turn.barge_in == "voice"
     return wake, EchoGuard(reference, a.echo_tail_ms, a.echo_cancellation, subtract=voice)
+
+
+def held_before_wake(cfg: Config) -> int:
+    """Samples the pre-roll ring keeps: `audio.preroll_ms`, and while a second look at a
+    wake word waits (`SecondLook.WAIT_MS`), what came since the word ended; never more than
+    `MAX_PREROLL_MS`. What is sent stays `preroll_ms` before the word's end."""
+    wait = SecondLook.WAIT_MS if cfg.wake.second_look else 0
+    return ms_to_samples(min(cfg.audio.preroll_ms + wait, MAX_PREROLL_MS), MIC_RATE)
 
 
 class FrontEnd:
@@ -77,7 +92,7 @@ class FrontEnd:
         self._uplink = uplink
         self.pos = 0
         """Microphone samples seen so far: the audio clock."""
-        self.preroll = PreRoll(ms_to_samples(cfg.audio.preroll_ms, MIC_RATE))
+        self.preroll = PreRoll(held_before_wake(cfg))
         self.wake, self.echo = detectors(cfg)
         self.loudness: deque[float] = deque(maxlen=WAKE_WORD_FRAMES)
         """Each recent frame's level, dBFS: how loud the wake word was (`wake_level`)."""
@@ -131,7 +146,7 @@ class FrontEnd:
         )
         self.deaf = DeafWindow(cfg.audio.echo_tail_ms)
         self.uplink_choice = UplinkChoice(cfg.audio.echo_tail_ms)
-        preroll = ms_to_samples(cfg.audio.preroll_ms, MIC_RATE)
+        preroll = held_before_wake(cfg)
         if preroll != self.preroll.capacity:
             self.preroll = PreRoll(preroll)
 
@@ -326,7 +341,8 @@ class FrontEnd:
             log.debug("ignored '%s': the device said it itself", word.phrase)
             self.wake_filter.quiet_until(self.pos + self.wake_filter.refractory_samples)
             return
-        hit = self.wake_filter.offer(word.phrase, best.score, word.threshold, self.pos)
+        end = self.pos - self.wake.late  # (where the word ended, when a second look took it)
+        hit = self.wake_filter.offer(word.phrase, best.score, word.threshold, end)
         if hit is None:
             return
         self.events.emit("wake", self.audio_ms, word=hit.word, score=round(hit.score, 3))
