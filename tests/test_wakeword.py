@@ -111,3 +111,10 @@ def test_the_setting_is_read_and_checked(second_look: bool) -> None:
 
     cfg = parse_config({"wake": {"second_look": second_look}})
     assert cfg.wake.second_look is second_look
+
+
+def test_a_mistaken_setting_names_the_key() -> None:
+    from device.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError, match=r"wake\.second_look must be true or false"):
+        parse_config({"wake": {"second_look": "yes"}})
