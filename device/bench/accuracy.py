@@ -389,6 +389,27 @@ def run(quick: bool = False, out: Path | None = None, engines: list[str] | None 
     return 0
 
 
+def wake_table(
+    wake: list[WakeResult],
+    label: str,
+    conditions: list[str],
+    last: str,
+    value: Callable[[WakeResult, str], float],
+    threshold: bool = True,
+) -> None:
+    """One row per engine and word at its default threshold: the share accepted in each of
+    `conditions` of the set `label` names ("" or "high "), its near misses, then `last`."""
+    cols = "".join(f"{c:>8}" for c in conditions)
+    head = f"{'threshold':>9}" if threshold else ""
+    print(f"{'engine':<13}{'wake word':<13}{head}{cols}{'near':>7}{last:>9}")
+    for r in wake:
+        t = f"{r.default_threshold:.2f}"
+        near = r.high_near_misses_accepted if label else r.near_misses_accepted
+        row = "".join(f"{r.accepted[label + c][t]:>8.0%}" for c in conditions)
+        first = f"{t:>9}" if threshold else ""
+        print(f"{r.engine:<13}{r.word:<13}{first}{row}{near[t]:>7.0%}{value(r, t):>9.1f}")
+
+
 def report(wake: list[WakeResult], endpointing: list[EndpointResult]) -> None:
     if wake:
         n = len(C.positive_utterances("alexa"))
@@ -401,29 +422,13 @@ def report(wake: list[WakeResult], endpointing: list[EndpointResult]) -> None:
             "near-miss phrases taken for the\nwake word, and false accepts per hour over "
             f"{minutes} of other speech and noise"
         )
-        cols = "".join(f"{c:>8}" for c in CONDITIONS)
-        print(f"{'engine':<13}{'wake word':<13}{'threshold':>9}{cols}{'near':>7}{'FA/h':>7}")
-        for r in wake:
-            t = f"{r.default_threshold:.2f}"
-            row = "".join(f"{r.accepted[c][t]:>8.0%}" for c in CONDITIONS)
-            print(
-                f"{r.engine:<13}{r.word:<13}{t:>9}{row}"
-                f"{r.near_misses_accepted[t]:>7.0%}{r.false_accepts_per_hour[t]:>7.1f}"
-            )
+        wake_table(wake, "", CONDITIONS, "FA/h", lambda r, t: r.false_accepts_per_hour[t])
         print(
             f"\nHigh voices ({len(C.HIGH_VOICES)} voices at 150-310 Hz, none in the corpus "
-            "above; the second look's warps were chosen on them),\nat the default threshold; "
-            "second looks taken per hour of the negative audio"
+            "above;\nthe second look's warps were chosen on them), at the default threshold; "
+            "second looks taken\nper hour of the negative audio"
         )
-        cols = "".join(f"{c:>8}" for c in HIGH_CONDITIONS)
-        print(f"{'engine':<13}{'wake word':<13}{cols}{'near':>7}{'looks/h':>9}")
-        for r in wake:
-            t = f"{r.default_threshold:.2f}"
-            row = "".join(f"{r.accepted['high ' + c][t]:>8.0%}" for c in HIGH_CONDITIONS)
-            print(
-                f"{r.engine:<13}{r.word:<13}{row}"
-                f"{r.high_near_misses_accepted[t]:>7.0%}{r.looks_per_hour:>9.1f}"
-            )
+        wake_table(wake, "high ", HIGH_CONDITIONS, "looks/h", lambda r, t: r.looks_per_hour, False)
         print("\nBy threshold: quiet / 10 dB / near misses / false accepts per hour")
         for r in wake:
             cells = [
